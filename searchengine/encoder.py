@@ -1,0 +1,120 @@
+"""Encoder: pixels and sentences in, float32 (n, d) unit vectors out."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from searchengine.errors import InvalidInputError
+from searchengine.models import ModelSpec, build_model, parse_model_spec
+from searchengine.settings import EncoderSettings
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` becomes `cuda` when torch sees a GPU, else `cpu`; anything else is kept."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Encoder:
+    """One loaded open_clip model, ready to embed images and texts.
+
+    Attributes: `spec` (ModelSpec), `dim` (embedding width d), `image_size` (model input side),
+    `preprocess` (PIL image -> (3, H, W) float32 tensor, open_clip's own validation transform).
+    """
+
+    def __init__(self, spec: ModelSpec, settings: EncoderSettings = EncoderSettings()):
+        import torch
+
+        self.spec = spec
+        self.device = resolve_device(settings.device)
+        self.model, self.preprocess, self.tokenizer = build_model(
+            spec, device=self.device, precision=settings.precision, seed=settings.seed
+        )
+        size = self.model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        with torch.inference_mode():
+            probe = self.encode_texts(["probe"])
+        self.dim = int(probe.shape[1])
+
+    @classmethod
+    def load(cls, spec: str | ModelSpec, settings: EncoderSettings = EncoderSettings()) -> Encoder:
+        """Parse `spec` (a `--model` value) and load it."""
+        return cls(parse_model_spec(spec) if isinstance(spec, str) else spec, settings)
+
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        """(n, 3, H, W) preprocessed float tensor -> (n, d) float32 unit vectors."""
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.encode_image(pixels.to(self.device), normalize=True)
+        return features.float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """List of n non-empty sentences -> (n, d) float32 unit vectors.
+
+        Sentences are tokenised to the model's context (77 tokens for CLIP) but encoded only up to
+        the longest one in the batch: the text tower's attention is causal and it pools at the
+        end-of-text token, so padding after it cannot change the result (tested against the full
+        context), and a 10-token query costs a seventh of the full context.
+        """
+        import torch
+
+        if not texts or any(not text.strip() for text in texts):
+            raise InvalidInputError("empty text: give at least one non-blank sentence")
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode():
+            features = self._encode_tokens(tokens)
+        return features.float().cpu().numpy()
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, context) int64 tokens -> (n, d) unit vectors, truncating trailing padding."""
+        import torch
+        import torch.nn.functional as F
+
+        model = self.model
+        if not _supports_truncation(model):
+            return model.encode_text(tokens, normalize=True)
+        length = int((tokens != 0).sum(dim=1).max())
+        tokens = tokens[:, :length]
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast_dtype)  # (n, L, width)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (n, width) at EOT
+        projection = model.text_projection
+        if isinstance(projection, torch.nn.Linear):
+            x = projection(x)
+        elif projection is not None:
+            x = x @ projection
+        return F.normalize(x, dim=-1)
+
+    def encode_texts_reference(self, texts: list[str]) -> np.ndarray:
+        """open_clip's own `encode_text` over the full context; the reference for the fast path."""
+        import torch
+
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode():
+            features = self.model.encode_text(tokens, normalize=True)
+        return features.float().cpu().numpy()
+
+
+def _supports_truncation(model) -> bool:
+    """True for open_clip's plain CLIP text tower: causal mask, argmax (EOT) pooling, no bias."""
+    return (
+        hasattr(model, "attn_mask")
+        and model.attn_mask is not None
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and hasattr(model, "positional_embedding")
+    )

@@ -1,0 +1,226 @@
+"""Model specs: what `--model ARCH/PRETRAINED` names, and building the open_clip model for it.
+
+A spec is one of
+- `ARCH/TAG`: an open_clip architecture and one of its pretrained tags (weights from the model hub
+  the first time, then from the local cache);
+- `ARCH/path/to/checkpoint.pt`: a local checkpoint, this project's trainer's or open_clip's;
+- `ARCH/random`: seeded random weights, for tests and speed figures only;
+- a bundled alias such as `demo` (see `BUNDLED_ALIASES`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from searchengine.errors import ModelError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "searchengine.checkpoint/1"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+CONFIG_DIR = Path(__file__).with_name("model_configs")
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+# Aliases for models that ship inside the package: name -> (arch, file under WEIGHTS_DIR).
+BUNDLED_ALIASES: dict[str, tuple[str, str]] = {"demo": ("se-scenes", "demo.pt")}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed `--model` value. `id` is the canonical string the catalog and indexes key on."""
+
+    arch: str
+    source: str  # "pretrained" | "checkpoint" | "random"
+    tag: str | None = None
+    checkpoint: Path | None = None
+    alias: str | None = None
+
+    @property
+    def id(self) -> str:
+        if self.alias:
+            return self.alias
+        if self.source == "checkpoint":
+            return f"{self.arch}/{self.checkpoint}"
+        return f"{self.arch}/{self.tag or 'random'}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def register_bundled_configs() -> None:
+    """Make the architectures in `searchengine/model_configs/` known to open_clip (idempotent)."""
+    import open_clip
+
+    if CONFIG_DIR.is_dir() and not any(
+        name in open_clip.list_models() for name in _bundled_config_names()
+    ):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def _bundled_config_names() -> list[str]:
+    return [p.stem for p in CONFIG_DIR.glob("*.json")]
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse and validate a `--model` value without loading any weights.
+
+    Raises `ModelError` naming the valid choices when the architecture or tag is unknown, and when a
+    checkpoint path does not exist.
+    """
+    import open_clip
+
+    text = (text or "").strip()
+    if text in BUNDLED_ALIASES:
+        arch, filename = BUNDLED_ALIASES[text]
+        return ModelSpec(arch=arch, source="checkpoint", checkpoint=WEIGHTS_DIR / filename, alias=text)
+    if "/" not in text:
+        raise ModelError(
+            f"model spec {text!r} is not of the form ARCH/PRETRAINED, ARCH/path/to/checkpoint.pt or "
+            f"ARCH/random; for example `ViT-B-32/laion2b_s34b_b79k`, `ViT-B-32/random`, or one of "
+            f"the bundled models: {', '.join(BUNDLED_ALIASES)}"
+        )
+    register_bundled_configs()
+    arch, rest = text.split("/", 1)
+    known = open_clip.list_models()
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ModelError(
+            f"unknown model architecture {arch!r}; {hint}see `searchengine models` for all "
+            f"{len(known)} architectures"
+        )
+    if rest == "random":
+        return ModelSpec(arch=arch, source="random")
+    path = Path(rest).expanduser()
+    if path.suffix in CHECKPOINT_SUFFIXES or "/" in rest or path.exists():
+        if not path.is_file():
+            raise ModelError(f"checkpoint {rest!r} for model {arch} does not exist")
+        return ModelSpec(arch=arch, source="checkpoint", checkpoint=path.resolve())
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if rest not in tags:
+        choices = ", ".join(tags) if tags else "none published"
+        raise ModelError(
+            f"unknown pretrained tag {rest!r} for {arch}; pretrained tags: {choices}; or use "
+            f"{arch}/random or {arch}/path/to/checkpoint.pt"
+        )
+    return ModelSpec(arch=arch, source="pretrained", tag=rest)
+
+
+def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", seed: int = 0):
+    """Create the open_clip model for `spec` in eval mode, with its preprocess and tokenizer.
+
+    Returns `(model, preprocess, tokenizer)`: `preprocess` maps a PIL image to a (3, H, W) float32
+    tensor exactly as open_clip's own validation transform does.
+    """
+    import open_clip
+    import torch
+
+    register_bundled_configs()
+    if spec.source == "pretrained":
+        _ensure_weights_reachable(spec)
+    if spec.source == "random":
+        log.warning(
+            "model %s has random weights: results are meaningless (tests and speed figures only)",
+            spec.id,
+        )
+    torch.manual_seed(seed)
+    pretrained = spec.tag if spec.source == "pretrained" else None
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.arch, pretrained=pretrained, precision=precision, device=device
+        )
+    except RuntimeError as error:  # open_clip reports download failures as RuntimeError
+        raise ModelUnavailableError(
+            f"could not load weights for {spec.id}: {error}. Alternatives: a local checkpoint "
+            f"({spec.arch}/path/to/file.pt), {spec.arch}/random, or the bundled `demo` model"
+        ) from error
+    if spec.source == "checkpoint":
+        load_checkpoint_weights(model, spec)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    return model, preprocess, tokenizer
+
+
+def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
+    """Load a local checkpoint into `model`: this project's format or open_clip_train's."""
+    import open_clip
+    import torch
+
+    path = spec.checkpoint
+    if path is None or not path.is_file():
+        hint = " (train it with `make demo-model`)" if spec.alias else ""
+        raise ModelError(f"checkpoint {path} for model {spec.id} does not exist{hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError) as error:
+        raise ModelError(f"cannot read checkpoint {path}: {error}") from error
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT:
+        if checkpoint.get("arch") != spec.arch:
+            raise ModelError(
+                f"checkpoint {path} was trained for architecture {checkpoint.get('arch')!r}, not "
+                f"{spec.arch!r}; use --model {checkpoint.get('arch')}/{path}"
+            )
+        state_dict = checkpoint["state_dict"]
+    else:  # open_clip_train writes {"epoch", "name", "state_dict" (maybe "module."-prefixed), ...}
+        state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(state_dict, dict):
+            raise ModelError(f"{path} is not a model checkpoint (no state_dict inside)")
+        state_dict = {_strip_module_prefix(k): v for k, v in state_dict.items()}
+    try:
+        open_clip.factory.resize_pos_embed(state_dict, model)
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ModelError(
+            f"checkpoint {path} does not fit architecture {spec.arch}: {str(error)[:300]}"
+        ) from error
+
+
+def _strip_module_prefix(key: str) -> str:
+    return key[len("module."):] if key.startswith("module.") else key
+
+
+def _ensure_weights_reachable(spec: ModelSpec) -> None:
+    """Fail at once, not after a minute of retries, when hub weights are neither cached nor reachable."""
+    import open_clip
+
+    cfg: dict[str, Any] = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+    if cfg.get("file") and Path(cfg["file"]).exists():
+        return
+    hub_id = cfg.get("hf_hub", "")
+    if hub_id and _cached_on_hub(hub_id.rstrip("/")):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if offline or not _host_reachable(endpoint):
+        raise ModelUnavailableError(
+            f"weights for {spec.id} are not in the local cache and the model hub ({endpoint}) "
+            f"cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}. Alternatives: the "
+            f"bundled `demo` model, a local checkpoint ({spec.arch}/path/to/file.pt), or "
+            f"{spec.arch}/random for speed tests; or fetch the weights once on a connected machine"
+        )
+
+
+def _cached_on_hub(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names)
+
+
+def _host_reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False

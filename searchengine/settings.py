@@ -1,0 +1,55 @@
+"""Settings are data: one frozen dataclass per concern, every field with a default and its help."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
+)
+
+
+def default_home() -> Path:
+    """`$SEARCHENGINE_HOME` when set, else `./indexes` (the checkout's git-ignored folder)."""
+    return Path(os.environ.get("SEARCHENGINE_HOME") or "indexes")
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    device: str = "auto"
+    """`auto` (CUDA when torch sees it, else CPU), `cpu`, `cuda`, `cuda:1`, ..."""
+    precision: str = "fp32"
+    """fp32 everywhere; `fp16`/`bf16` halve memory on a GPU at a small cost in exactness."""
+    seed: int = 0
+    """Seed for `ARCH/random` weights, so that random models are reproducible."""
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    batch_size: int = 16
+    """Images per model call; 16 keeps two CPU cores busy, raise it on a GPU."""
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    """Decode processes that run beside the model (0 decodes in the main process)."""
+    draft: bool = True
+    """Decode JPEGs at a reduced scale (Pillow `Image.draft`) when they are much larger than the
+    model's input; pixels move by a bounded amount (see docs/preprocessing.md)."""
+    max_pixels: int = 200_000_000
+    """Images with more pixels than this are skipped as possible decompression bombs."""
+    save_every: int = 20
+    """Batches between atomic saves of the vector index during a run (the catalog commits every
+    batch, so a crash never loses finished batches; the index is re-synced from it on open)."""
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    """File name endings that are treated as images (case-insensitive)."""
+    follow_symlinks: bool = False
+    """Walk into symbolic links to folders (off: avoids cycles and escapes)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    k: int = 10
+    """Number of hits returned."""
+    templates: str = "ensemble"
+    """Zero-shot prompts: `single` ("a photo of a {label}.") or `ensemble` (several, averaged)."""
