@@ -224,3 +224,15 @@ def _host_reachable(url: str, timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def available_models(*, pretrained: bool = False) -> list[str]:
+    """Architecture names, or `ARCH/TAG` specs with published weights, plus bundled aliases."""
+    import open_clip
+
+    register_bundled_configs()
+    if pretrained:
+        names = [f"{arch}/{tag}" for arch, tag in open_clip.list_pretrained()]
+    else:
+        names = [f"{arch}/random" for arch in open_clip.list_models()]
+    return sorted(BUNDLED_ALIASES) + names

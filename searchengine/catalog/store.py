@@ -1,0 +1,471 @@
+"""The catalog: the durable source of truth for files, texts, models and their vectors.
+
+SQLite in WAL mode by default (one file in the home), any SQLAlchemy URL otherwise. Opening a
+catalog upgrades it to the newest Alembic revision; the schema never changes any other way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from searchengine.catalog.schema import (
+    EmbeddingModel,
+    ImageEmbedding,
+    Media,
+    Setting,
+    SkippedFile,
+    TextEmbedding,
+    TextItem,
+)
+from searchengine.errors import CatalogError, InvalidInputError
+from searchengine.images import ImageInfo
+
+log = logging.getLogger(__name__)
+MODALITIES = ("image", "text")
+_CHUNK = 500  # ids per IN (...) clause; SQLite allows 32766 variables, keep statements small
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A catalogued file as the ingester compares it with the disk."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """A decoded file ready to be written with its vector."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    info: ImageInfo
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A file that could not be indexed and why."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    ids: list[int]
+    removed: list[int]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    spec: str
+    dim: int
+
+
+def head_revision() -> str:
+    """The newest Alembic revision shipped with this package (kept in index manifests)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head() or "base"
+
+
+def _alembic_config(url: str | None):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("searchengine.migrations")))
+    if url:
+        config.set_main_option("sqlalchemy.url", url)
+    return config
+
+
+class Catalog:
+    """Typed operations on the catalog; each public method is one transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            self.engine = _create_engine(url)
+            self._upgrade()
+        except SQLAlchemyError as error:
+            raise CatalogError(f"cannot open the catalog at {url}: {error}") from error
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def in_home(cls, home: Path) -> Catalog:
+        """The default SQLite catalog of a home folder, created if missing."""
+        home.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{(home / 'catalog.sqlite').resolve()}")
+
+    def _upgrade(self) -> None:
+        from alembic import command
+
+        config = _alembic_config(self.url)
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def revision(self) -> str:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision() or "base"
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- models ---------------------------------------------------------------------------
+
+    def ensure_model(self, spec: str, dim: int) -> ModelRow:
+        """The row of `spec`, created on first use; a dimension change is refused."""
+        with self.session() as session, session.begin():
+            row = session.scalar(select(EmbeddingModel).where(EmbeddingModel.spec == spec))
+            if row is None:
+                row = EmbeddingModel(spec=spec, dim=dim, created_at=datetime.now())
+                session.add(row)
+                session.flush()
+            elif row.dim != dim:
+                raise CatalogError(
+                    f"model {spec} was indexed with dimension {row.dim} but now gives {dim}; "
+                    f"index it under another name, or `searchengine remove-model {spec}` first"
+                )
+            return ModelRow(row.id, row.spec, row.dim)
+
+    def models(self) -> list[ModelRow]:
+        with self.session() as session:
+            rows = session.scalars(select(EmbeddingModel).order_by(EmbeddingModel.id))
+            return [ModelRow(r.id, r.spec, r.dim) for r in rows]
+
+    def find_model(self, spec: str) -> ModelRow | None:
+        return next((m for m in self.models() if m.spec == spec), None)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def files_under(self, roots: Sequence[str]) -> dict[str, StoredFile]:
+        """Catalogued files equal to or below any of `roots` (absolute path strings)."""
+        with self.session() as session:
+            rows = session.execute(
+                select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash).where(
+                    _under(Media.path, roots)
+                )
+            )
+            return {r.path: StoredFile(*r) for r in rows}
+
+    def skipped_under(self, roots: Sequence[str]) -> dict[str, Skip]:
+        with self.session() as session:
+            rows = session.scalars(select(SkippedFile).where(_under(SkippedFile.path, roots)))
+            return {r.path: Skip(r.path, r.size, r.mtime_ns, r.reason) for r in rows}
+
+    def skipped(self) -> list[Skip]:
+        with self.session() as session:
+            rows = session.scalars(select(SkippedFile).order_by(SkippedFile.path))
+            return [Skip(r.path, r.size, r.mtime_ns, r.reason) for r in rows]
+
+    def vectors_by_hash(self, model_id: int, hashes: Iterable[str]) -> dict[str, bytes]:
+        """A stored vector of `model_id` for each content hash that has one."""
+        found: dict[str, bytes] = {}
+        with self.session() as session:
+            for chunk in _chunks(list(set(hashes))):
+                rows = session.execute(
+                    select(Media.content_hash, ImageEmbedding.vector)
+                    .join(ImageEmbedding, ImageEmbedding.media_id == Media.id)
+                    .where(ImageEmbedding.model_id == model_id, Media.content_hash.in_(chunk))
+                )
+                found.update({r.content_hash: r.vector for r in rows})
+        return found
+
+    def write_images(
+        self, model_id: int, images: Sequence[NewImage], vectors: np.ndarray, skips: Sequence[Skip]
+    ) -> WriteResult:
+        """Upsert files with their (n, d) float32 vectors and record skips, in one transaction.
+
+        A file whose content changed keeps its id but loses the vectors of other models (they are
+        re-made when those models index again). A catalogued file that is now skipped (it became
+        corrupt) is forgotten. Returns the media ids in the order of `images`, and those removed.
+        """
+        now = datetime.now()
+        ids: list[int] = []
+        with self.session() as session, session.begin():
+            existing = _existing_files(session, [image.path for image in images])
+            for image, vector in zip(images, vectors):
+                values = _media_values(image, now)
+                old = existing.get(image.path)
+                if old is None:
+                    media_id = session.execute(insert(Media).values(values)).inserted_primary_key[0]
+                else:
+                    media_id = old.id
+                    session.execute(update(Media).where(Media.id == media_id).values(values))
+                    if old.content_hash != image.content_hash:
+                        session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id == media_id))
+                session.merge(
+                    ImageEmbedding(media_id=media_id, model_id=model_id, vector=_blob(vector))
+                )
+                ids.append(int(media_id))
+            paths = [image.path for image in images] + [skip.path for skip in skips]
+            for chunk in _chunks(paths):
+                session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
+            removed = self._remove_paths(session, [skip.path for skip in skips])
+            if skips:
+                session.execute(insert(SkippedFile), [_skip_values(skip, now) for skip in skips])
+        return WriteResult(ids, removed)
+
+    def add_image_vectors(self, model_id: int, media_ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
+        with self.session() as session, session.begin():
+            for media_id, vector in zip(media_ids, vectors):
+                session.merge(
+                    ImageEmbedding(media_id=int(media_id), model_id=model_id, vector=_blob(vector))
+                )
+
+    def remove_files(self, paths: Sequence[str]) -> list[int]:
+        """Forget files (and their vectors); returns the media ids removed."""
+        with self.session() as session, session.begin():
+            for chunk in _chunks(list(paths)):
+                session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
+            return self._remove_paths(session, paths)
+
+    @staticmethod
+    def _remove_paths(session: Session, paths: Sequence[str]) -> list[int]:
+        removed: list[int] = []
+        for chunk in _chunks(list(paths)):
+            ids = list(session.scalars(select(Media.id).where(Media.path.in_(chunk))))
+            if ids:
+                session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(ids)))
+                session.execute(delete(Media).where(Media.id.in_(ids)))
+                removed.extend(ids)
+        return removed
+
+    def media(self, ids: Iterable[int]) -> dict[int, Media]:
+        """Media rows by id (detached, read-only use)."""
+        found: dict[int, Media] = {}
+        with self.session() as session:
+            for chunk in _chunks([int(i) for i in ids]):
+                found.update({m.id: m for m in session.scalars(select(Media).where(Media.id.in_(chunk)))})
+        return found
+
+    def media_by_path(self, path: str) -> Media | None:
+        with self.session() as session:
+            return session.scalar(select(Media).where(Media.path == path))
+
+    def media_without_vector(self, model_id: int, ids: Iterable[int]) -> list[StoredFile]:
+        """Of the given media ids, those that have no vector of `model_id` yet."""
+        wanted = [int(i) for i in ids]
+        have = set(self.vector_ids("image", model_id).tolist())
+        missing = [i for i in wanted if i not in have]
+        rows = self.media(missing)
+        return [
+            StoredFile(m.id, m.path, m.size, m.mtime_ns, m.content_hash) for m in rows.values()
+        ]
+
+    # -- texts ----------------------------------------------------------------------------
+
+    def add_texts(self, text_set: str, texts: Sequence[str]) -> int:
+        """Add texts to a set, ignoring ones already there; returns how many were new."""
+        now = datetime.now()
+        with self.session() as session, session.begin():
+            present = set(session.scalars(select(TextItem.text).where(TextItem.text_set == text_set)))
+            fresh = list(dict.fromkeys(t for t in texts if t not in present))
+            if fresh:
+                session.execute(
+                    insert(TextItem),
+                    [{"text_set": text_set, "text": t, "created_at": now} for t in fresh],
+                )
+            return len(fresh)
+
+    def texts_without_vector(self, model_id: int) -> list[tuple[int, str]]:
+        with self.session() as session:
+            embedded = select(TextEmbedding.text_id).where(TextEmbedding.model_id == model_id)
+            rows = session.execute(
+                select(TextItem.id, TextItem.text).where(TextItem.id.not_in(embedded)).order_by(TextItem.id)
+            )
+            return [(r.id, r.text) for r in rows]
+
+    def write_text_vectors(self, model_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
+        with self.session() as session, session.begin():
+            session.execute(
+                insert(TextEmbedding),
+                [
+                    {"text_id": int(i), "model_id": model_id, "vector": _blob(v)}
+                    for i, v in zip(ids, vectors)
+                ],
+            )
+
+    def texts(self, ids: Iterable[int]) -> dict[int, TextItem]:
+        found: dict[int, TextItem] = {}
+        with self.session() as session:
+            for chunk in _chunks([int(i) for i in ids]):
+                rows = session.scalars(select(TextItem).where(TextItem.id.in_(chunk)))
+                found.update({t.id: t for t in rows})
+        return found
+
+    def text_ids(self, text_set: str | None = None) -> dict[str, int]:
+        """Text -> id, for one set or all (later sets win on equal texts)."""
+        with self.session() as session:
+            query = select(TextItem.id, TextItem.text)
+            if text_set is not None:
+                query = query.where(TextItem.text_set == text_set)
+            return {r.text: r.id for r in session.execute(query.order_by(TextItem.id))}
+
+    def text_sets(self) -> dict[str, int]:
+        with self.session() as session:
+            rows = session.execute(
+                select(TextItem.text_set, func.count()).group_by(TextItem.text_set).order_by(TextItem.text_set)
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+    # -- vectors --------------------------------------------------------------------------
+
+    def vector_ids(self, modality: str, model_id: int) -> np.ndarray:
+        """(n,) int64 ids that have a durable vector of `model_id`, ascending."""
+        table, key = _embedding_table(modality)
+        with self.session() as session:
+            ids = session.scalars(select(key).where(table.model_id == model_id).order_by(key))
+            return np.fromiter(ids, dtype=np.int64)
+
+    def vectors(
+        self, modality: str, model_id: int, ids: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Durable vectors: (n,) int64 ids ascending and (n, d) float32 unit rows."""
+        table, key = _embedding_table(modality)
+        query = select(key, table.vector).where(table.model_id == model_id)
+        rows: list = []
+        with self.session() as session:
+            if ids is None:
+                rows = list(session.execute(query.order_by(key)))
+            else:
+                for chunk in _chunks([int(i) for i in ids]):
+                    rows.extend(session.execute(query.where(key.in_(chunk))))
+                rows.sort(key=lambda r: r[0])
+        out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return out_ids, np.zeros((0, 0), dtype=np.float32)
+        return out_ids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    # -- settings and counts --------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        with self.session() as session:
+            row = session.get(Setting, key)
+            return row.value if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.session() as session, session.begin():
+            session.merge(Setting(key=key, value=value))
+
+    def count_media(self) -> int:
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(Media)) or 0)
+
+    def count_vectors(self, modality: str, model_id: int) -> int:
+        table, _ = _embedding_table(modality)
+        with self.session() as session:
+            query = select(func.count()).select_from(table).where(table.model_id == model_id)
+            return int(session.scalar(query) or 0)
+
+
+def _create_engine(url: str) -> SqlEngine:
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as error:
+        raise CatalogError(f"cannot open the catalog at {url}: {error.orig}") from error
+    return engine
+
+
+def _embedding_table(modality: str):
+    if modality == "image":
+        return ImageEmbedding, ImageEmbedding.media_id
+    if modality == "text":
+        return TextEmbedding, TextEmbedding.text_id
+    raise InvalidInputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+
+
+def _under(column, roots: Sequence[str]):
+    from sqlalchemy import or_
+
+    clauses = []
+    for root in roots:
+        clauses.append(column == root)
+        clauses.append(column.startswith(root.rstrip("/") + "/", autoescape=True))
+    return or_(*clauses)
+
+
+def _existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFile]:
+    found: dict[str, StoredFile] = {}
+    for chunk in _chunks(list(paths)):
+        rows = session.execute(
+            select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash).where(
+                Media.path.in_(chunk)
+            )
+        )
+        found.update({r.path: StoredFile(*r) for r in rows})
+    return found
+
+
+def _media_values(image: NewImage, now: datetime) -> dict:
+    info = image.info
+    return {
+        "path": image.path,
+        "size": image.size,
+        "mtime_ns": image.mtime_ns,
+        "content_hash": image.content_hash,
+        "width": info.width,
+        "height": info.height,
+        "format": info.format,
+        "taken_at": info.taken_at,
+        "camera": info.camera,
+        "indexed_at": now,
+    }
+
+
+def _skip_values(skip: Skip, now: datetime) -> dict:
+    return {
+        "path": skip.path,
+        "size": skip.size,
+        "mtime_ns": skip.mtime_ns,
+        "reason": skip.reason,
+        "seen_at": now,
+    }
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,339 @@
+"""Commands over a collection: index, search, similar, add-texts, lookup, classify, match,
+status, check, remove, use-model, models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from searchengine.cli.options import (
+    echo_json,
+    echo_table,
+    handle_errors,
+    home_option,
+    json_option,
+    k_option,
+    model_option,
+)
+
+
+def _engine(home: Path):
+    from searchengine.engine import Engine
+
+    return Engine.open(home)
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        echo_json(result.as_dict())
+        return
+    click.echo(f"{result.query}  [{result.model}]")
+    if not result.hits:
+        click.echo("no hits")
+        return
+    column = "text" if result.hits[0].text is not None else "path"
+    rows = [[h.rank, h.score, h.id, h.text if h.text is not None else h.path] for h in result.hits]
+    echo_table(["rank", "score", "id", column], rows)
+
+
+offset_option = click.option(
+    "--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many hits."
+)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@home_option
+@model_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per model call.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode processes beside the model [default: min(2, CPUs)].")
+@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (exact reference pixels).")
+@click.option("--index-kind", default=None, metavar="KIND",
+              help="flat (exact, default), hnsw or ivf (approximate).")
+@json_option
+@handle_errors
+def index(paths, home, model, batch_size, workers, no_draft, index_kind, as_json):
+    """Embed every photo under PATHS, incrementally (unchanged files are not redone).
+
+    Example:
+
+        searchengine index ~/Pictures --model ViT-B-32/laion2b_s34b_b79k
+    """
+    from searchengine.settings import IngestSettings
+
+    settings = IngestSettings(batch_size=batch_size, draft=not no_draft)
+    if workers is not None:
+        settings = IngestSettings(batch_size=batch_size, draft=not no_draft, workers=workers)
+    with _engine(home) as engine:
+        report = engine.index(
+            list(paths), model=model, settings=settings, index_kind=index_kind,
+            progress=sys.stderr.isatty() and not as_json,
+        )
+    payload = {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
+    if as_json:
+        echo_json(payload)
+        return
+    click.echo(
+        f"{report.scanned} files: {report.embedded} embedded, {report.reused} reused, "
+        f"{report.unchanged} unchanged, {report.skipped} skipped, {report.removed} removed "
+        f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
+    )
+    if report.skipped:
+        click.echo("see `searchengine status` for the skipped files and why")
+
+
+@click.command()
+@click.argument("query")
+@home_option
+@model_option
+@k_option
+@offset_option
+@json_option
+@handle_errors
+def search(query, home, model, k, offset, as_json):
+    """Find the photos that best match a sentence (text -> image).
+
+    Example:
+
+        searchengine search "a dog on the beach" -k 10
+    """
+    with _engine(home) as engine:
+        _print_result(engine.search(query, k=k, model=model, offset=offset), as_json)
+
+
+@click.command()
+@click.argument("image")
+@home_option
+@model_option
+@k_option
+@offset_option
+@json_option
+@handle_errors
+def similar(image, home, model, k, offset, as_json):
+    """Find photos like IMAGE, a file or a catalog id (image -> image).
+
+    Example:
+
+        searchengine similar ~/Pictures/x.jpg -k 10
+    """
+    with _engine(home) as engine:
+        _print_result(engine.similar(image, k=k, model=model, offset=offset), as_json)
+
+
+@click.command("add-texts")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--column", default="caption", show_default=True, help="Column holding the texts.")
+@click.option("--set", "text_set", default="default", show_default=True, help="Name of the text set.")
+@home_option
+@model_option
+@json_option
+@handle_errors
+def add_texts(source, column, text_set, home, model, as_json):
+    """Add texts (a CSV/TSV/Parquet column or .txt lines) to a set, and embed them.
+
+    Example:
+
+        searchengine add-texts captions.csv --column caption --set captions
+    """
+    with _engine(home) as engine:
+        report = engine.add_texts(source, column=column, text_set=text_set, model=model)
+    if as_json:
+        echo_json(report.__dict__)
+    else:
+        click.echo(
+            f"set {report.text_set!r}: {report.read} read, {report.added} new, "
+            f"{report.embedded} embedded with {report.model}"
+        )
+
+
+@click.command()
+@click.argument("image")
+@click.option("--set", "text_set", default=None, help="Only texts of this set [default: all].")
+@home_option
+@model_option
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Number of hits.")
+@offset_option
+@json_option
+@handle_errors
+def lookup(image, text_set, home, model, k, offset, as_json):
+    """Which texts describe IMAGE best (image -> text), over the indexed text sets.
+
+    Example:
+
+        searchengine lookup ~/Pictures/x.jpg -k 5 --set captions
+    """
+    with _engine(home) as engine:
+        _print_result(
+            engine.lookup(image, k=k, text_set=text_set, model=model, offset=offset), as_json
+        )
+
+
+@click.command()
+@click.argument("image")
+@click.option("--labels", required=True, help="Comma-separated labels, e.g. 'dog,cat,car'.")
+@click.option("--templates", type=click.Choice(["single", "ensemble"]), default="ensemble",
+              show_default=True, help="One prompt template, or an averaged ensemble.")
+@home_option
+@model_option
+@json_option
+@handle_errors
+def classify(image, labels, templates, home, model, as_json):
+    """Zero-shot: which of the given labels fits IMAGE (prompt ensemble).
+
+    Example:
+
+        searchengine classify ~/Pictures/x.jpg --labels "dog,cat,car"
+    """
+    with _engine(home) as engine:
+        result = engine.classify(image, labels.split(","), templates=templates, model=model)
+    if as_json:
+        echo_json(result.as_dict())
+    else:
+        echo_table(["label", "probability"], [[s.label, s.probability] for s in result.labels])
+
+
+@click.command()
+@click.argument("image")
+@click.argument("text")
+@home_option
+@model_option
+@json_option
+@handle_errors
+def match(image, text, home, model, as_json):
+    """Image-text consistency: the cosine between IMAGE and TEXT (low = mismatch).
+
+    Example:
+
+        searchengine match ~/Pictures/x.jpg "a red car"
+    """
+    with _engine(home) as engine:
+        score = engine.match(image, text, model=model)
+        model_id = engine.model_id_of(model)
+    if as_json:
+        echo_json({"image": image, "text": text, "model": model_id, "score": round(score, 6)})
+    else:
+        click.echo(f"{score:.4f}")
+
+
+@click.command()
+@home_option
+@json_option
+@handle_errors
+def status(home, as_json):
+    """Counts, models, index kinds, text sets, and skipped files with the reason.
+
+    Example:
+
+        searchengine status --json
+    """
+    with _engine(home) as engine:
+        report = engine.status()
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    click.echo(f"home {report.home}: {report.images} images; default model {report.default_model}")
+    if report.spaces:
+        echo_table(["model", "modality", "vectors", "kind"],
+                   [[s.model, s.modality, s.vectors, s.kind] for s in report.spaces])
+    for name, count in report.text_sets.items():
+        click.echo(f"text set {name!r}: {count} texts")
+    if report.skipped:
+        click.echo(f"{len(report.skipped)} skipped files:")
+        for path, reason in report.skipped:
+            click.echo(f"  {path}: {reason}")
+
+
+@click.command()
+@home_option
+@click.option("--repair", is_flag=True, help="Rebuild every index that disagrees with the catalog.")
+@json_option
+@handle_errors
+def check(home, repair, as_json):
+    """Check that the catalog and the vector indexes agree, or say where not.
+
+    Exits 1 when they disagree (after --repair: when repair failed).
+
+    Example:
+
+        searchengine check --repair
+    """
+    with _engine(home) as engine:
+        report = engine.check(repair=repair)
+    if as_json:
+        echo_json({"ok": report.ok, "repaired": report.repaired,
+                   "spaces": [{**s.__dict__, "ok": s.ok} for s in report.spaces]})
+    else:
+        for s in report.spaces:
+            state = "ok" if s.ok else (s.problem or f"{s.missing} missing, {s.extra} extra")
+            click.echo(f"{s.model} {s.modality} ({s.kind}): catalog {s.catalog_count}, "
+                       f"index {s.index_count}: {state}")
+        if not report.spaces:
+            click.echo("nothing indexed yet")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@home_option
+@json_option
+@handle_errors
+def remove(paths, home, as_json):
+    """Forget files or folders (their catalog rows and vectors); files on disk are untouched.
+
+    Example:
+
+        searchengine remove ~/Pictures/old
+    """
+    with _engine(home) as engine:
+        removed = engine.remove(list(paths))
+    if as_json:
+        echo_json({"removed": removed})
+    else:
+        click.echo(f"forgot {removed} files")
+
+
+@click.command("use-model")
+@click.argument("spec")
+@home_option
+@click.option("--force", is_flag=True, help="Switch even if the model has not indexed every image.")
+@handle_errors
+def use_model(spec, home, force):
+    """Make SPEC the home's default model (once it has indexed every image).
+
+    Example:
+
+        searchengine use-model ViT-B-32/runs/products/best.pt
+    """
+    with _engine(home) as engine:
+        click.echo(f"default model: {engine.use_model(spec, force=force)}")
+
+
+@click.command()
+@click.option("--pretrained", is_flag=True, help="List ARCH/TAG pairs with published weights.")
+@json_option
+@handle_errors
+def models(pretrained, as_json):
+    """List the model architectures (and pretrained tags) that --model accepts.
+
+    Example:
+
+        searchengine models --pretrained
+    """
+    from searchengine.models import available_models
+
+    names = available_models(pretrained=pretrained)
+    if as_json:
+        echo_json({"models": names})
+    else:
+        click.echo("\n".join(names))
+
+
+COMMANDS: list[click.Command] = [
+    index, search, similar, add_texts, lookup, classify, match, status, check, remove, use_model,
+    models,
+]

@@ -1,0 +1,151 @@
+"""Decode: file bytes -> an upright RGB PIL image and its metadata, or a reason it is not one.
+
+The first stage of the pipeline. Everything here is plain Pillow, runs in DataLoader worker
+processes, and never raises anything but `ImageDecodeError` for a bad file.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from searchengine.errors import ImageDecodeError
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
+_DATETIME = 306
+_MODEL = 0x0110
+# Formats we accept after sniffing the content (the file name is never trusted).
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "HEIF", "AVIF"})
+
+
+def _register_heif() -> bool:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+HEIF_SUPPORTED = _register_heif()
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the catalog keeps about a decoded image. Width and height are after EXIF rotation."""
+
+    width: int
+    height: int
+    format: str
+    taken_at: datetime | None
+    camera: str | None
+
+
+def load_image(
+    source: Path | bytes, *, target_size: int | None = None, max_pixels: int = 200_000_000
+) -> tuple[Image.Image, ImageInfo]:
+    """Decode `source` (a path or the file's bytes) into an upright RGB image.
+
+    With `target_size`, a JPEG at least twice that size on its short side is decoded at a reduced
+    DCT scale (`Image.draft`), never below `target_size`: the resize that follows sees nearly the
+    same pixels at a fraction of the cost (the bound is tested in tests/test_images.py).
+    Alpha is composited over white. Raises `ImageDecodeError` with the reason for any bad file.
+    """
+    data = _read_bytes(source) if isinstance(source, Path) else source
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_FORMATS:
+                raise ImageDecodeError(f"unsupported image format {image.format}")
+            if image.width * image.height > max_pixels:
+                raise ImageDecodeError(
+                    f"{image.width}x{image.height} pixels is over the limit of {max_pixels} "
+                    "(possible decompression bomb)"
+                )
+            info = _read_info(image)
+            if target_size and image.format == "JPEG":
+                _draft(image, target_size)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image), info
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (content not recognised)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageDecodeError(f"possible decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError, IndexError, EOFError) as error:
+        raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError("file vanished before it could be read") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a folder, not a file") from None
+    except OSError as error:
+        raise ImageDecodeError(f"unreadable: {error.strerror or error}") from None
+
+
+def _draft(image: Image.Image, target_size: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale, keeping the short side >= `target_size`.
+
+    Pillow picks the largest reduction that keeps both sides >= the requested size, so asking for
+    the image scaled to a short side of `target_size` never starves the resize that follows.
+    """
+    short = min(image.size)
+    if short < 2 * target_size:
+        return
+    scale = target_size / short
+    image.draft("RGB", (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten transparency over white and convert any mode to RGB."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "I;16" or image.mode.startswith("I;16"):
+        image = image.point(lambda value: value / 256).convert("L")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _read_info(image: Image.Image) -> ImageInfo:
+    exif = image.getexif()
+    orientation = exif.get(0x0112, 1)
+    width, height = image.size
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    sub = exif.get_ifd(_EXIF_IFD)
+    taken = sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+    camera = exif.get(_MODEL)
+    return ImageInfo(
+        width=width,
+        height=height,
+        format=image.format or "unknown",
+        taken_at=_parse_exif_time(taken),
+        camera=(str(camera).strip("\x00 ").strip() or None) if camera else None,
+    )
+
+
+def _parse_exif_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None

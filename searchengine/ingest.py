@@ -1,0 +1,277 @@
+"""Ingestion: folders -> changed files -> decode (in worker processes) -> encoder -> catalog + index.
+
+`scan` and `plan` decide what to do without touching the model; `DecodeDataset` runs in
+DataLoader workers so that decoding hides behind the model; `Ingester.run` writes each batch to
+the catalog in one transaction (so an interrupted run resumes after its last finished batch) and
+to the vector index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from searchengine.catalog import Catalog, NewImage, Skip, StoredFile
+from searchengine.errors import ImageDecodeError, InvalidInputError
+from searchengine.images import ImageInfo, load_image
+from searchengine.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an `index` run will do: files to decode and embed, files gone from disk."""
+
+    to_embed: list[FileStat]
+    vanished: list[str]
+    unchanged: int
+    unreadable: list[Skip] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What a run did. `images_per_second` counts files decoded and written per wall second."""
+
+    scanned: int
+    unchanged: int
+    embedded: int
+    reused: int
+    skipped: int
+    removed: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.embedded + self.reused) / self.seconds if self.seconds > 0 else 0.0
+
+
+def scan(roots: list[Path], settings: IngestSettings) -> tuple[dict[str, FileStat], list[Skip]]:
+    """Walk `roots` (files or folders) for image files by extension.
+
+    Returns path -> FileStat for every image file found, and Skips for folders or files that
+    could not be read. Symbolic links to folders are followed only when settings say so.
+    """
+    found: dict[str, FileStat] = {}
+    problems: list[Skip] = []
+    extensions = tuple(e.lower() for e in settings.extensions)
+    for root in roots:
+        if root.is_file():
+            _add_file(root, found, problems)
+            continue
+        for dirpath, dirnames, filenames in os.walk(
+            root, followlinks=settings.follow_symlinks, onerror=lambda e: problems.append(
+                Skip(str(e.filename), 0, 0, f"unreadable folder: {e.strerror}")
+            )
+        ):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.lower().endswith(extensions) and not name.startswith("."):
+                    _add_file(Path(dirpath) / name, found, problems)
+    return found, problems
+
+
+def _add_file(path: Path, found: dict[str, FileStat], problems: list[Skip]) -> None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return  # vanished between listing and stat: nothing to index, nothing to record
+    except OSError as error:
+        problems.append(Skip(str(path), 0, 0, f"unreadable: {error.strerror}"))
+        return
+    found[str(path)] = FileStat(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def plan(
+    catalog: Catalog, model_id: int, roots: list[Path], settings: IngestSettings
+) -> tuple[Plan, int]:
+    """Compare the disk under `roots` with the catalog for one model. Returns (plan, scanned)."""
+    on_disk, unreadable = scan(roots, settings)
+    root_strings = [str(r) for r in roots]
+    stored = catalog.files_under(root_strings)
+    skipped = catalog.skipped_under(root_strings)
+    have_vector = set(catalog.vector_ids("image", model_id).tolist())
+    to_embed: list[FileStat] = []
+    unchanged = 0
+    for path, stat in on_disk.items():
+        old: StoredFile | None = stored.get(path)
+        same = old is not None and (old.size, old.mtime_ns) == (stat.size, stat.mtime_ns)
+        if same and old.id in have_vector:
+            unchanged += 1
+            continue
+        known_bad = skipped.get(path)
+        if known_bad is not None and (known_bad.size, known_bad.mtime_ns) == (stat.size, stat.mtime_ns):
+            unchanged += 1
+            continue
+        to_embed.append(stat)
+    vanished = [p for p in stored if p not in on_disk]
+    vanished += [p for p in skipped if p not in on_disk]
+    return Plan(to_embed, vanished, unchanged, unreadable), len(on_disk)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One file after the worker: pixels (3, H, W) float32 or the reason it was skipped."""
+
+    stat: FileStat
+    content_hash: str | None
+    info: ImageInfo | None
+    pixels: object | None  # torch.Tensor; typed loosely so this module imports without torch
+    error: str | None
+
+
+class DecodeDataset:
+    """A map-style dataset for `torch.utils.data.DataLoader`: reads, hashes and preprocesses."""
+
+    def __init__(
+        self, files: list[FileStat], preprocess: Callable, target_size: int, settings: IngestSettings
+    ):
+        self.files = files
+        self.preprocess = preprocess
+        self.target_size = target_size if settings.draft else None
+        self.max_pixels = settings.max_pixels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Decoded:
+        stat = self.files[i]
+        try:
+            data = Path(stat.path).read_bytes()
+        except FileNotFoundError:
+            return Decoded(stat, None, None, None, "file vanished before it could be read")
+        except OSError as error:
+            return Decoded(stat, None, None, None, f"unreadable: {error.strerror or error}")
+        content_hash = hashlib.blake2b(data, digest_size=20).hexdigest()
+        try:
+            image, info = load_image(data, target_size=self.target_size, max_pixels=self.max_pixels)
+            pixels = self.preprocess(image)
+        except ImageDecodeError as error:
+            return Decoded(stat, content_hash, None, None, str(error))
+        return Decoded(stat, content_hash, info, pixels, None)
+
+
+def _keep_list(batch: list[Decoded]) -> list[Decoded]:
+    return batch
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # decoding is single-threaded; leave the cores to the model
+
+
+def decoded_batches(dataset: DecodeDataset, settings: IngestSettings) -> Iterator[list[Decoded]]:
+    """Batches of `settings.batch_size` decoded files, produced by worker processes."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        num_workers=settings.workers,
+        collate_fn=_keep_list,
+        worker_init_fn=_worker_init if settings.workers else None,
+        prefetch_factor=4 if settings.workers else None,
+    )
+    yield from loader
+
+
+def check_roots(paths: list[Path]) -> list[Path]:
+    """Absolute, existing roots; a missing one is an error before anything is touched."""
+    if not paths:
+        raise InvalidInputError("give at least one file or folder to index")
+    roots = []
+    for path in paths:
+        resolved = Path(os.path.abspath(os.path.expanduser(path)))
+        if not resolved.exists():
+            raise InvalidInputError(f"{path} does not exist; give an existing file or folder")
+        roots.append(resolved)
+    return roots
+
+
+def vectors_from_blobs(blobs: list[bytes]) -> np.ndarray:
+    """(n, d) float32 from stored vector bytes."""
+    return np.vstack([np.frombuffer(b, dtype=np.float32) for b in blobs])
+
+
+def elapsed_since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    embedded: int
+    reused: int
+    skipped: int
+
+
+def embed_files(
+    catalog: Catalog, encoder, space, files: list[FileStat], settings: IngestSettings, *,
+    progress: bool = True,
+) -> BatchResult:
+    """Decode, embed and store `files` for the encoder's model, batch by batch.
+
+    Each batch is one catalog transaction followed by an in-memory index update; the index file
+    is saved every `settings.save_every` batches and at the end (also on Ctrl-C), so a crash
+    loses at most the batch in flight and the next open re-syncs the index from the catalog.
+    A file whose content hash already has a vector of this model reuses it (renames, moves,
+    duplicates) instead of running the model.
+    """
+    from tqdm import tqdm
+
+    dataset = DecodeDataset(files, encoder.preprocess, encoder.image_size, settings)
+    totals = np.zeros(3, dtype=np.int64)  # embedded, reused, skipped
+    bar = tqdm(total=len(files), unit="img", disable=not progress, dynamic_ncols=True, desc="index")
+    try:
+        for number, batch in enumerate(decoded_batches(dataset, settings), start=1):
+            result = _store_batch(catalog, encoder, space, batch)
+            totals += (result.embedded, result.reused, result.skipped)
+            bar.update(len(batch))
+            bar.set_postfix(skipped=int(totals[2]), reused=int(totals[1]), refresh=False)
+            if number % settings.save_every == 0:
+                space.save()
+    finally:
+        bar.close()
+        space.save()
+    return BatchResult(*map(int, totals))
+
+
+def _store_batch(catalog: Catalog, encoder, space, batch: list[Decoded]) -> BatchResult:
+    import torch
+
+    skips = [Skip(d.stat.path, d.stat.size, d.stat.mtime_ns, d.error) for d in batch if d.error]
+    good = [d for d in batch if d.error is None]
+    if not good:
+        written = catalog.write_images(space.model.id, [], np.zeros((0, space.model.dim)), skips)
+        space.remove(written.removed)
+        return BatchResult(0, 0, len(skips))
+    known = catalog.vectors_by_hash(space.model.id, [d.content_hash for d in good])
+    fresh = [d for d in good if d.content_hash not in known]
+    vectors: dict[str, np.ndarray] = {h: np.frombuffer(b, dtype=np.float32) for h, b in known.items()}
+    unique_fresh = {d.content_hash: d for d in fresh}  # duplicates inside the batch embed once
+    if unique_fresh:
+        pixels = torch.stack([d.pixels for d in unique_fresh.values()])  # (b, 3, H, W)
+        embedded = encoder.encode_images(pixels)  # (b, d) float32 unit
+        vectors.update(zip(unique_fresh.keys(), embedded))
+    images = [
+        NewImage(d.stat.path, d.stat.size, d.stat.mtime_ns, d.content_hash, d.info) for d in good
+    ]
+    matrix = np.vstack([vectors[d.content_hash] for d in good]).astype(np.float32)
+    written = catalog.write_images(space.model.id, images, matrix, skips)
+    space.remove(written.removed)
+    space.add(np.asarray(written.ids, dtype=np.int64), matrix, replace=True)
+    return BatchResult(len(unique_fresh), len(good) - len(unique_fresh), len(skips))
