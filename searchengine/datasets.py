@@ -273,3 +273,56 @@ def _from_rows(
         pairs.append(Pair(image=image, caption=caption, image_key=str(image)))
     listed = {image for image in listed if image.is_file()}
     return _build(path, fmt, split, pairs, listed, skipped=dict(skipped.most_common()))
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    """A zero-shot data set: one sub-folder per class, its images (recursively) in it.
+
+    `labels`: (n_classes,) class names from the folder names (`_` and `-` become spaces);
+    `images`: (n_images,) files; `image_labels`: (n_images,) int64 index into `labels`.
+    """
+
+    source: Path
+    labels: tuple[str, ...]
+    images: tuple[Path, ...]
+    image_labels: np.ndarray = field(repr=False)
+    empty_classes: tuple[str, ...] = ()
+    """Sub-folders with no image file; left out of `labels`."""
+
+
+def read_class_folder(folder: Path | str) -> ClassFolder:
+    """Read a folder with one sub-folder of images per class (hidden folders are ignored).
+
+    Raises `InvalidInputError` when the folder is missing or has fewer than two non-empty classes.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InvalidInputError(f"{folder} is not a folder of class sub-folders")
+    labels: list[str] = []
+    images: list[Path] = []
+    image_labels: list[int] = []
+    empty: list[str] = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        label = " ".join(sub.name.replace("_", " ").replace("-", " ").split())
+        files = sorted(
+            p for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            empty.append(label)
+            continue
+        images.extend(files)
+        image_labels.extend([len(labels)] * len(files))
+        labels.append(label)
+    if len(labels) < 2:
+        raise InvalidInputError(
+            f"{folder} needs at least two sub-folders of images, one per class (found "
+            f"{len(labels)} with images); e.g. {folder}/dog/1.jpg, {folder}/cat/2.jpg"
+        )
+    return ClassFolder(
+        source=folder,
+        labels=tuple(labels),
+        images=tuple(images),
+        image_labels=np.asarray(image_labels, dtype=np.int64),
+        empty_classes=tuple(empty),
+    )
