@@ -1,0 +1,134 @@
+"""Training data: decode + preprocess pairs in DataLoader workers; batches a function of the step.
+
+The batch order is a pure function of (seed, step): epoch e uses the permutation of
+`torch.randperm(n, generator seeded with seed + e)`, so a resumed run sees exactly the batches the
+uninterrupted run would have, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from searchengine.errors import ImageDecodeError, InvalidInputError
+from searchengine.training.pairs import Pair
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """pixels: (n, 3, H, W) float32; tokens: (n, L) int64; image_ids: (n,) int64 (same id, same
+    image); dropped: pairs of the planned batch whose image failed to decode."""
+
+    pixels: torch.Tensor
+    tokens: torch.Tensor
+    image_ids: torch.Tensor
+    dropped: int
+
+
+def decode_image(source, image_size: int) -> Image.Image:
+    """An upright RGB PIL image from a path or encoded bytes (JPEG decoded near `image_size`)."""
+    from searchengine.images import load_image
+
+    image, _ = load_image(source, target_size=image_size)
+    return image
+
+
+class PairDataset:
+    """Map-style dataset: index -> (pixels (3, H, W) float32 or None when undecodable, caption,
+    image id)."""
+
+    def __init__(self, pairs: tuple[Pair, ...], preprocess: Callable, image_size: int):
+        self.pairs = pairs
+        self.preprocess = preprocess
+        self.image_size = image_size
+        index: dict[str, int] = {}
+        self.image_ids = [index.setdefault(pair.image_key, len(index)) for pair in pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        pair = self.pairs[i]
+        try:
+            pixels = self.preprocess(decode_image(pair.image, self.image_size))
+        except ImageDecodeError as error:
+            log.warning("skipping pair %d (%s): %s", i, pair.image_key, error)
+            pixels = None
+        return pixels, pair.caption, self.image_ids[i]
+
+
+class Collate:
+    """Stacks decoded pairs into a `Batch`, dropping undecodable ones; tokenises the captions."""
+
+    def __init__(self, tokenizer: Callable):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list) -> Batch:
+        import torch
+
+        kept = [item for item in items if item[0] is not None]
+        if not kept:
+            raise InvalidInputError("a whole training batch failed to decode; check the images")
+        return Batch(
+            pixels=torch.stack([item[0] for item in kept]),
+            tokens=self.tokenizer([item[1] for item in kept]),
+            image_ids=torch.tensor([item[2] for item in kept], dtype=torch.int64),
+            dropped=len(items) - len(kept),
+        )
+
+
+class StepBatches:
+    """Batch sampler: the index lists of steps `start` .. `total - 1` (drop-last epochs)."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, start: int, total: int):
+        if n < batch_size:
+            raise InvalidInputError(
+                f"batch size {batch_size} is larger than the {n} training pairs; lower --batch-size"
+            )
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.total = start, total
+        self.per_epoch = n // batch_size
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        import torch
+
+        epoch, order = -1, None
+        for step in range(self.start, self.total):
+            step_epoch, position = divmod(step, self.per_epoch)
+            if step_epoch != epoch:
+                epoch = step_epoch
+                generator = torch.Generator().manual_seed(self.seed + epoch)
+                order = torch.randperm(self.n, generator=generator)
+            yield order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
+
+
+def load_pixels(pairs: list[Pair], preprocess: Callable, image_size: int, *, workers: int = 0):
+    """Decode one image per pair: ((n_ok, 3, H, W) float32, keys of the decoded images)."""
+    import torch
+
+    dataset = PairDataset(tuple(pairs), preprocess, image_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=64, num_workers=workers, collate_fn=list
+    )
+    tensors, keys = [], []
+    offset = 0
+    for items in loader:
+        for j, (pixels, _, _) in enumerate(items):
+            if pixels is not None:
+                tensors.append(pixels)
+                keys.append(pairs[offset + j].image_key)
+        offset += len(items)
+    if not tensors:
+        raise InvalidInputError("no validation image could be decoded")
+    return torch.stack(tensors), keys

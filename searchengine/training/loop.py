@@ -1,0 +1,370 @@
+"""The training loop: `train(out, settings, pairs=..., val=...)` reads top to bottom.
+
+read pairs -> build the model (train mode, optional locked tower) -> evaluate the starting model
+-> for each step: batch, contrastive backward (gradient-cached when asked), AdamW step, clamp the
+temperature; evaluate every `eval_every` steps, keep the best as `best.pt`, checkpoint `last.pt`
+every `save_every` steps -> summary and plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from searchengine.errors import InvalidInputError
+from searchengine.losses import MAX_LOGIT_SCALE, clip_loss, initial_logit_bias, siglip_loss
+from searchengine.training import checkpoint as checkpoints
+from searchengine.training.data import Collate, PairDataset, StepBatches, load_pixels
+from searchengine.training.evaluation import Evaluation, evaluate, prepare_validation
+from searchengine.training.gradcache import contrastive_backward
+from searchengine.training.pairs import PairSet, read_pairs
+from searchengine.training.schedule import learning_rate
+from searchengine.training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+RESUME_MUST_MATCH = ("model", "loss", "lock", "batch_size", "lr", "warmup", "weight_decay", "seed")
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a run did. `start`/`best`/`final` are validation records (recall, diagonal gap)."""
+
+    out: Path
+    best_checkpoint: Path
+    steps: int
+    train_pairs: int
+    val_pairs: int
+    start: dict
+    best: dict
+    final: dict
+    improved: bool
+    stopped_early: bool
+    pairs_per_second: float
+    skipped: dict = field(default_factory=dict)
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return {key: (str(v) if isinstance(v, Path) else v) for key, v in self.__dict__.items()}
+
+
+@dataclass
+class _State:
+    """The run's mutable bookkeeping; saved in `last.pt` so a resume continues it."""
+
+    step: int = 0
+    best_recall: float = -1.0
+    best_step: int = 0
+    bad_evals: int = 0
+    start: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    final: dict = field(default_factory=dict)
+    pairs_seen: int = 0
+    train_seconds: float = 0.0
+    dropped: int = 0
+
+
+def train(
+    out: Path, settings: TrainSettings, *, pairs: Path, val: Path | None = None,
+    resume: bool = False, image_column: str | None = None, caption_column: str | None = None,
+    split: str | None = None, val_split: str | None = None,
+) -> TrainSummary:
+    """Train on the pairs at `pairs` (see `pairs.read_pairs`), validating on `val` or on a held-out
+    `settings.val_fraction` of the images; write checkpoints, metrics.jsonl, summary.json and
+    plots into `out`. `split`/`val_split` select a split of a dataset folder (`--val` defaults to
+    the training source when only `val_split` is given)."""
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set, val_set = _read_sets(pairs, val, settings, image_column, caption_column, split,
+                                    val_split)
+    run = _Run(out, settings, train_set, val_set)
+    state = run.resume() if resume else run.start()
+    with torch.random.fork_rng(devices=run.cuda_devices):
+        state = run.loop(state)
+    return run.finish(state)
+
+
+def _read_sets(pairs, val, settings, image_column, caption_column, split, val_split):
+    columns = {"image_column": image_column, "caption_column": caption_column}
+    train_set = read_pairs(pairs, split=split, **columns)
+    if val is None and val_split is not None:
+        val = pairs
+    if val is not None:
+        return train_set, read_pairs(val, split=val_split, **columns)
+    return train_set.split_by_image(settings.val_fraction, seed=settings.seed)
+
+
+class _Run:
+    def __init__(self, out: Path, settings: TrainSettings, train_set: PairSet, val_set: PairSet):
+        import torch
+
+        from searchengine.encoder import resolve_device
+        from searchengine.models import build_model, parse_model_spec
+
+        self.out, self.settings, self.train_set, self.val_set = out, settings, train_set, val_set
+        self.device = resolve_device(settings.device)
+        if settings.precision == "fp16" and not self.device.startswith("cuda"):
+            raise InvalidInputError("fp16 training needs a GPU; use --precision bf16 on the CPU")
+        self.cuda_devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
+        self.spec = parse_model_spec(settings.model)
+        self.model, self.preprocess, self.tokenizer = build_model(
+            self.spec, device=self.device, seed=settings.seed
+        )
+        self.model.train()
+        if settings.lock == "image":
+            self.model.lock_image_tower()
+        elif settings.lock == "text":
+            self.model.lock_text_tower()
+        if settings.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        size = self.model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.total = settings.steps or settings.epochs * (len(train_set) // settings.batch_size)
+        self.warmup = settings.warmup if settings.warmup is not None else min(self.total // 10, 500)
+        self.logit_bias = torch.nn.Parameter(
+            torch.tensor(initial_logit_bias(settings.loss), device=self.device),
+            requires_grad=settings.loss == "siglip",
+        )
+        self.optimizer = _optimizer(self.model, self.logit_bias, settings)
+        self.scaler = torch.amp.GradScaler("cuda") if settings.precision == "fp16" else None
+        self.autocast = _autocast_factory(settings.precision, self.device)
+        self.validation = prepare_validation(
+            val_set, self._load_pixels, self.tokenizer, max_pairs=settings.eval_max_pairs
+        )
+        self.metrics_path = out / "metrics.jsonl"
+
+    def _load_pixels(self, pairs: list):
+        return load_pixels(pairs, self.preprocess, self.image_size, workers=self.settings.workers)
+
+    # -- starting and resuming ----------------------------------------------------------------
+    def start(self) -> _State:
+        self.metrics_path.write_text("")
+        state = _State()
+        first = self._evaluate(0)
+        state.start = first.as_record()
+        _save_similarity(self.out / "similarity_start.json", first)
+        self._after_eval(state, first)
+        return state
+
+    def resume(self) -> _State:
+        saved = checkpoints.load(self.out / "last.pt")
+        before = TrainSettings(**saved["settings"])
+        changed = [k for k in RESUME_MUST_MATCH if getattr(before, k) != getattr(self.settings, k)]
+        if changed:
+            raise InvalidInputError(
+                f"cannot resume {self.out}: {', '.join(changed)} differ from the interrupted run; "
+                "use the same settings or a new --out"
+            )
+        self.model.load_state_dict(saved["state_dict"])
+        self.logit_bias.data.fill_(float(saved["logit_bias"]))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        checkpoints.restore_rng_states(saved["rng"])
+        state = _State(**saved["run_state"])
+        _truncate_metrics(self.metrics_path, state.step)
+        log.info("resuming %s at step %d of %d", self.out, state.step, self.total)
+        return state
+
+    # -- the loop -------------------------------------------------------------------------------
+    def loop(self, state: _State) -> _State:
+        import torch
+        from tqdm import tqdm
+
+        batches = StepBatches(len(self.train_set), self.settings.batch_size,
+                              seed=self.settings.seed, start=state.step, total=self.total)
+        loader = torch.utils.data.DataLoader(
+            PairDataset(self.train_set.pairs, self.preprocess, self.image_size),
+            batch_sampler=batches, num_workers=self.settings.workers,
+            collate_fn=Collate(self.tokenizer), pin_memory=bool(self.cuda_devices),
+            persistent_workers=False,
+        )
+        bar = tqdm(total=self.total, initial=state.step, disable=not self.settings.progress,
+                   desc="train", unit="step", dynamic_ncols=True)
+        tick = time.perf_counter()
+        for batch in loader:
+            loss = self._step(state.step, batch)
+            state.step += 1
+            state.dropped += batch.dropped
+            state.pairs_seen += len(batch.image_ids)
+            now = time.perf_counter()
+            state.train_seconds += now - tick
+            record = self._log_step(state, loss, len(batch.image_ids) / max(now - tick, 1e-9))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{record['pairs_per_s']:.1f}",
+                            temp=f"{record['temperature']:.2f}")
+            stop = False
+            if state.step % self.settings.eval_every == 0 or state.step == self.total:
+                stop = self._after_eval(state, self._evaluate(state.step))
+            if stop or state.step % self.settings.save_every == 0 or state.step == self.total:
+                self._save_last(state)
+            if stop:
+                break
+            tick = time.perf_counter()
+        bar.close()
+        return state
+
+    def _step(self, step: int, batch) -> float:
+        import torch
+
+        lr = learning_rate(step, base_lr=self.settings.lr, warmup_steps=self.warmup,
+                           total_steps=self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        pixels = batch.pixels.to(self.device, non_blocking=True)
+        tokens = batch.tokens.to(self.device, non_blocking=True)
+        loss = contrastive_backward(
+            self.model, pixels, tokens, self._loss_function(batch.image_ids.to(self.device)),
+            micro_batch=self.settings.micro_batch, autocast=self.autocast,
+            scale_loss=self.scaler.scale if self.scaler else (lambda value: value),
+        )
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with torch.no_grad():  # keep exp(logit_scale) in [1, 100], as CLIP does
+            self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+        return float(loss)
+
+    def _loss_function(self, image_ids: torch.Tensor) -> Callable:
+        scale, bias = self.model.logit_scale, self.logit_bias
+        if self.settings.loss == "siglip":
+            return lambda images, texts: siglip_loss(images, texts, scale, bias, image_ids)
+        return lambda images, texts: clip_loss(images, texts, scale, image_ids)
+
+    # -- evaluation, bookkeeping, checkpoints ---------------------------------------------------
+    def _evaluate(self, step: int) -> Evaluation:
+        evaluation = evaluate(self.model, self.validation, step, device=self.device,
+                              autocast=self.autocast)
+        self._append({"kind": "eval", **evaluation.as_record()})
+        log.info("step %d: mean recall %.4f, diagonal gap %.4f", step, evaluation.recall_mean,
+                 evaluation.diagonal_gap)
+        return evaluation
+
+    def _after_eval(self, state: _State, evaluation: Evaluation) -> bool:
+        """Track the best model; True when early stopping says to stop."""
+        state.final = evaluation.as_record()
+        if evaluation.recall_mean > state.best_recall:
+            state.best_recall, state.best_step, state.bad_evals = (
+                evaluation.recall_mean, evaluation.step, 0)
+            state.best = evaluation.as_record()
+            checkpoints.save(self._model_checkpoint(evaluation.step, state.best),
+                             self.out / "best.pt")
+            _save_similarity(self.out / "similarity_best.json", evaluation)
+        elif evaluation.step > 0:
+            state.bad_evals += 1
+        patience = self.settings.patience
+        return patience is not None and state.bad_evals >= patience
+
+    def _model_checkpoint(self, step: int, metrics: dict) -> dict:
+        return checkpoints.model_checkpoint(
+            self.model, self.spec.arch, step, metrics=metrics, settings=self.settings.as_dict(),
+            logit_bias=float(self.logit_bias), source_model=self.spec.id,
+        )
+
+    def _save_last(self, state: _State) -> None:
+        saved = self._model_checkpoint(state.step, state.final)
+        saved.update(
+            optimizer=self.optimizer.state_dict(),
+            scheduler={"step": state.step, "total": self.total, "warmup": self.warmup},
+            scaler=self.scaler.state_dict() if self.scaler else {},
+            rng=checkpoints.rng_states(), run_state=dict(state.__dict__),
+        )
+        checkpoints.save(saved, self.out / "last.pt")
+
+    def _log_step(self, state: _State, loss: float, pairs_per_second: float) -> dict:
+        record = {
+            "kind": "train", "step": state.step, "loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "temperature": float(self.model.logit_scale.detach().exp()),
+            "pairs_per_s": pairs_per_second,
+        }
+        self._append(record)
+        return record
+
+    def _append(self, record: dict) -> None:
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def finish(self, state: _State) -> TrainSummary:
+        from searchengine.training.plots import write_plots
+
+        improved = state.best_step > 0
+        stopped_early = state.step < self.total
+        summary = TrainSummary(
+            out=self.out, best_checkpoint=self.out / "best.pt", steps=state.step,
+            train_pairs=len(self.train_set), val_pairs=len(self.validation.tokens),
+            start=state.start, best=state.best, final=state.final, improved=improved,
+            stopped_early=stopped_early,
+            pairs_per_second=state.pairs_seen / max(state.train_seconds, 1e-9),
+            skipped={"unusable rows": len(self.train_set.skipped), "undecodable": state.dropped},
+            message=_verdict(state, improved),
+        )
+        (self.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
+        write_plots(self.out)
+        return summary
+
+
+def _verdict(state: _State, improved: bool) -> str:
+    start, best = state.start.get("recall_mean", 0.0), state.best.get("recall_mean", 0.0)
+    if not improved:
+        return (f"training never beat the starting model (mean recall {start:.4f}); best.pt holds "
+                "the starting weights")
+    return (f"mean recall rose from {start:.4f} to {best:.4f} (best at step {state.best_step})")
+
+
+def _optimizer(model: torch.nn.Module, logit_bias: torch.Tensor, settings: TrainSettings):
+    """AdamW; gains, biases, embeddings of position and the temperature get no weight decay."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = (parameter.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
+                  or "logit_scale" in name)
+        (no_decay if exempt else decay).append(parameter)
+    if logit_bias.requires_grad:
+        no_decay.append(logit_bias)
+    groups = [{"params": no_decay, "weight_decay": 0.0},
+              {"params": decay, "weight_decay": settings.weight_decay}]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _autocast_factory(precision: str, device: str) -> Callable:
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _save_similarity(path: Path, evaluation: Evaluation) -> None:
+    path.write_text(json.dumps({"step": evaluation.step,
+                                "similarity": evaluation.similarity.tolist()}))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint a resume starts from (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
