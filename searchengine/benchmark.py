@@ -175,8 +175,9 @@ def measure_recall(
         raise InvalidInputError(f"k values must be positive integers, got {settings.ks}")
     images, text_to_image, rows = _index_images(engine, dataset, model, settings)
     captions = [dataset.captions[i] for i in rows]
-    if settings.index_kind:  # the text space is created with the asked kind (or rebuilt to it)
-        engine.space(model, "text", create=True, kind=settings.index_kind)
+    # Open the text space (with the asked kind) before adding texts: the index is then loaded
+    # before the first vectors reach the catalog, so none is added to it twice.
+    engine.space(model, "text", create=True, kind=settings.index_kind).index  # noqa: B018
     text_set, text_ids = _add_captions(engine, captions, model)  # (n_texts,) catalog text ids
     unique_text_ids, text_column = np.unique(text_ids, return_inverse=True)
     image_vectors = _vectors_for(engine, "image", images, model)
