@@ -1,7 +1,102 @@
-"""CLI commands of this area (filled in by its issue)."""
+"""CLI commands of this area: `searchengine train`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from searchengine.cli.options import echo_json, echo_table, handle_errors, json_option
+
+
+@click.command("train")
+@click.argument("pairs", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default="ViT-B-32/laion2b_s34b_b79k", show_default=True, metavar="SPEC",
+              help="Starting model: ARCH/PRETRAINED, ARCH/path/to/checkpoint.pt or ARCH/random.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder: checkpoints, metrics.jsonl, summary.json, plots.")
+@click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Validation PAIRS (default: hold out --val-fraction of the images).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share of the images held out for validation when --val is not given.")
+@click.option("--split", default=None, help="Train on this split of a dataset folder (e.g. train).")
+@click.option("--val-split", default=None,
+              help="Validate on this split (of --val, else of PAIRS), e.g. test.")
+@click.option("--image-column", default=None, help="Image column of a CSV/TSV/Parquet PAIRS.")
+@click.option("--caption-column", default=None, help="Caption column of a CSV/TSV/Parquet PAIRS.")
+@click.option("--loss", type=click.Choice(["clip", "siglip"]), default="clip", show_default=True,
+              help="Contrastive objective.")
+@click.option("--lock", type=click.Choice(["image", "text"]), default=None,
+              help="Freeze one tower (image: locked-image tuning).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Optimiser steps (default: --epochs passes).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Passes over the pairs when --steps is not given.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Pairs per contrastive batch.")
+@click.option("--micro-batch", type=click.IntRange(min=1), default=None,
+              help="Pairs held in memory at a time (gradient caching; same gradients).")
+@click.option("--lr", type=float, default=1e-5, show_default=True, help="Peak learning rate.")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Warmup steps [default: a tenth of the run, at most 500].")
+@click.option("--weight-decay", type=float, default=0.2, show_default=True,
+              help="AdamW weight decay of weight matrices.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="fp16 needs a GPU.")
+@click.option("--grad-checkpointing", is_flag=True, help="Trade compute for activation memory.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image decode processes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Steps between validation passes.")
+@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Steps between checkpoints (last.pt).")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after this many validation passes without a better recall.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@json_option
+@handle_errors
+def train_command(pairs: Path, out: Path, val: Path | None, split: str | None,
+                  val_split: str | None, image_column: str | None, caption_column: str | None,
+                  resume: bool, as_json: bool, **options) -> None:
+    """Adapt a CLIP model to your own image-caption pairs, checking recall while it trains.
+
+    PAIRS is a CSV/TSV (image path + caption columns), a Parquet file (path or image bytes +
+    caption), a folder of images with same-named .txt captions, or a dataset folder with
+    captions.csv, images/ and split.csv. The run folder gets best.pt (best validation recall;
+    use it with --model ARCH/OUT/best.pt), last.pt, metrics.jsonl, summary.json and plots.
+
+    Example:
+
+    \b
+        searchengine train products.csv --model ViT-B-32/laion2b_s34b_b79k --out runs/products
+
+        searchengine train flickr8k-1k --split train --val-split test \\
+            --model se-tiny/random --lr 5e-4 --steps 500 --out runs/tiny
+    """
+    from searchengine.training.loop import train
+    from searchengine.training.settings import TrainSettings
+
+    settings = TrainSettings(progress=not as_json, **options)
+    summary = train(out, settings, pairs=pairs, val=val, resume=resume, split=split,
+                    val_split=val_split, image_column=image_column,
+                    caption_column=caption_column)
+    if as_json:
+        echo_json(summary.as_dict())
+        return
+    rows = []
+    for label, record in (("start", summary.start), ("best", summary.best),
+                          ("final", summary.final)):
+        rows.append([label, record.get("step", 0)]
+                    + [record[d][f"R@{k}"] for d in ("text_to_image", "image_to_text")
+                       for k in (1, 5, 10)] + [record.get("diagonal_gap", 0.0)])
+    echo_table(["", "step", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1", "i2t R@5", "i2t R@10",
+                "gap"], rows)
+    click.echo(f"\n{summary.message}")
+    click.echo(f"{summary.steps} steps, {summary.pairs_per_second:.1f} pairs/s; "
+               f"skipped: {summary.skipped}")
+    click.echo(f"best checkpoint: {summary.best_checkpoint}")
+
+
+COMMANDS: list[click.Command] = [train_command]

@@ -273,7 +273,7 @@ class _Run:
     def _model_checkpoint(self, step: int, metrics: dict) -> dict:
         return checkpoints.model_checkpoint(
             self.model, self.spec.arch, step, metrics=metrics, settings=self.settings.as_dict(),
-            logit_bias=float(self.logit_bias), source_model=self.spec.id,
+            logit_bias=float(self.logit_bias.detach()), source_model=self.spec.id,
         )
 
     def _save_last(self, state: _State) -> None:

@@ -1,0 +1,199 @@
+"""The trainer: gradient caching against the plain batch, resume, best.pt, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from searchengine.cli import cli
+from searchengine.losses import clip_loss, siglip_loss
+from searchengine.models import build_model, parse_model_spec
+from searchengine.training import loop
+from searchengine.training.data import StepBatches
+from searchengine.training.gradcache import contrastive_backward
+from searchengine.training.schedule import learning_rate
+from searchengine.training.settings import TrainSettings
+
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+          "yellow": (230, 220, 30), "black": (10, 10, 10), "white": (245, 245, 245)}
+SHAPES = ("circle", "square")
+
+
+@pytest.fixture(scope="module")
+def pairs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 generated images (6 colours x 2 shapes), two captions each, plus one missing image."""
+    folder = tmp_path_factory.mktemp("pairs")
+    lines = ["image,caption"]
+    for color, rgb in COLORS.items():
+        for shape in SHAPES:
+            image = Image.new("RGB", (40, 40), (128, 128, 128))
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if shape == "circle" else draw.rectangle)((6, 6, 34, 34), fill=rgb)
+            image.save(folder / f"{color}_{shape}.png")
+            lines += [f"{color}_{shape}.png,a {color} {shape}",
+                      f"{color}_{shape}.png,{shape} painted {color}"]
+    lines.append("gone.png,a missing picture")
+    (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return folder / "pairs.csv"
+
+
+def _settings(**changes) -> TrainSettings:
+    base = dict(model="se-tiny/random", batch_size=8, lr=1e-3, steps=6, eval_every=3,
+                save_every=3, workers=0, progress=False, val_fraction=0.25, device="cpu")
+    return TrainSettings(**{**base, **changes})
+
+
+def _tiny_model():
+    model, _, tokenizer = build_model(parse_model_spec("se-tiny/random"), seed=1)
+    return model.train(), tokenizer
+
+
+def _gradients(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss_name", ["clip", "siglip"])
+def test_gradient_caching_gives_the_full_batch_gradients(loss_name: str) -> None:
+    model, tokenizer = _tiny_model()
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(7, 3, 32, 32, generator=generator)
+    tokens = tokenizer([f"caption number {i}" for i in range(7)])
+    image_ids = torch.tensor([0, 0, 1, 2, 3, 3, 4])
+    bias = torch.tensor(-2.0, requires_grad=True)
+
+    def loss_function(images, texts):
+        if loss_name == "siglip":
+            return siglip_loss(images, texts, model.logit_scale, bias, image_ids)
+        return clip_loss(images, texts, model.logit_scale, image_ids)
+
+    reference_loss = contrastive_backward(model, pixels, tokens, loss_function)
+    reference, reference_bias = _gradients(model), bias.grad
+    model.zero_grad(set_to_none=True)
+    bias.grad = None
+    cached_loss = contrastive_backward(model, pixels, tokens, loss_function, micro_batch=3)
+    cached = _gradients(model)
+    assert cached_loss.item() == pytest.approx(reference_loss.item(), rel=1e-6)
+    assert cached.keys() == reference.keys() and "logit_scale" in cached
+    for name, gradient in reference.items():
+        torch.testing.assert_close(cached[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    if loss_name == "siglip":
+        torch.testing.assert_close(bias.grad, reference_bias)
+
+
+def test_gradient_caching_with_a_locked_image_tower() -> None:
+    model, tokenizer = _tiny_model()
+    model.lock_image_tower()
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tokens = tokenizer([f"text {i}" for i in range(5)])
+
+    def loss_function(images, texts):
+        return clip_loss(images, texts, model.logit_scale)
+
+    contrastive_backward(model, pixels, tokens, loss_function)
+    reference = _gradients(model)
+    model.zero_grad(set_to_none=True)
+    contrastive_backward(model, pixels, tokens, loss_function, micro_batch=2)
+    cached = _gradients(model)
+    assert not any(name.startswith("visual.") for name in cached)
+    assert cached.keys() == reference.keys()
+    for name, gradient in reference.items():
+        torch.testing.assert_close(cached[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    rates = [learning_rate(s, base_lr=1.0, warmup_steps=4, total_steps=12) for s in range(13)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert rates[8] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert rates[12] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:], strict=False))
+
+
+def test_batches_are_a_function_of_the_step() -> None:
+    full = list(StepBatches(10, 3, seed=5, start=0, total=8))
+    tail = list(StepBatches(10, 3, seed=5, start=5, total=8))
+    assert tail == full[5:]
+    assert sorted(sum(full[:3], [])) == sorted(set(sum(full[:3], [])))  # an epoch has no repeats
+    assert len(full) == 8 and all(len(batch) == 3 for batch in full)
+
+
+def _losses(out: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+
+
+def test_resume_reproduces_the_uninterrupted_run(
+    pairs_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings()
+    loop.train(tmp_path / "whole", settings, pairs=pairs_csv)
+
+    original_step = loop._Run._step
+
+    def interrupted_step(self, step, batch):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original_step(self, step, batch)
+
+    monkeypatch.setattr(loop._Run, "_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tmp_path / "cut", settings, pairs=pairs_csv)
+    monkeypatch.setattr(loop._Run, "_step", original_step)
+    assert [step for step, _ in _losses(tmp_path / "cut")] == [1, 2, 3, 4]
+    summary = loop.train(tmp_path / "cut", settings, pairs=pairs_csv, resume=True)
+
+    whole, resumed = _losses(tmp_path / "whole"), _losses(tmp_path / "cut")
+    assert [step for step, _ in resumed] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([v for _, v in resumed], [v for _, v in whole], rtol=1e-5)
+    assert summary.steps == 6 and summary.skipped["unusable rows"] == 1
+
+
+def test_best_checkpoint_loads_through_the_encoder(pairs_csv: Path, tmp_path: Path) -> None:
+    from searchengine.encoder import Encoder
+    from searchengine.settings import EncoderSettings
+
+    summary = loop.train(tmp_path / "run", _settings(steps=3, eval_every=1), pairs=pairs_csv)
+    saved = torch.load(summary.best_checkpoint, weights_only=True)
+    assert saved["arch"] == "se-tiny" and saved["model_config"]["embed_dim"] == 64
+    encoder = Encoder.load(f"se-tiny/{summary.best_checkpoint}", EncoderSettings(device="cpu"))
+    for name, value in encoder.model.state_dict().items():
+        torch.testing.assert_close(value, saved["state_dict"][name])
+    texts = encoder.encode_texts(["a red circle", "a blue square"])
+    assert texts.shape == (2, 64) and np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "rng", "settings", "step"} <= last.keys()
+
+
+def test_a_run_that_never_improves_keeps_the_starting_weights(
+    pairs_csv: Path, tmp_path: Path
+) -> None:
+    summary = loop.train(tmp_path / "run", _settings(steps=2, eval_every=1, lr=1e-12),
+                         pairs=pairs_csv)
+    assert not summary.improved and "never beat the starting model" in summary.message
+    assert torch.load(summary.best_checkpoint, weights_only=True)["step"] == 0
+
+
+def test_cli_train_end_to_end(pairs_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(cli, [
+        "train", str(pairs_csv), "--model", "se-tiny/random", "--out", str(out), "--steps", "4",
+        "--batch-size", "6", "--micro-batch", "4", "--lr", "1e-3", "--eval-every", "2",
+        "--workers", "0", "--device", "cpu", "--precision", "bf16", "--loss", "siglip",
+        "--val-fraction", "0.25", "--patience", "5",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "best checkpoint:" in result.output and "t2i R@5" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["val_pairs"] == 6
+    assert {"training.png", "similarity.png", "best.pt", "last.pt"} <= {
+        p.name for p in out.iterdir()}
+    bad = CliRunner().invoke(cli, ["train", str(pairs_csv), "--out", str(tmp_path / "x"),
+                                   "--model", "se-tiny/random", "--device", "cpu",
+                                   "--precision", "fp16"])
+    assert bad.exit_code == 1 and "fp16 training needs a GPU" in bad.output
