@@ -1,0 +1,171 @@
+"""The scene world: reproducible, truthful captions, held-out pairs kept out, files laid out."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections import deque
+
+import numpy as np
+import pytest
+
+from searchengine.errors import InvalidInputError
+from searchengine.scenes import _COUNT_WORDS as COUNT_WORDS
+from searchengine.scenes import _POSITION_WORDS as POSITION_WORDS
+from searchengine.scenes import _RELATION_WORDS as RELATION_WORDS
+from searchengine.scenes import (
+    COLOURS,
+    HELDOUT_PAIRS,
+    SCENE_COLUMNS,
+    generate_scenes,
+    layout,
+    read_scene_attributes,
+    render,
+    write_collection,
+)
+
+
+def test_same_seed_gives_same_scenes_and_pixels():
+    first = generate_scenes(12, seed=7, split="train")
+    second = generate_scenes(12, seed=7, split="train")
+    assert first == second
+    for a, b in zip(first, second, strict=True):
+        assert render(a).tobytes() == render(b).tobytes()
+    other = generate_scenes(12, seed=8, split="train")
+    assert [s.captions for s in other] != [s.captions for s in first]
+
+
+def test_a_longer_list_extends_a_shorter_one():
+    assert generate_scenes(30, seed=3)[:10] == generate_scenes(10, seed=3)
+
+
+def test_written_files_are_identical_for_the_same_seed(tmp_path):
+    a = write_collection(tmp_path / "a", 5, seed=1, split="heldout")
+    b = write_collection(tmp_path / "b", 5, seed=1, split="heldout")
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / name).read_bytes() == (b / name).read_bytes() for name in names)
+
+
+def test_heldout_pairs_never_in_train_and_always_in_heldout():
+    pairs = lambda scene: {(o.colour, o.shape) for o in scene.objects}  # noqa: E731
+    train = generate_scenes(3000, seed=0, split="train")
+    heldout = generate_scenes(1000, seed=0, split="heldout")
+    assert not any(pairs(s) & HELDOUT_PAIRS for s in train)
+    assert all(pairs(s) & HELDOUT_PAIRS for s in heldout)
+    # Every colour and every shape still occurs in training, only not in those pairs.
+    seen = set().union(*(pairs(s) for s in train))
+    assert {c for c, _ in seen} == set(COLOURS)
+    assert len(seen) == 64 - len(HELDOUT_PAIRS)
+
+
+def test_captions_state_the_attributes():
+    for scene in generate_scenes(400, seed=5, split="train"):
+        assert len(set(scene.captions)) == len(scene.captions) == 5
+        for caption in scene.captions:
+            for obj in scene.objects:
+                assert obj.colour in caption and obj.shape in caption, (caption, scene)
+            if scene.kind == "group":
+                assert any(p in caption for p in POSITION_WORDS[scene.position]), caption
+                words = caption.split()
+                counts = COUNT_WORDS[scene.count] + (("an",) if scene.count == 1 else ())
+                assert any(c.split()[0] in words for c in counts), caption
+                if scene.count > 1:
+                    assert f"{scene.objects[0].shape}s" in caption or "crosses" in caption
+            else:
+                relations = RELATION_WORDS[scene.relation] + RELATION_WORDS[
+                    {"above": "below", "below": "above", "left of": "right of",
+                     "right of": "left of"}[scene.relation]]
+                assert any(f" {r} " in caption for r in relations), caption
+
+
+def test_unknown_split_and_bad_sizes_are_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="heldout"):
+        generate_scenes(3, seed=0, split="test")
+    with pytest.raises(InvalidInputError):
+        generate_scenes(3, seed=0, image_size=8)
+    with pytest.raises(InvalidInputError, match="png"):
+        write_collection(tmp_path, 1, seed=0, image_format="gif")
+
+
+def test_layouts_fit_the_picture_and_never_overlap():
+    for scene in generate_scenes(3000, seed=11, split="train"):
+        placements = layout(scene)
+        assert len(placements) == scene.count
+        for p in placements:
+            assert 0.0 < p.x - p.r < p.x + p.r < 1.0 and 0.0 < p.y - p.r < p.y + p.r < 1.0
+        for p, q in itertools.combinations(placements, 2):
+            assert np.hypot(p.x - q.x, p.y - q.y) >= p.r + q.r + 0.035
+
+
+def _blobs(mask: np.ndarray, min_pixels: int = 6) -> list[np.ndarray]:
+    """4-connected components of a (h, w) bool mask as (m, 2) arrays of (y, x); a plain BFS."""
+    seen = np.zeros_like(mask)
+    blobs = []
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        queue, pixels = deque([start]), []
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] \
+                        and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        if len(pixels) >= min_pixels:
+            blobs.append(np.array(pixels))
+    return blobs
+
+
+def _colour_blobs(image, colour: str) -> list[np.ndarray]:
+    pixels = np.asarray(image, dtype=np.float32)  # (h, w, 3)
+    close = np.linalg.norm(pixels - np.array(COLOURS[colour]), axis=2) < 60
+    return _blobs(close)
+
+
+def test_rendered_counts_and_positions_match_the_scene():
+    scenes = [s for s in generate_scenes(400, seed=2, split="train") if s.background == "plain"]
+    groups = [s for s in scenes if s.kind == "group"][:30]
+    assert len(groups) == 30
+    for scene in groups:
+        blobs = _colour_blobs(render(scene), scene.objects[0].colour)
+        assert len(blobs) == scene.count, scene
+        y, x = np.concatenate(blobs).mean(axis=0) / scene.image_size
+        expected = {"left": x < 0.4, "right": x > 0.6, "top": y < 0.4, "bottom": y > 0.6,
+                    "centre": abs(x - 0.5) < 0.1 and abs(y - 0.5) < 0.1}[scene.position]
+        assert expected, (scene.position, x, y)
+
+
+def test_rendered_relations_match_the_scene():
+    pairs = [s for s in generate_scenes(600, seed=4, split="heldout")
+             if s.kind == "pair" and s.background == "plain"
+             and s.objects[0].colour != s.objects[1].colour][:20]
+    assert len(pairs) == 20
+    for scene in pairs:
+        image = render(scene)
+        (y1, x1), (y2, x2) = (np.concatenate(_colour_blobs(image, o.colour)).mean(axis=0)
+                              for o in scene.objects)
+        holds = {"above": y1 < y2, "below": y1 > y2, "left of": x1 < x2, "right of": x1 > x2}
+        assert holds[scene.relation], scene
+
+
+def test_collection_layout(tmp_path):
+    folder = write_collection(tmp_path / "demo", 6, seed=0, split="heldout", captions_per_scene=3)
+    images = sorted(p.name for p in (folder / "images").iterdir())
+    assert images == [f"scene-{i:05d}.jpg" for i in range(6)]
+    with open(folder / "captions.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", "caption"]
+    assert len(rows) == 1 + 6 * 3
+    assert {image for image, _ in rows[1:]} == set(images)
+    scenes = generate_scenes(6, seed=0, split="heldout", captions_per_scene=3)
+    assert [caption for _, caption in rows[1:4]] == list(scenes[0].captions)
+    with open(folder / "scenes.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == list(SCENE_COLUMNS)
+    attributes = read_scene_attributes(folder)
+    assert list(attributes) == images
+    assert attributes["scene-00000.jpg"] == scenes[0].attributes()
+    assert all(row["split"] == "heldout" for row in attributes.values())
