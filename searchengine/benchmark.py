@@ -309,7 +309,7 @@ def plot_recall(report: RecallReport, path: Path) -> Path:
              title=f"{report.model} on {Path(report.dataset['source']).name}"
              + (f" ({report.dataset['split']})" if report.dataset.get("split") else ""))
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="upper left", fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
