@@ -190,6 +190,7 @@ class Engine:
         kind = check_kind(kind or self._stored_kind(spec_id, modality))
         self.catalog.set_setting(_kind_key(spec_id, modality), kind)
         space = VectorSpace(self.catalog, self.home, row, modality, kind)
+        space.index  # noqa: B018 -- open (and re-sync) before any write, so no batch lands twice
         self._spaces[key] = space
         return space
 
@@ -229,6 +230,7 @@ class Engine:
                 self.catalog, encoder, space, work.to_embed, settings, progress=progress
             )
         removed = self._forget(work.vanished) if work.vanished else 0
+        space.retrain_if_needed()
         if work.unreadable:
             self.catalog.write_images(space.model.id, [], np.zeros((0, space.model.dim)), work.unreadable)
         if not space.path.exists():
@@ -299,6 +301,7 @@ class Engine:
             vectors = encoder.encode_texts([t for _, t in chunk])  # (b, d) float32 unit
             self.catalog.write_text_vectors(space.model.id, ids, vectors)
             space.add(ids, vectors)
+        space.retrain_if_needed()
         space.save()
         return len(pending)
 

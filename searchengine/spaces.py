@@ -139,6 +139,12 @@ class VectorSpace:
             return
         self.index.remove(ids)
 
+    def retrain_if_needed(self) -> None:
+        """Rebuild an IVF index whose lists were trained on far fewer vectors than it now holds."""
+        if self.index.wants_retraining:
+            log.info("%s: retraining IVF lists on %d vectors", self.path.name, self.index.count)
+            self.index = self.rebuild(reason="retrain")
+
     def check(self) -> SpaceCheck:
         """Compare the index file on disk (not the in-memory copy) with the catalog."""
         catalog_ids = self.catalog.vector_ids(self.modality, self.model.id)

@@ -74,7 +74,7 @@ class VectorIndex:
             inner.hnsw.efConstruction = 80
             inner.hnsw.efSearch = 64
         else:
-            nlist = max(1, min(int(np.sqrt(max(n, 1))), max(1, n // 39)))
+            nlist = ivf_lists(n)
             inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             inner.nprobe = min(16, nlist)
             if n:
@@ -87,6 +87,13 @@ class VectorIndex:
     @property
     def count(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def wants_retraining(self) -> bool:
+        """An IVF index built on few vectors has too few lists once many more arrive."""
+        if self.kind != "ivf":
+            return False
+        return self._inner().nlist * 2 < ivf_lists(self.count)
 
     @property
     def needs_rebuild_on_remove(self) -> bool:
@@ -203,6 +210,11 @@ class VectorIndex:
         if index.ntotal != manifest.count or index.d != manifest.dim:
             raise IndexMismatchError(f"{path.name} holds {index.ntotal} vectors, manifest says {manifest.count}")
         return cls(index, manifest.kind, manifest.dim)
+
+
+def ivf_lists(n: int) -> int:
+    """About sqrt(n) inverted lists, with at least 39 training points per list (FAISS' minimum)."""
+    return max(1, min(int(np.sqrt(max(n, 1))), n // 39))
 
 
 def manifest_path(path: Path) -> Path:
