@@ -1,0 +1,132 @@
+"""Ingestion throughput: end-to-end `index` images/s against encoder-only images/s.
+
+Same model and batch size in one run, on (a) generated 4000x3000 JPEGs and (b) the shared
+flickr8k-1k photos. Targets (issue 2): >= 0.75 x encoder-only on the 12-megapixel JPEGs and
+>= 0.9 x on the Flickr photos.
+
+    .venv/bin/python bench/ingest.py [--model ViT-B-32/random] [--batch-size 16] [--large 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import SHARED_DATA, write_result  # noqa: E402
+
+CACHE = Path(tempfile.gettempdir()) / "searchengine-bench"
+
+
+def make_large_jpegs(count: int, folder: Path) -> Path:
+    """`count` photo-like 4000x3000 JPEGs (smooth gradients, shapes, sensor-like noise)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) >= count:
+        return folder
+    rng = np.random.default_rng(0)
+    base_y, base_x = np.mgrid[0:750, 0:1000].astype(np.float32)
+    for i in range(len(existing), count):
+        colours = rng.uniform(0, 255, (3, 3))
+        small = np.stack(
+            [c[0] + (c[1] - c[0]) * base_x / 1000 + (c[2] - c[0]) * base_y / 750 for c in colours], -1
+        )
+        image = Image.fromarray(small.clip(0, 255).astype(np.uint8)).resize((4000, 3000))
+        draw = ImageDraw.Draw(image)
+        for _ in range(12):
+            x, y = rng.integers(0, 3600), rng.integers(0, 2600)
+            box = (x, y, x + rng.integers(100, 900), y + rng.integers(100, 900))
+            fill = tuple(int(v) for v in rng.integers(0, 255, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+        image = image.filter(ImageFilter.GaussianBlur(2))
+        noise = rng.normal(0, 6, (3000, 4000, 1)).astype(np.float32)
+        pixels = (np.asarray(image, dtype=np.float32) + noise).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"large_{i:04d}.jpg", quality=90)
+    return folder
+
+
+def encoder_only(encoder, count: int, batch_size: int) -> float:
+    """Images/s of the model alone on preprocessed tensors (no decode, no storage)."""
+    import torch
+
+    pixels = torch.randn(batch_size, 3, encoder.image_size, encoder.image_size)
+    encoder.encode_images(pixels[:2])  # warm-up
+    batches = max(1, count // batch_size)
+    start = time.perf_counter()
+    for _ in range(batches):
+        encoder.encode_images(pixels)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def end_to_end(engine, folder: Path, model: str, batch_size: int, workers: int) -> dict:
+    from searchengine.settings import IngestSettings
+
+    settings = IngestSettings(batch_size=batch_size, workers=workers)
+    report = engine.index([folder], model=model, settings=settings)
+    return {
+        "images": report.embedded + report.reused,
+        "skipped": report.skipped,
+        "seconds": round(report.seconds, 2),
+        "images_per_second": round(report.images_per_second, 2),
+    }
+
+
+def measure(name: str, folder: Path, args, target: float) -> dict:
+    from searchengine.engine import Engine
+
+    home = Path(tempfile.mkdtemp(prefix=f"bench-ingest-{name}-"))
+    try:
+        engine = Engine.open(home)
+        encoder = engine.encoder(args.model)  # load outside the timed region
+        count = len(list(folder.glob("*.jpg")))
+        encoder_rate = encoder_only(encoder, count, args.batch_size)
+        e2e = end_to_end(engine, folder, args.model, args.batch_size, args.workers)
+        engine.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    ratio = e2e["images_per_second"] / encoder_rate
+    row = {
+        "dataset": name,
+        "files": count,
+        "encoder_only_images_per_second": round(encoder_rate, 2),
+        "end_to_end": e2e,
+        "ratio": round(ratio, 3),
+        "target_ratio": target,
+        "meets_target": ratio >= target,
+    }
+    print(
+        f"{name}: end-to-end {e2e['images_per_second']:.2f} img/s, encoder-only "
+        f"{encoder_rate:.2f} img/s, ratio {ratio:.3f} (target >= {target})"
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32/random")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--large", type=int, default=200, help="number of 4000x3000 JPEGs")
+    parser.add_argument("--skip-flickr", action="store_true")
+    args = parser.parse_args()
+
+    rows = [measure("large-4000x3000", make_large_jpegs(args.large, CACHE / "large"), args, 0.75)]
+    flickr = SHARED_DATA / "flickr8k-1k" / "images"
+    if flickr.is_dir() and not args.skip_flickr:
+        rows.append(measure("flickr8k-1k", flickr, args, 0.9))
+    else:
+        print("flickr8k-1k not found next to the checkout; skipped")
+    write_result("ingest", {"model": args.model, "batch_size": args.batch_size,
+                            "workers": args.workers, "results": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Warm text->image query latency, split into text encoding and vector search.
+
+For each stored-vector count and index kind: p50/p95/p99 of (a) `Encoder.encode_texts` on
+typical short queries, (b) the vector search plus catalog lookup of a warm `Engine.search`
+(homes up to --engine-max vectors are real homes with catalog rows; larger sizes time the FAISS
+index alone on random unit vectors, and say so), and recall@10 of each kind against exact search.
+
+    .venv/bin/python bench/query.py [--model ViT-B-32/random] [--sizes 10000,100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import percentiles, write_result  # noqa: E402
+
+QUERIES = [
+    "a dog on the beach", "two children playing in the snow", "a red car parked on a street",
+    "a man riding a bicycle", "people sitting at a cafe", "a black and white cat",
+    "a mountain lake at sunset", "a woman in a blue dress", "a group of people hiking",
+    "a boy jumping into a pool",
+]
+
+
+def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fill_home(engine, model: str, n: int, dim: int) -> None:
+    """A home with `n` catalogued fake images and random unit vectors (no files needed)."""
+    from searchengine.catalog import NewImage
+    from searchengine.images import ImageInfo
+
+    space = engine.space(model, "image", create=True)
+    info = ImageInfo(640, 480, "JPEG", None, None)
+    step = 5000
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        images = [NewImage(f"/bench/{start + i:08d}.jpg", 1, 1, f"h{start + i}", info)
+                  for i in range(count)]
+        vectors = unit_vectors(count, dim, seed=start)
+        written = engine.catalog.write_images(space.model.id, images, vectors, [])
+        space.add(np.asarray(written.ids), vectors)
+    space.save()
+
+
+def time_calls(function, repeats: int) -> list[float]:
+    samples = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        function(i)
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def bench_engine(args, n: int, kinds: list[str], encoder_ms: dict) -> list[dict]:
+    from searchengine.engine import Engine
+
+    home = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    rows = []
+    try:
+        engine = Engine.open(home)
+        encoder = engine.encoder(args.model)
+        fill_home(engine, args.model, n, encoder.dim)
+        query_vectors = encoder.encode_texts(QUERIES)  # (10, d)
+        exact = engine.space(args.model, "image").index.search(query_vectors, 10)[1]
+        for kind in kinds:
+            start = time.perf_counter()
+            space = engine.space(args.model, "image", kind=kind)
+            space.index = space.rebuild(reason="benchmark kind switch")
+            build_s = time.perf_counter() - start
+            found = space.index.search(query_vectors, 10)[1]
+            engine.search(QUERIES[0], k=10, model=args.model)  # warm
+            search_ms = time_calls(
+                lambda i: engine.search_by_vector(query_vectors[i % 10 : i % 10 + 1], k=10,
+                                                  model=args.model), args.repeats)
+            total_ms = time_calls(lambda i: engine.search(QUERIES[i % 10], k=10, model=args.model),
+                                  args.repeats)
+            rows.append({"vectors": n, "kind": kind, "path": "engine (catalog + index)",
+                         "build_seconds": round(build_s, 2), "text_encoding": encoder_ms,
+                         "vector_search_and_lookup": percentiles(search_ms),
+                         "search_total": percentiles(total_ms),
+                         "recall_at_10_vs_exact": _recall(exact, found)})
+            _print(rows[-1])
+        engine.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return rows
+
+
+def bench_index_only(args, n: int, dim: int, kinds: list[str], encoder_ms: dict) -> list[dict]:
+    from searchengine.vectors import VectorIndex
+
+    xb = unit_vectors(n, dim, seed=1)
+    xq = unit_vectors(100, dim, seed=2)
+    ids = np.arange(n, dtype=np.int64)
+    exact = VectorIndex.build("flat", dim, ids, xb)
+    reference = exact.search(xq, 10)[1]
+    rows = []
+    for kind in kinds:
+        start = time.perf_counter()
+        index = exact if kind == "flat" else VectorIndex.build(kind, dim, ids, xb)
+        build_s = time.perf_counter() - start
+        samples = time_calls(lambda i: index.search(xq[i % 100 : i % 100 + 1], 10), args.repeats)
+        rows.append({"vectors": n, "kind": kind, "path": "FAISS index alone, random unit vectors",
+                     "build_seconds": round(build_s, 2), "text_encoding": encoder_ms,
+                     "vector_search": percentiles(samples),
+                     "recall_at_10_vs_exact": _recall(reference, index.search(xq, 10)[1])})
+        _print(rows[-1])
+    return rows
+
+
+def _recall(reference: np.ndarray, found: np.ndarray) -> float:
+    hits = [len(set(r) & set(f)) for r, f in zip(reference, found)]
+    return round(float(np.sum(hits)) / reference.size, 4)
+
+
+def _print(row: dict) -> None:
+    search = row.get("search_total") or row.get("vector_search")
+    print(f"{row['vectors']:>8} {row['kind']:5} p50 {search['p50_ms']:.2f} ms p95 "
+          f"{search['p95_ms']:.2f} ms recall@10 {row['recall_at_10_vs_exact']} ({row['path']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32/random")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--kinds", default="flat,hnsw,ivf")
+    parser.add_argument("--engine-max", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+
+    from searchengine.encoder import Encoder
+
+    encoder = Encoder.load(args.model)
+    encoder.encode_texts(QUERIES[:1])
+    encoder_ms = percentiles(time_calls(lambda i: encoder.encode_texts([QUERIES[i % 10]]), args.repeats))
+    print(f"text encoding: p50 {encoder_ms['p50_ms']:.1f} ms p95 {encoder_ms['p95_ms']:.1f} ms")
+    kinds = args.kinds.split(",")
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        if n <= args.engine_max:
+            rows += bench_engine(args, n, kinds, encoder_ms)
+        else:
+            rows += bench_index_only(args, n, encoder.dim, kinds, encoder_ms)
+    write_result("query", {"model": args.model, "text_encoding": encoder_ms, "results": rows})
+
+
+if __name__ == "__main__":
+    main()
