@@ -191,3 +191,25 @@ class CliRun:
 @pytest.fixture()
 def cli_run() -> CliRun:
     return CliRun()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model for `se-tiny`: a checkpoint in this project's format holding other random
+    weights (seed 1). `--model se-tiny/<this path>` names it."""
+    import torch
+
+    from searchengine.models import CHECKPOINT_FORMAT, CONFIG_DIR, build_model, parse_model_spec
+
+    model, _, _ = build_model(parse_model_spec(TINY_MODEL), seed=1)
+    path = tmp_path_factory.mktemp("checkpoints") / "tiny-seed1.pt"
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": "se-tiny",
+            "model_config": json.loads((CONFIG_DIR / "se-tiny.json").read_text()),
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+    return path

@@ -1,0 +1,124 @@
+"""The encoder: unit vectors, the fast text path against open_clip's own, model specs offline."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, draw_image
+
+from searchengine.encoder import Encoder, resolve_device
+from searchengine.errors import InvalidInputError, ModelError, ModelUnavailableError
+from searchengine.models import CHECKPOINT_FORMAT, parse_model_spec
+from searchengine.settings import EncoderSettings
+
+SENTENCES = [
+    "a dog",
+    "a dog on the beach at sunset, running after a red ball",
+    "ÉLAN vital — naïve café",
+    "!",
+    "a very long caption " * 20,  # beyond the 32-token context: truncated like open_clip does
+    "hi!there?? 1234 #tag",
+]
+
+
+def test_fast_text_path_equals_open_clip_encode_text(tiny_encoder):
+    fast = tiny_encoder.encode_texts(SENTENCES)
+    reference = tiny_encoder.encode_texts_reference(SENTENCES)
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    # one at a time too: each batch is cut at its own longest sentence
+    for sentence, row in zip(SENTENCES, reference, strict=True):
+        np.testing.assert_allclose(tiny_encoder.encode_texts([sentence])[0], row, atol=1e-5)
+
+
+def test_text_vectors_are_float32_unit_rows(tiny_encoder):
+    vectors = tiny_encoder.encode_texts(SENTENCES[:3])
+    assert vectors.shape == (3, tiny_encoder.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_image_vectors_are_unit_rows_and_independent_of_the_batch(tiny_encoder):
+    pixels = torch.stack([tiny_encoder.preprocess(draw_image(seed)) for seed in range(5)])
+    assert pixels.shape == (5, 3, tiny_encoder.image_size, tiny_encoder.image_size)
+    vectors = tiny_encoder.encode_images(pixels)
+    assert vectors.shape == (5, tiny_encoder.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(tiny_encoder.encode_images(pixels[2:3])[0], vectors[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("texts", [[], [""], ["a dog", "   "]])
+def test_blank_texts_are_refused(tiny_encoder, texts):
+    with pytest.raises(InvalidInputError, match="empty text"):
+        tiny_encoder.encode_texts(texts)
+
+
+def test_random_weights_are_seeded(tiny_encoder):
+    again = Encoder.load(TINY_MODEL, EncoderSettings(device="cpu", seed=0))
+    other = Encoder.load(TINY_MODEL, EncoderSettings(device="cpu", seed=1))
+    text = ["a red car"]
+    np.testing.assert_array_equal(again.encode_texts(text), tiny_encoder.encode_texts(text))
+    assert not np.allclose(other.encode_texts(text), tiny_encoder.encode_texts(text))
+
+
+def test_device_auto_follows_torch():
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_checkpoint_spec_loads_its_weights(tiny_checkpoint):
+    from searchengine.models import build_model
+
+    encoder = Encoder.load(f"se-tiny/{tiny_checkpoint}", EncoderSettings(device="cpu"))
+    assert encoder.spec.source == "checkpoint" and encoder.spec.id == f"se-tiny/{tiny_checkpoint}"
+    seeded, _, _ = build_model(parse_model_spec(TINY_MODEL), seed=1)
+    loaded = encoder.model.state_dict()
+    for name, tensor in seeded.state_dict().items():
+        torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0)
+
+
+def test_checkpoint_for_another_arch_or_not_a_checkpoint(tmp_path, tiny_checkpoint):
+    wrong = torch.load(tiny_checkpoint, weights_only=True)
+    wrong["arch"] = "ViT-B-32"
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(ModelError, match="trained for architecture 'ViT-B-32'"):
+        Encoder.load(f"se-tiny/{tmp_path / 'wrong.pt'}")
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": "se-tiny", "state_dict": {}},
+               tmp_path / "empty.pt")
+    with pytest.raises(ModelError, match="does not fit"):
+        Encoder.load(f"se-tiny/{tmp_path / 'empty.pt'}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="models.load_checkpoint_weights lets pickle.UnpicklingError (what torch.load raises "
+    "for a file that is not a checkpoint) through as a traceback; it must become a ModelError",
+)
+def test_a_file_that_is_not_a_checkpoint_is_a_model_error(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read checkpoint"):
+        Encoder.load(f"se-tiny/{tmp_path / 'junk.pt'}")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("ViT-B-99/random", "unknown model architecture 'ViT-B-99'.*did you mean"),
+        ("ViT-B-32/not_a_tag", "unknown pretrained tag 'not_a_tag'.*laion2b_s34b_b79k"),
+        ("ViT-B-32/missing/file.pt", "does not exist"),
+        ("ViT-B-32", "not of the form ARCH/PRETRAINED"),
+        ("", "not of the form"),
+    ],
+)
+def test_bad_model_specs_name_the_choices(spec, message):
+    with pytest.raises(ModelError, match=message):
+        parse_model_spec(spec)
+
+
+def test_uncached_pretrained_weights_fail_at_once_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE.*random"):
+        Encoder.load("ViT-B-32/laion2b_s34b_b79k")
+    assert time.perf_counter() - start < 10
