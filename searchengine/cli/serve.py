@@ -1,7 +1,44 @@
-"""CLI commands of this area (filled in by its issue)."""
+"""The `serve` command: a web page and a JSON API over a home, with the model loaded once."""
 
 from __future__ import annotations
 
 import click
 
-COMMANDS: list[click.Command] = []
+from searchengine.cli.options import handle_errors, home_option, model_option
+
+
+@click.command()
+@home_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port.")
+@model_option
+@click.option("--token", envvar="SEARCHENGINE_TOKEN", default=None, metavar="TOKEN",
+              show_envvar=True,
+              help="Secret every API request must carry (at least 16 characters); required when "
+              "--host is not loopback. Prefer the environment variable (not in `ps`).")
+@handle_errors
+def serve(home, host, port, model, token):
+    """Serve a web page and a JSON API to search a home (model loaded once).
+
+    The API is described at /openapi.json; see docs/serve.md.
+
+    Example:
+
+    \b
+        searchengine serve --home indexes --port 8000
+        SEARCHENGINE_TOKEN=long-random-secret searchengine serve --host 0.0.0.0
+    """
+    from searchengine.engine import Engine
+    from searchengine.server.runner import run, settings_for
+
+    settings = settings_for(host, token=token, model=model)
+    with Engine.open(home) as engine:
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"loading {engine.model_id_of(model)} and serving {engine.home} on "
+                   f"http://{shown}:{port}/ (Ctrl-C stops)", err=True)
+        run(engine, host, port, settings)
+
+
+COMMANDS: list[click.Command] = [serve]

@@ -1,0 +1,85 @@
+"""Response bodies of the API, as pydantic models (they make the OpenAPI spec at /openapi.json).
+
+They mirror the library's `as_dict()` shapes exactly, so `GET /api/search` answers the same JSON
+as `searchengine search --json`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class Hit(BaseModel):
+    rank: int = Field(description="1-based rank over the whole result (offset included).")
+    score: float = Field(description="Cosine similarity, rounded to 6 decimals.")
+    id: int = Field(description="Catalog id: of the image (image hits) or the text (text hits).")
+    path: str | None = Field(None, description="Image hits: the catalogued file.")
+    text: str | None = Field(None, description="Text hits: the text.")
+
+
+class SearchResult(BaseModel):
+    query: str = Field(description="The query sentence, image path or upload name.")
+    model: str
+    hits: list[Hit]
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Classification(BaseModel):
+    image: str
+    model: str
+    labels: list[LabelProbability] = Field(description="Most probable first; they sum to 1.")
+
+
+class Match(BaseModel):
+    image: str
+    text: str
+    model: str
+    score: float = Field(description="Cosine between image and text, in [-1, 1] (low = mismatch).")
+
+
+class Space(BaseModel):
+    model: str
+    modality: str
+    vectors: int
+    kind: str
+
+
+class Skipped(BaseModel):
+    path: str
+    reason: str
+
+
+class Status(BaseModel):
+    home: str
+    images: int
+    default_model: str
+    spaces: list[Space]
+    text_sets: dict[str, int]
+    skipped: list[Skipped]
+    serving_model: str = Field(description="The model this server answers with.")
+
+
+class ImageInfo(BaseModel):
+    id: int
+    path: str
+    size: int = Field(description="Bytes on disk when indexed.")
+    width: int = Field(description="Pixels, after EXIF rotation.")
+    height: int
+    format: str
+    taken_at: datetime | None = Field(None, description="EXIF capture time, when recorded.")
+    camera: str | None = Field(None, description="EXIF camera model, when recorded.")
+    indexed_at: datetime
+
+
+class Error(BaseModel):
+    detail: str = Field(description="What went wrong and, where possible, what to do.")
+
+
+class TokenBody(BaseModel):
+    token: str

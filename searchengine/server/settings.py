@@ -1,0 +1,43 @@
+"""What an operator can set about the HTTP server: one frozen dataclass, help per field."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str | None = None
+    """The model every request uses (None: the home's default). Requests cannot pick another one,
+    so a client can never make the server load a model."""
+    token: str | None = None
+    """When set, every /api request needs it (`Authorization: Bearer TOKEN`, or the cookie that
+    `POST /api/session` sets for the web page). Required when binding beyond loopback."""
+    allowed_hosts: tuple[str, ...] | None = None
+    """Accepted `Host` header names (None: any). `serve` on loopback allows only loopback names,
+    which stops DNS-rebinding pages from reading the API through the user's browser."""
+    max_upload_bytes: int = 20 * 1024 * 1024
+    """Largest accepted request body (an uploaded image plus form fields); larger is HTTP 413."""
+    max_upload_pixels: int = 50_000_000
+    """Largest accepted uploaded image in pixels (decompression-bomb guard); larger is HTTP 413."""
+    max_k: int = 200
+    """Largest page size (`k`/`limit`) a search may ask for."""
+    thumbnail_sizes: tuple[int, ...] = (128, 256, 512)
+    """Thumbnail edge lengths the server renders (a fixed set keeps the cache small)."""
+    thumbnail_cache_bytes: int = 64 * 1024 * 1024
+    """Memory for rendered thumbnails (least recently used are dropped first)."""
+    max_original_bytes: int = 200 * 1024 * 1024
+    """Catalogued files larger than this are not served as originals (thumbnails still are)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost`, 127.0.0.0/8 and ::1 (the addresses only this machine can reach)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,336 @@
+// The searchengine web page: text search as you type, search by image, detail with closest
+// texts and "more like this". Plain JavaScript, no dependencies; every text is set with
+// textContent (never innerHTML), so file names and captions cannot inject markup.
+"use strict";
+
+const PAGE = 24;
+const DEBOUNCE_MS = 250;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  mode: null,      // "text" | "image" | "similar"
+  query: "",       // text query
+  file: null,      // File for image search
+  mediaId: null,   // id for "more like this"
+  offset: 0,
+  controller: null,
+  sequence: 0,
+};
+
+// -- HTTP -------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(url, options = {}) {
+  const response = await fetch(url, { credentials: "same-origin", ...options });
+  if (response.status === 401) {
+    await signIn();
+    return api(url, options);
+  }
+  let body = null;
+  if ((response.headers.get("content-type") || "").includes("application/json")) {
+    body = await response.json();
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, (body && body.detail) || `HTTP ${response.status}`);
+  }
+  return body;
+}
+
+function signIn() {
+  const dialog = $("login");
+  return new Promise((resolve) => {
+    const form = $("login-form");
+    form.onsubmit = async (event) => {
+      event.preventDefault();
+      const response = await fetch("/api/session", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ token: $("token").value }),
+      });
+      if (response.ok) {
+        $("login-error").hidden = true;
+        dialog.close();
+        resolve();
+      } else {
+        $("login-error").textContent = "Wrong token.";
+        $("login-error").hidden = false;
+      }
+    };
+    if (!dialog.open) dialog.showModal();
+  });
+}
+
+// -- searching --------------------------------------------------------------------------------
+
+function searchRequest(offset) {
+  const page = `k=${PAGE}&offset=${offset}`;
+  if (state.mode === "text") {
+    return [`/api/search?q=${encodeURIComponent(state.query)}&${page}`, {}];
+  }
+  if (state.mode === "similar") {
+    return [`/api/similar/${state.mediaId}?${page}`, {}];
+  }
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "image");
+  return [`/api/search/image?${page}`, { method: "POST", body: form }];
+}
+
+async function run(append = false) {
+  if (state.controller) state.controller.abort();
+  const controller = new AbortController();
+  state.controller = controller;
+  const sequence = ++state.sequence;
+  const offset = append ? state.offset + PAGE : 0;
+  const [url, options] = searchRequest(offset);
+  const started = performance.now();
+  setStatus("Searching…");
+  try {
+    const result = await api(url, { ...options, signal: controller.signal });
+    if (sequence !== state.sequence) return;  // a newer search has started
+    state.offset = offset;
+    showError(null);
+    render(result.hits, append);
+    const took = Math.round(performance.now() - started);
+    const shown = $("results").children.length;
+    setStatus(`${shown} result${shown === 1 ? "" : "s"} for ${describe(result.query)} · ${took} ms`);
+    $("more").hidden = result.hits.length < PAGE;
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    if (sequence !== state.sequence) return;
+    if (!append) render([], false);
+    $("more").hidden = true;
+    showError(error.message);
+    setStatus("");
+  }
+}
+
+function describe(query) {
+  if (state.mode === "text") return `“${query}”`;
+  if (state.mode === "similar") return `photos like ${basename(query)}`;
+  return `the image ${query}`;
+}
+
+function searchText(text) {
+  state.mode = "text";
+  state.query = text.trim();
+  $("query-image").hidden = true;
+  if (!state.query) {
+    if (state.controller) state.controller.abort();
+    state.sequence++;
+    render([], false);
+    $("more").hidden = true;
+    showError(null);
+    loadStatus();
+    return;
+  }
+  run();
+}
+
+function searchImage(file) {
+  if (!file) return;
+  state.mode = "image";
+  state.file = file;
+  $("query").value = "";
+  const preview = $("query-preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  $("query-label").textContent = `Photos like ${file.name || "your image"}`;
+  $("query-image").hidden = false;
+  run();
+}
+
+function searchSimilar(hit) {
+  state.mode = "similar";
+  state.mediaId = hit.id;
+  $("query").value = "";
+  $("query-preview").src = thumbnailUrl(hit.id, 128);
+  $("query-label").textContent = `Photos like ${basename(hit.path)}`;
+  $("query-image").hidden = false;
+  run();
+  window.scrollTo({ top: 0 });
+}
+
+// -- rendering --------------------------------------------------------------------------------
+
+const thumbnailUrl = (id, size = 256) => `/api/images/${id}/thumbnail?size=${size}`;
+const basename = (path) => String(path).split(/[\\/]/).pop();
+
+function render(hits, append) {
+  const list = $("results");
+  if (!append) list.replaceChildren();
+  for (const hit of hits) {
+    const item = document.createElement("li");
+    item.className = "card";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = hit.path;
+    button.dataset.id = hit.id;
+    const image = document.createElement("img");
+    image.src = thumbnailUrl(hit.id);
+    image.alt = basename(hit.path);
+    image.loading = "lazy";
+    image.decoding = "async";
+    const caption = document.createElement("span");
+    caption.className = "caption";
+    const rank = document.createElement("span");
+    rank.className = "rank";
+    rank.textContent = `#${hit.rank}`;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit.score.toFixed(3);
+    caption.append(rank, score);
+    button.append(image, caption);
+    button.addEventListener("click", () => openDetail(hit));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+async function openDetail(hit) {
+  const dialog = $("detail");
+  $("detail-title").textContent = basename(hit.path);
+  $("detail-score").textContent = `rank ${hit.rank} · score ${hit.score.toFixed(4)}`;
+  $("detail-image").src = thumbnailUrl(hit.id, 1024);
+  $("detail-image").alt = basename(hit.path);
+  $("detail-original").href = `/api/images/${hit.id}`;
+  $("detail-meta").replaceChildren();
+  $("detail-texts").replaceChildren(listItem("…", "muted"));
+  $("more-like-this").onclick = () => { dialog.close(); searchSimilar(hit); };
+  if (!dialog.open) dialog.showModal();
+  loadInfo(hit.id);
+  loadTexts(hit.id);
+}
+
+async function loadInfo(id) {
+  try {
+    const info = await api(`/api/images/${id}/info`);
+    const rows = [
+      ["Path", info.path],
+      ["Size", `${info.width} × ${info.height} px · ${formatBytes(info.size)}`],
+      ["Format", info.format],
+      ["Taken", info.taken_at ? info.taken_at.replace("T", " ") : "—"],
+      ["Camera", info.camera || "—"],
+      ["Id", String(info.id)],
+    ];
+    const meta = $("detail-meta");
+    meta.replaceChildren();
+    for (const [name, value] of rows) {
+      const term = document.createElement("dt");
+      term.textContent = name;
+      const description = document.createElement("dd");
+      description.textContent = value;
+      meta.append(term, description);
+    }
+  } catch (error) {
+    const problem = document.createElement("dd");
+    problem.className = "error";
+    problem.textContent = error.message;
+    $("detail-meta").replaceChildren(problem);
+  }
+}
+
+async function loadTexts(id) {
+  const list = $("detail-texts");
+  try {
+    const result = await api(`/api/lookup/${id}?k=5`);
+    list.replaceChildren();
+    for (const hit of result.hits) {
+      const item = listItem(hit.text, "text");
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = hit.score.toFixed(3);
+      item.append(" ", score);
+      list.append(item);
+    }
+    if (!result.hits.length) list.append(listItem("No texts indexed.", "muted"));
+  } catch (error) {
+    const message = error.status === 409 ? "No texts indexed yet (searchengine add-texts)." : error.message;
+    list.replaceChildren(listItem(message, "muted"));
+  }
+}
+
+function listItem(text, className) {
+  const item = document.createElement("li");
+  item.className = className;
+  item.textContent = text;
+  return item;
+}
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+async function loadStatus() {
+  try {
+    const status = await api("/api/status");
+    setStatus(`${status.images} photos · model ${status.serving_model}. Type to search.`);
+  } catch (error) {
+    showError(error.message);
+    setStatus("");
+  }
+}
+
+// -- wiring -----------------------------------------------------------------------------------
+
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+function wireDragAndDrop() {
+  const overlay = $("drop");
+  let depth = 0;
+  const hasFiles = (event) => Array.from(event.dataTransfer?.types || []).includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    depth++;
+    overlay.hidden = false;
+  });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) overlay.hidden = true;
+  });
+  document.addEventListener("dragover", (event) => { if (hasFiles(event)) event.preventDefault(); });
+  document.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    overlay.hidden = true;
+    searchImage(event.dataTransfer.files[0]);
+  });
+}
+
+function start() {
+  const input = $("query");
+  const typed = debounce(() => searchText(input.value), DEBOUNCE_MS);
+  input.addEventListener("input", typed);
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchText(input.value);
+  });
+  $("file").addEventListener("change", (event) => {
+    searchImage(event.target.files[0]);
+    event.target.value = "";
+  });
+  $("more").addEventListener("click", () => run(true));
+  $("detail-close").addEventListener("click", () => $("detail").close());
+  $("detail").addEventListener("click", (event) => {
+    if (event.target === $("detail")) $("detail").close();  // a click on the backdrop
+  });
+  wireDragAndDrop();
+  loadStatus();
+}
+
+document.addEventListener("DOMContentLoaded", start);
