@@ -169,3 +169,49 @@ def test_collection_layout(tmp_path):
     assert list(attributes) == images
     assert attributes["scene-00000.jpg"] == scenes[0].attributes()
     assert all(row["split"] == "heldout" for row in attributes.values())
+
+
+def test_scene_recall_breakdown_against_a_naive_loop():
+    from searchengine.demo import scene_recall
+    from searchengine.metrics import retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((40, 8)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    owners = np.repeat(np.arange(40), 2)  # two captions per image
+    texts = images[owners] + 0.6 * rng.standard_normal((80, 8)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    attributes = [{"colour": "red" if i % 3 else "blue", "count": "" if i % 2 else "2"}
+                  for i in range(40)]
+    report = scene_recall("m", images, texts, owners, attributes, ks=(1, 5))
+    assert report.overall == retrieval_metrics(images, texts, owners, ks=(1, 5))
+    similarity = texts @ images.T
+    for row in report.breakdown:
+        chosen = [i for i in range(40) if attributes[i][row.attribute] == row.value]
+        hits = [int(np.sum(similarity[t] >= similarity[t, owners[t]]) <= 5)
+                for t in range(80) if owners[t] in chosen]
+        assert row.text_to_image[5] == pytest.approx(np.mean(hits))
+        image_hits = [int(any(owners[j] == i for j in np.argsort(-similarity[:, i])[:5]))
+                      for i in chosen]
+        assert row.image_to_text[5] == pytest.approx(np.mean(image_hits))
+    assert {(r.attribute, r.value) for r in report.breakdown} == {
+        ("colour", "red"), ("colour", "blue"), ("count", "2")}
+
+
+def test_bundled_weights_are_small_fp16_and_load(tmp_path):
+    import torch
+
+    from searchengine.demo import MAX_BUNDLE_BYTES, bundle_weights
+    from searchengine.encoder import Encoder
+    from searchengine.models import build_model, parse_model_spec
+    from searchengine.training.checkpoint import model_checkpoint
+
+    model, _, _ = build_model(parse_model_spec("se-scenes/random"), seed=3)
+    torch.save(model_checkpoint(model, "se-scenes", 7), tmp_path / "best.pt")
+    out = bundle_weights(tmp_path / "best.pt", tmp_path / "demo.pt")
+    assert out.stat().st_size <= MAX_BUNDLE_BYTES
+    saved = torch.load(out, weights_only=True)
+    assert saved["state_dict"]["token_embedding.weight"].dtype == torch.float16
+    encoder = Encoder.load(f"se-scenes/{out}")
+    reference = model.state_dict()["visual.conv1.weight"].half().float()
+    assert torch.equal(encoder.model.state_dict()["visual.conv1.weight"], reference)

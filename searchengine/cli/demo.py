@@ -1,7 +1,84 @@
-"""CLI commands of this area (filled in by its issue)."""
+"""CLI commands of the demo area: `scenes` (write a scene collection) and `scene-recall`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from searchengine.cli.options import echo_json, echo_table, handle_errors, json_option
+
+
+@click.command("scenes")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-n", "--count", "n", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Number of scenes (images).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the scenes.")
+@click.option("--split", type=click.Choice(["train", "heldout"]), default="heldout",
+              show_default=True,
+              help="train: never the held-out colour-shape pairs; heldout: always one of them.")
+@click.option("--image-size", type=click.IntRange(32, 1024), default=128, show_default=True,
+              help="Side of the square images in pixels.")
+@click.option("--captions", "captions_per_scene", type=click.IntRange(min=1), default=5,
+              show_default=True, help="Captions per image.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rendering processes.")
+@json_option
+@handle_errors
+def scenes_command(folder: Path, as_json: bool, **options) -> None:
+    """Write a collection of generated scenes: images/, captions.csv and scenes.csv.
+
+    Photo-like pictures of coloured shapes with captions, reproducible from the seed; the demo
+    model is trained on the train split and measured on the heldout split.
+
+    Example:
+
+    \b
+        searchengine scenes runs/scenes-heldout -n 1000 --split heldout --seed 0
+        searchengine bench recall runs/scenes-heldout --model demo
+    """
+    from searchengine.scenes import write_collection
+
+    written = write_collection(folder, options.pop("n"), **options)
+    if as_json:
+        echo_json({"folder": str(written)})
+        return
+    click.echo(f"wrote {written}/images, captions.csv and scenes.csv")
+
+
+@click.command("scene-recall")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", default="demo", show_default=True, metavar="SPEC",
+              help="Model to measure: `demo`, ARCH/path/to/checkpoint.pt, ...")
+@json_option
+@handle_errors
+def scene_recall_command(folder: Path, model: str, as_json: bool) -> None:
+    """Measure recall@k on a scene collection, overall and per attribute value.
+
+    Shows where the model is weak: colour and shape are easy, counting and spatial relations
+    hard, as for CLIP models in general.
+
+    Example:
+
+    \b
+        searchengine scenes runs/scenes-heldout -n 1000 --split heldout
+        searchengine scene-recall runs/scenes-heldout --model demo
+    """
+    from searchengine.demo import evaluate_scenes
+
+    report = evaluate_scenes(model, folder)
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    overall = report.overall
+    rows = [["all", "", report.images]
+            + [overall.text_to_image[k] for k in (1, 5, 10)]
+            + [overall.image_to_text[k] for k in (1, 5, 10)]]
+    rows += [[row.attribute, row.value, row.images]
+             + [row.text_to_image[k] for k in (1, 5, 10)]
+             + [row.image_to_text[k] for k in (1, 5, 10)] for row in report.breakdown]
+    echo_table(["attribute", "value", "images", "t2i R@1", "t2i R@5", "t2i R@10", "i2t R@1",
+                "i2t R@5", "i2t R@10"], rows)
+
+
+COMMANDS: list[click.Command] = [scenes_command, scene_recall_command]

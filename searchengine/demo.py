@@ -1,0 +1,175 @@
+"""The demo model: recall on generated scenes broken down by attribute, and bundling its weights.
+
+`evaluate_scenes("demo", folder)` embeds a collection written by `scenes.write_collection` and
+reports recall@k both ways, overall and per value of each scene attribute (colour, shape, count,
+position, relation, ...), which shows where a CLIP model is weak (counting, spatial relations).
+`bundle_weights(best.pt)` turns a training run's checkpoint into `searchengine/weights/demo.pt`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from searchengine.errors import InvalidInputError, ModelError
+from searchengine.metrics import RetrievalMetrics, caption_ranks, image_ranks, metrics_from_ranks
+from searchengine.models import CHECKPOINT_FORMAT, WEIGHTS_DIR
+from searchengine.scenes import read_scene_attributes
+
+log = logging.getLogger(__name__)
+
+BREAKDOWN_ATTRIBUTES = ("kind", "colour", "shape", "size", "count", "position", "relation",
+                        "background")
+MAX_BUNDLE_BYTES = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AttributeRecall:
+    """Recall@k of the scenes whose `attribute` equals `value`: captions (text->image) and
+    images (image->text) of those scenes only, ranked against the whole collection."""
+
+    attribute: str
+    value: str
+    images: int
+    text_to_image: dict[int, float]
+    image_to_text: dict[int, float]
+
+
+@dataclass(frozen=True)
+class SceneRecall:
+    """Overall metrics on a scene collection and the per-attribute breakdown."""
+
+    model: str
+    images: int
+    captions: int
+    overall: RetrievalMetrics
+    breakdown: tuple[AttributeRecall, ...]
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model, "images": self.images, "captions": self.captions,
+            "overall": self.overall.as_dict(),
+            "breakdown": [
+                {"attribute": row.attribute, "value": row.value, "images": row.images,
+                 "text_to_image": {f"R@{k}": v for k, v in row.text_to_image.items()},
+                 "image_to_text": {f"R@{k}": v for k, v in row.image_to_text.items()}}
+                for row in self.breakdown
+            ],
+        }
+
+
+def evaluate_scenes(
+    model: str, folder: str | Path, *, ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256,
+) -> SceneRecall:
+    """Exact recall@k of `model` (a `--model` spec) on the scene collection in `folder`
+    (images/, captions.csv, scenes.csv as written by `scenes.write_collection`)."""
+    from searchengine.encoder import Encoder
+
+    folder = Path(folder)
+    attributes = read_scene_attributes(folder)
+    names = list(attributes)
+    captions, text_to_image = _read_captions(folder / "captions.csv", names)
+    encoder = Encoder.load(model)
+    image_embeddings = _encode_images(encoder, [folder / "images" / n for n in names], batch_size)
+    text_embeddings = np.concatenate([  # (n_texts, d)
+        encoder.encode_texts(captions[i:i + batch_size])
+        for i in range(0, len(captions), batch_size)
+    ])
+    return scene_recall(model, image_embeddings, text_embeddings, text_to_image,
+                        [attributes[n] for n in names], ks=ks)
+
+
+def scene_recall(
+    model: str,
+    image_embeddings: np.ndarray,
+    text_embeddings: np.ndarray,
+    text_to_image: np.ndarray,
+    image_attributes: list[dict[str, str]],
+    *,
+    ks: tuple[int, ...] = (1, 5, 10),
+) -> SceneRecall:
+    """Recall overall and per attribute value from unit vectors.
+
+    image_embeddings: (n_images, d) float32; text_embeddings: (n_texts, d) float32;
+    text_to_image: (n_texts,) int image index of each caption; image_attributes: one dict per
+    image (scenes.csv row). An empty attribute value ("" = not applicable) gets no row.
+    """
+    text_to_image = np.asarray(text_to_image, dtype=np.int64)
+    similarity = text_embeddings @ image_embeddings.T  # (n_texts, n_images)
+    text_ranks = caption_ranks(similarity, text_to_image)  # (n_texts,)
+    image_ranks_ = image_ranks(similarity.T, text_to_image)  # (n_images,)
+    rows = []
+    for attribute in BREAKDOWN_ATTRIBUTES:
+        values = np.array([a.get(attribute, "") for a in image_attributes])  # (n_images,)
+        for value in sorted(set(values) - {""}):
+            chosen = values == value  # (n_images,) bool
+            per_caption = chosen[text_to_image]  # (n_texts,) bool
+            rows.append(AttributeRecall(
+                attribute=attribute, value=str(value), images=int(chosen.sum()),
+                text_to_image={k: float((text_ranks[per_caption] <= k).mean()) for k in ks},
+                image_to_text={k: float((image_ranks_[chosen] <= k).mean()) for k in ks},
+            ))
+    return SceneRecall(model=model, images=len(image_embeddings), captions=len(text_embeddings),
+                       overall=metrics_from_ranks(text_ranks, image_ranks_, ks),
+                       breakdown=tuple(rows))
+
+
+def _read_captions(path: Path, names: list[str]) -> tuple[list[str], np.ndarray]:
+    index = {name: i for i, name in enumerate(names)}
+    captions, owners = [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["image"] not in index:
+                raise InvalidInputError(f"{path}: image {row['image']!r} is not in scenes.csv")
+            captions.append(row["caption"])
+            owners.append(index[row["image"]])
+    return captions, np.array(owners, dtype=np.int64)
+
+
+def _encode_images(encoder, paths: list[Path], batch_size: int) -> np.ndarray:
+    """(n, d) float32 unit vectors of the image files, through the encoder's own preprocess."""
+    import torch
+    from PIL import Image
+
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        pixels = []
+        for path in paths[start:start + batch_size]:
+            with Image.open(path) as image:
+                pixels.append(encoder.preprocess(image.convert("RGB")))
+        chunks.append(encoder.encode_images(torch.stack(pixels)))
+    return np.concatenate(chunks)
+
+
+def bundle_weights(checkpoint: str | Path, out: str | Path | None = None) -> Path:
+    """Write the model of a training checkpoint (ours, e.g. `runs/x/best.pt`) as a small fp16
+    checkpoint in CHECKPOINT_FORMAT (default `searchengine/weights/demo.pt`); returns its path.
+
+    Floating-point tensors are stored as float16 (half the size; `load_state_dict` casts them
+    back to the model's float32), everything else as is. Refuses a result over 20 MiB.
+    """
+    import torch
+
+    checkpoint, out = Path(checkpoint), Path(out) if out else WEIGHTS_DIR / "demo.pt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{checkpoint} is not a checkpoint written by `searchengine train`")
+    state_dict = {key: value.half() if value.is_floating_point() else value
+                  for key, value in saved["state_dict"].items()}
+    bundled = {"format": CHECKPOINT_FORMAT, "arch": saved["arch"],
+               "model_config": saved["model_config"], "state_dict": state_dict,
+               "step": saved.get("step", 0), "metrics": saved.get("metrics", {}),
+               "source": str(checkpoint.name), "storage_dtype": "float16"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp")
+    torch.save(bundled, temporary)
+    if temporary.stat().st_size > MAX_BUNDLE_BYTES:
+        temporary.unlink()
+        raise ModelError(f"bundled weights would exceed {MAX_BUNDLE_BYTES} bytes; use a smaller "
+                         "architecture")
+    temporary.replace(out)
+    return out
