@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
@@ -92,6 +93,9 @@ def _add_file(path: Path, found: dict[str, FileStat], problems: list[Skip]) -> N
         return  # vanished between listing and stat: nothing to index, nothing to record
     except OSError as error:
         problems.append(Skip(str(path), 0, 0, f"unreadable: {error.strerror}"))
+        return
+    if not S_ISREG(stat.st_mode):  # a named pipe or device would block the reader forever
+        problems.append(Skip(str(path), 0, stat.st_mtime_ns, "not a regular file"))
         return
     found[str(path)] = FileStat(str(path), stat.st_size, stat.st_mtime_ns)
 
