@@ -25,7 +25,7 @@ class ServerSettings:
     """Largest accepted uploaded image in pixels (decompression-bomb guard); larger is HTTP 413."""
     max_k: int = 200
     """Largest page size (`k`/`limit`) a search may ask for."""
-    thumbnail_sizes: tuple[int, ...] = (128, 256, 512)
+    thumbnail_sizes: tuple[int, ...] = (128, 256, 512, 1024)
     """Thumbnail edge lengths the server renders (a fixed set keeps the cache small)."""
     thumbnail_cache_bytes: int = 64 * 1024 * 1024
     """Memory for rendered thumbnails (least recently used are dropped first)."""

@@ -1,0 +1,175 @@
+"""The web page in a real browser: Debian's headless Chromium driven by Playwright.
+
+A uvicorn server runs in a thread over the session's `indexed_home`. The test types a query and
+sees thumbnails with scores appear (debounced: fewer requests than keystrokes), opens a result
+and sees it large with its metadata and closest texts, asks for "more like this", and searches
+by an image chosen in the file picker and by one dropped on the page. It saves
+docs/screenshot.png (shown by the README).
+
+Skips when /usr/bin/chromium or the playwright package is missing (`make test` installs both).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("no /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytest.importorskip("uvicorn")
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot.png"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+QUERY = "a dog on the beach"
+
+
+@pytest.fixture(scope="module")
+def server_url(indexed_home: Path) -> Iterator[str]:
+    """The app over `indexed_home`, served by uvicorn on a free loopback port."""
+    import uvicorn
+
+    from searchengine.engine import Engine
+    from searchengine.server import create_app
+    from searchengine.server.runner import settings_for
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with Engine.open(indexed_home) as engine:
+        app = create_app(engine, settings_for("127.0.0.1", token=None, model=None))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+        server.should_exit = True
+        thread.join(timeout=10)
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser, server_url: str) -> Iterator:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme="light")
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    opened.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    opened.problems = problems
+    opened.goto(server_url + "/")
+    yield opened
+    context.close()
+    assert not problems, problems  # no script errors, no CSP violations, no failed loads
+
+
+def all_thumbnails_loaded(page, minimum: int = 1) -> None:
+    page.wait_for_function(
+        """(minimum) => {
+            const images = [...document.querySelectorAll('#results .card img')];
+            return images.length >= minimum && images.every(i => i.complete && i.naturalWidth > 0);
+        }""",
+        arg=minimum,
+    )
+
+
+def test_type_a_query_open_a_result_and_ask_for_more_like_it(page, photo_folder):
+    sync_api.expect(page.locator("#status")).to_contain_text("9 photos")
+    searches: list[str] = []
+    page.on("request", lambda r: searches.append(r.url) if "/api/search?" in r.url else None)
+
+    page.locator("#query").press_sequentially(QUERY, delay=20)
+    all_thumbnails_loaded(page, minimum=9)
+    cards = page.locator("#results .card")
+    assert cards.count() == 9
+    assert len(searches) < len(QUERY) / 2, searches  # debounced, not one request per key
+    assert "q=a%20dog%20on%20the%20beach" in searches[-1]
+    sync_api.expect(cards.first.locator(".score")).to_have_text(_score_pattern())
+    sync_api.expect(page.locator("#status")).to_contain_text("9 results")
+    sync_api.expect(page.locator("#more")).to_be_hidden()  # 9 hits fill less than a page
+    page.screenshot(path=str(SCREENSHOT))
+
+    first_name = cards.first.locator("img").get_attribute("alt")
+    cards.first.locator("button").click()
+    detail = page.locator("#detail")
+    sync_api.expect(detail).to_be_visible()
+    sync_api.expect(page.locator("#detail-title")).to_have_text(first_name)
+    sync_api.expect(page.locator("#detail-meta")).to_contain_text("64 × 48 px")
+    sync_api.expect(page.locator("#detail-meta")).to_contain_text(first_name)
+    page.wait_for_function("() => document.querySelector('#detail-image').naturalWidth > 0")
+    texts = page.locator("#detail-texts li.text")
+    sync_api.expect(texts.first).to_be_visible()
+    assert texts.count() >= 1
+    captions = {"a red square", "a blue circle", "a green field", "a dog on the beach",
+                "a city at night"}
+    assert texts.first.inner_text().rsplit(" ", 1)[0] in captions
+
+    page.locator("#more-like-this").click()
+    sync_api.expect(detail).to_be_hidden()
+    sync_api.expect(page.locator("#query-label")).to_have_text(f"Photos like {first_name}")
+    sync_api.expect(page.locator("#status")).to_contain_text(f"photos like {first_name}")
+    all_thumbnails_loaded(page, minimum=9)
+    assert cards.first.locator("img").get_attribute("alt") == first_name  # itself, first
+
+
+def test_search_by_a_chosen_and_by_a_dropped_image(page, photo_folder):
+    chosen = photo_folder / "photo_2.jpg"
+    page.locator("#file").set_input_files(str(chosen))
+    sync_api.expect(page.locator("#query-label")).to_have_text("Photos like photo_2.jpg")
+    all_thumbnails_loaded(page, minimum=9)
+    assert page.locator("#results .card img").first.get_attribute("alt") == "photo_2.jpg"
+    sync_api.expect(page.locator("#results .card .score").first).to_have_text("1.000")
+
+    dropped = photo_folder / "drawing.png"
+    page.evaluate(
+        """async ([bytes, name]) => {
+            const file = new File([new Uint8Array(bytes)], name, {type: 'image/png'});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                document.body.dispatchEvent(
+                    new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            }
+        }""",
+        [list(dropped.read_bytes()), dropped.name],
+    )
+    sync_api.expect(page.locator("#query-label")).to_have_text("Photos like drawing.png")
+    all_thumbnails_loaded(page, minimum=9)
+    assert page.locator("#results .card img").first.get_attribute("alt") == "drawing.png"
+    sync_api.expect(page.locator("#drop")).to_be_hidden()
+
+
+def test_an_error_is_shown_not_thrown(page, tmp_path):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("plain text, whatever the name says")
+    page.locator("#file").set_input_files(str(not_an_image))
+    sync_api.expect(page.locator("#error")).to_contain_text("not an image")
+    assert page.locator("#results .card").count() == 0
+    page.problems.clear()  # the browser logs the 415 response itself; that is expected here
+
+
+def _score_pattern():
+    import re
+
+    return re.compile(r"^-?\d\.\d{3}$")
+
