@@ -173,3 +173,90 @@ def bundle_weights(checkpoint: str | Path, out: str | Path | None = None) -> Pat
                          "architecture")
     temporary.replace(out)
     return out
+
+
+# ---------------------------------------------------------------------------------- the demo
+DEMO_SCENES = 1000
+DEMO_SEED = 0
+DEMO_TEXT_SET = "demo-captions"
+DEMO_TEXT_QUERIES = (
+    "two small red circles on the left of a striped background",
+    "a blue star above a green square",
+    "a yellow heart on a wooden surface",  # a held-out combination: never seen in training
+)
+DEMO_LABELS = {"shape": [f"a {shape}" for shape in ("circle", "square", "triangle", "star",
+                                                    "diamond", "hexagon", "cross", "heart")],
+               "count": ["one object", "two objects", "three objects"]}
+
+
+@dataclass(frozen=True)
+class DemoQuery:
+    """One example query: `kind` text->image, image->image, image->text or zero-shot; `query` the
+    text or the image; `hits` (label, score) best first (score: cosine, or probability)."""
+
+    kind: str
+    query: str
+    hits: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """What `run_demo` did: where the collection is, the indexing report, the example queries
+    and the recall report of `bench recall`."""
+
+    folder: Path
+    model: str
+    indexed: object  # ingest.IngestReport
+    queries: tuple[DemoQuery, ...]
+    recall: object  # benchmark.RecallReport
+
+
+def run_demo(
+    home: str | Path, *, model: str = "demo", n: int = DEMO_SCENES, seed: int = DEMO_SEED,
+    progress: bool = False,
+) -> DemoReport:
+    """Generate `n` held-out scenes into `home/demo` (once), index them and their captions in
+    `home` with `model`, run example queries of each kind and measure recall like
+    `searchengine bench recall home/demo --model MODEL --home HOME` does."""
+    from searchengine import benchmark
+    from searchengine.datasets import read_caption_dataset
+    from searchengine.engine import Engine
+    from searchengine.scenes import write_collection
+
+    home = Path(home)
+    folder = home / "demo"
+    if not (folder / "scenes.csv").is_file() or len(read_scene_attributes(folder)) != n:
+        write_collection(folder, n, seed=seed, split="heldout", workers=2)
+    with Engine.open(home) as engine:
+        indexed = engine.index([folder / "images"], model=model, progress=progress)
+        engine.add_texts(folder / "captions.csv", column="caption", text_set=DEMO_TEXT_SET,
+                         model=model)
+        queries = _example_queries(engine, folder, model)
+        data = read_caption_dataset(folder)
+        recall = benchmark.measure_recall(engine, data, model=model,
+                                          settings=benchmark.RecallSettings())
+    return DemoReport(folder=folder, model=model, indexed=indexed, queries=queries,
+                      recall=recall)
+
+
+def _example_queries(engine, folder: Path, model: str) -> tuple[DemoQuery, ...]:
+    def named(path: str | None) -> str:
+        return Path(path).name if path else "?"
+
+    queries = []
+    for text in DEMO_TEXT_QUERIES:
+        result = engine.search(text, k=3, model=model)
+        queries.append(DemoQuery("text->image", text,
+                                 tuple((named(h.path), h.score) for h in result.hits)))
+    image = folder / "images" / "scene-00000.jpg"
+    result = engine.similar(image, k=4, model=model)
+    queries.append(DemoQuery("image->image", image.name,
+                             tuple((named(h.path), h.score) for h in result.hits[1:])))
+    result = engine.lookup(image, k=3, text_set=DEMO_TEXT_SET, model=model)
+    queries.append(DemoQuery("image->text", image.name,
+                             tuple((h.text or "", h.score) for h in result.hits)))
+    for labels in DEMO_LABELS.values():
+        scores = engine.classify(image, labels, model=model).labels[:3]
+        queries.append(DemoQuery("zero-shot", image.name,
+                                 tuple((s.label, s.probability) for s in scores)))
+    return tuple(queries)

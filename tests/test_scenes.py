@@ -215,3 +215,23 @@ def test_bundled_weights_are_small_fp16_and_load(tmp_path):
     encoder = Encoder.load(f"se-scenes/{out}")
     reference = model.state_dict()["visual.conv1.weight"].half().float()
     assert torch.equal(encoder.model.state_dict()["visual.conv1.weight"], reference)
+
+
+def test_demo_command_end_to_end_with_random_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from searchengine.cli import cli
+
+    home = tmp_path / "home"
+    args = ["demo", "--home", str(home), "--model", "se-scenes/random", "-n", "24"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    for kind in ("text->image", "image->image", "image->text", "zero-shot", "text->image  "):
+        assert kind.strip() in result.output
+    assert "searchengine bench recall" in result.output
+    assert len(list((home / "demo" / "images").iterdir())) == 24
+    with open(home / "demo" / "captions.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == ["image", "caption"]
+    again = CliRunner().invoke(cli, [*args, "--json"])  # reuses the collection and the index
+    assert again.exit_code == 0, again.output
+    assert '"image_to_text"' in again.output
