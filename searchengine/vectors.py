@@ -97,8 +97,13 @@ class VectorIndex:
 
     @property
     def needs_rebuild_on_remove(self) -> bool:
-        """HNSW graphs cannot drop points; such an index is rebuilt from the catalog instead."""
-        return self.kind == "hnsw"
+        """Only the flat kind can drop ids in place; others are rebuilt from the catalog instead.
+
+        HNSW graphs cannot drop points. IVF lists can, but IndexIDMap2 then compacts its id map
+        as if the inner index had renumbered its rows (only IndexFlat does), so every later row
+        would answer with its neighbour's id.
+        """
+        return self.kind != "flat"
 
     def _inner(self):
         import faiss
@@ -124,11 +129,13 @@ class VectorIndex:
         self._gpu = None
 
     def remove(self, ids: np.ndarray) -> int:
-        """Remove ids (flat and ivf kinds); returns how many were present."""
+        """Remove ids (flat kind only); returns how many were present."""
         import faiss
 
         if self.needs_rebuild_on_remove:
-            raise InvalidInputError("HNSW indexes cannot remove vectors; rebuild from the catalog")
+            raise InvalidInputError(
+                f"{self.kind} indexes cannot remove vectors; rebuild from the catalog"
+            )
         self._gpu = None
         return int(self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
 
