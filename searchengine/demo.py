@@ -118,12 +118,18 @@ def scene_recall(
                        breakdown=tuple(rows))
 
 
-def _read_captions(path: Path, names: list[str]) -> tuple[list[str], np.ndarray]:
+def _read_captions(
+    path: Path, names: list[str], *, strict: bool = True
+) -> tuple[list[str], np.ndarray]:
+    """Captions of the images `names` and the index in `names` of each one's image; an image not
+    in `names` is an error when `strict`, else skipped."""
     index = {name: i for i, name in enumerate(names)}
     captions, owners = [], []
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["image"] not in index:
+                if not strict:
+                    continue
                 raise InvalidInputError(f"{path}: image {row['image']!r} is not in scenes.csv")
             captions.append(row["caption"])
             owners.append(index[row["image"]])
@@ -249,14 +255,16 @@ def _example_queries(engine, folder: Path, model: str) -> tuple[DemoQuery, ...]:
         queries.append(DemoQuery("text->image", text,
                                  tuple((named(h.path), h.score) for h in result.hits)))
     image = folder / "images" / "scene-00000.jpg"
+    captions, _ = _read_captions(folder / "captions.csv", [image.name], strict=False)
+    shown = f'{image.name} ("{captions[0]}")' if captions else image.name
     result = engine.similar(image, k=4, model=model)
-    queries.append(DemoQuery("image->image", image.name,
+    queries.append(DemoQuery("image->image", shown,
                              tuple((named(h.path), h.score) for h in result.hits[1:])))
     result = engine.lookup(image, k=3, text_set=DEMO_TEXT_SET, model=model)
-    queries.append(DemoQuery("image->text", image.name,
+    queries.append(DemoQuery("image->text", shown,
                              tuple((h.text or "", h.score) for h in result.hits)))
-    for labels in DEMO_LABELS.values():
+    for attribute, labels in DEMO_LABELS.items():
         scores = engine.classify(image, labels, model=model).labels[:3]
-        queries.append(DemoQuery("zero-shot", image.name,
+        queries.append(DemoQuery(f"zero-shot {attribute}", shown,
                                  tuple((s.label, s.probability) for s in scores)))
     return tuple(queries)
