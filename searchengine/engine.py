@@ -20,13 +20,13 @@ from searchengine import ingest
 from searchengine.catalog import Catalog
 from searchengine.catalog.store import ModelRow
 from searchengine.encoder import Encoder
-from searchengine.errors import InvalidInputError, NotIndexedError
+from searchengine.errors import IndexMismatchError, InvalidInputError, NotIndexedError
 from searchengine.images import load_image
 from searchengine.models import parse_model_spec
 from searchengine.settings import DEFAULT_MODEL, EncoderSettings, IngestSettings
 from searchengine.spaces import SpaceCheck, VectorSpace
 from searchengine.texts import read_texts
-from searchengine.vectors import check_kind
+from searchengine.vectors import check_kind, read_manifest
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
@@ -232,7 +232,12 @@ class Engine:
         removed = self._forget(work.vanished) if work.vanished else 0
         space.retrain_if_needed()
         if work.unreadable:
-            self.catalog.write_images(space.model.id, [], np.zeros((0, space.model.dim)), work.unreadable)
+            written = self.catalog.write_images(
+                space.model.id, [], np.zeros((0, space.model.dim)), work.unreadable
+            )
+            space.remove(written.removed)
+            space.save()
+        self._resync_other_spaces(space.model.id)
         if not space.path.exists():
             space.save()
         return ingest.IngestReport(
@@ -244,6 +249,22 @@ class Engine:
             removed=removed,
             seconds=time.perf_counter() - start,
         )
+
+    def _resync_other_spaces(self, model_id: int) -> None:
+        """Files that changed content or turned bad lost the vectors of every model in the catalog
+        (re-made when those models index again); drop them from the other models' index files."""
+        for row in self.catalog.models():
+            if row.id == model_id or self.catalog.get_setting(_kind_key(row.spec, "image")) is None:
+                continue
+            space = VectorSpace(self.catalog, self.home, row, "image",
+                                self._stored_kind(row.spec, "image"))
+            try:
+                on_disk = read_manifest(space.path).count
+            except IndexMismatchError:
+                continue  # unusable file: rebuilt from the catalog when next opened
+            if on_disk != self.catalog.count_vectors("image", row.id):
+                space.index  # noqa: B018 -- opening re-syncs the ids with the catalog and saves
+                self._spaces[(row.spec, "image")] = space
 
     def remove(self, paths: list[str | Path]) -> int:
         """Forget files and folders (catalog rows, vectors of every model). Returns files forgotten.
