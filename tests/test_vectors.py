@@ -129,10 +129,24 @@ def test_ivf_built_empty_trains_on_its_first_add(data):
     assert recall(I_ref, I) >= 0.5
 
 
-def test_hnsw_refuses_removal():
-    index = VectorIndex.build("hnsw", DIM, np.arange(5), unit_rows(5, 0))
-    with pytest.raises(InvalidInputError):
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_kinds_refuse_removal_in_place(kind):
+    """HNSW cannot drop points; IVF inside IndexIDMap2 would shift every later id by one after
+    a removal. Both are rebuilt from the catalog instead (see spaces.VectorSpace.remove)."""
+    index = VectorIndex.build(kind, DIM, np.arange(50), unit_rows(50, 0))
+    assert index.needs_rebuild_on_remove
+    with pytest.raises(InvalidInputError, match=f"{kind} indexes cannot remove"):
         index.remove(np.array([1]))
+
+
+def test_flat_removal_keeps_every_id_on_its_own_vector(data):
+    xb, ids, xq = data
+    index = VectorIndex.build("flat", DIM, ids[:200], xb[:200])
+    index.remove(ids[[0, 57, 120]])
+    D, I = index.search(xq, 20)
+    by_id = dict(zip(ids.tolist(), xb, strict=True))
+    for scores, row, query in zip(D, I, xq, strict=True):
+        np.testing.assert_allclose(scores, [by_id[i] @ query for i in row], atol=1e-5)
 
 
 def test_wrong_shapes_and_kinds_are_errors():
