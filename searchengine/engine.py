@@ -182,12 +182,12 @@ class Engine:
         key = (spec_id, modality)
         if key in self._spaces and (kind is None or self._spaces[key].kind == kind):
             return self._spaces[key]
+        kind = check_kind(kind or self._stored_kind(spec_id, modality))  # before writing anything
         row = self.catalog.find_model(spec_id)
         if row is None:
             if not create:
                 raise NotIndexedError(self._not_indexed_message(spec_id, modality))
             row = self.catalog.ensure_model(spec_id, self.encoder(model).dim)
-        kind = check_kind(kind or self._stored_kind(spec_id, modality))
         self.catalog.set_setting(_kind_key(spec_id, modality), kind)
         space = VectorSpace(self.catalog, self.home, row, modality, kind)
         space.index  # noqa: B018 -- open (and re-sync) before any write, so no batch lands twice
