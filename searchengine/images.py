@@ -53,8 +53,9 @@ def load_image(
     """Decode `source` (a path or the file's bytes) into an upright RGB image.
 
     With `target_size`, a JPEG at least twice that size on its short side is decoded at a reduced
-    DCT scale (`Image.draft`), never below `target_size`: the resize that follows sees nearly the
-    same pixels at a fraction of the cost (the bound is tested in tests/test_images.py).
+    DCT scale (`Image.draft`) and resized to the size a shortest-side resize to `target_size`
+    gives the full image: the model's preprocessing then sees nearly the same pixels at a
+    fraction of the cost (the bound is tested in tests/test_images.py).
     Alpha is composited over white. Raises `ImageDecodeError` with the reason for any bad file.
     """
     data = _read_bytes(source) if isinstance(source, Path) else source
@@ -74,9 +75,10 @@ def load_image(
                     "(possible decompression bomb)"
                 )
             info = _read_info(image)
-            if target_size and image.format == "JPEG":
-                _draft(image, target_size)
+            box = _draft(image, target_size) if target_size and image.format == "JPEG" else None
             image.load()
+            if box is not None:
+                image = _finish_draft(image, box, target_size)
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image), info
     except ImageDecodeError:
@@ -100,17 +102,40 @@ def _read_bytes(path: Path) -> bytes:
         raise ImageDecodeError(f"unreadable: {error.strerror or error}") from None
 
 
-def _draft(image: Image.Image, target_size: int) -> None:
+def _draft(image: Image.Image, target_size: int) -> tuple[float, float, float, float] | None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale, keeping the short side >= `target_size`.
 
     Pillow picks the largest reduction that keeps both sides >= the requested size, so asking for
     the image scaled to a short side of `target_size` never starves the resize that follows.
+    Returns the box of the full picture in the reduced image's pixels, or None (no draft).
     """
     short = min(image.size)
     if short < 2 * target_size:
-        return
+        return None
     scale = target_size / short
-    image.draft("RGB", (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    drafted = image.draft(
+        "RGB", (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    )
+    return drafted[1] if drafted else None
+
+
+def _finish_draft(
+    image: Image.Image, box: tuple[float, float, float, float], target_size: int
+) -> Image.Image:
+    """Resize a drafted image to the size open_clip's shortest-side Resize gives the full one.
+
+    A reduced decode rounds odd sides up (333 px at 1/2 is 167, not 166.5), which changes the
+    aspect ratio; the model's resize would then truncate the long side one pixel short and the
+    centre crop would cover a shifted, rescaled region. Resizing `box` (the full picture, in
+    reduced pixels) straight to the reference size keeps the geometry; the model's own resize
+    then has nothing left to do.
+    """
+    width, height = box[2], box[3]
+    if width <= height:
+        size = (target_size, int(target_size * height / width))
+    else:
+        size = (int(target_size * width / height), target_size)
+    return image.resize(size, Image.Resampling.BICUBIC, box=box)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
