@@ -10,6 +10,7 @@ Every CLI command is one method here; the CLI only formats what comes back.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,7 @@ class Engine:
         """
         if not paths:
             raise InvalidInputError("give at least one file or folder to forget")
-        roots = [str(Path(p).expanduser().absolute()) for p in paths]
+        roots = [_absolute(p) for p in paths]
         stored = list(self.catalog.files_under(roots)) + list(self.catalog.skipped_under(roots))
         if not stored:
             raise InvalidInputError(f"nothing catalogued under {', '.join(roots)}")
@@ -415,7 +416,7 @@ class Engine:
             raise InvalidInputError(f"{image} does not exist; give an image file or a catalog id")
         if not path.is_file():
             raise InvalidInputError(f"{image} is not a file")
-        row = self.catalog.media_by_path(str(path.absolute()))
+        row = self.catalog.media_by_path(_absolute(path))
         if row is not None:
             model_row = self.catalog.find_model(self.model_id_of(model))
             stat = path.stat()
@@ -490,7 +491,7 @@ class Engine:
 
     def media_ids_by_path(self, paths: list[str | Path]) -> dict[str, int]:
         """Absolute path string -> media id, for catalogued paths among `paths`."""
-        wanted = [str(Path(p).expanduser().absolute()) for p in paths]
+        wanted = [_absolute(p) for p in paths]
         stored = self.catalog.files_under(sorted({str(Path(p).parent) for p in wanted}))
         return {p: stored[p].id for p in wanted if p in stored}
 
@@ -534,6 +535,12 @@ class Engine:
 
     def models(self) -> list[ModelRow]:
         return self.catalog.models()
+
+
+def _absolute(path: str | Path) -> str:
+    """The path as the catalog stores it: absolute and normalised (`a/../b` is `b`), links kept,
+    exactly as `ingest.check_roots` makes the roots it walks."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _kind_key(spec_id: str, modality: str) -> str:
