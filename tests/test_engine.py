@@ -339,3 +339,21 @@ def test_a_file_turning_bad_leaves_every_model_in_agreement(two_models, copy_pho
     for model in (TINY_MODEL, second):
         hits = engine.search("a dog", k=ALL_PHOTOS, model=model).hits
         assert len(hits) == ALL_PHOTOS - 2
+
+
+def test_relative_and_dotted_paths_mean_what_the_indexer_stored(
+    open_engine, tmp_path, copy_photos, monkeypatch
+):
+    from searchengine.encoder import Encoder
+
+    engine = open_engine(tmp_path / "home")
+    monkeypatch.chdir(copy_photos.parent)
+    engine.index(["photos/trip/../trip"], model=TINY_MODEL, settings=fast_ingest())
+    engine.use_model(TINY_MODEL, force=True)
+    stored_paths = sorted(engine.catalog.files_under([str(copy_photos)]))
+    assert stored_paths == [str(copy_photos / "trip" / f"photo_{i}.jpg") for i in (6, 7)]
+    monkeypatch.setattr(Encoder, "encode_images", lambda *a: pytest.fail("model ran"))
+    top = engine.similar("photos/trip/../trip/photo_6.jpg", k=1).hits[0]  # the stored vector
+    assert top.path == stored_paths[0]
+    assert engine.remove(["./photos/nothing/../trip//photo_7.jpg"]) == 1
+    assert engine.remove(["photos/trip/"]) == 1
