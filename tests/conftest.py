@@ -98,17 +98,22 @@ def _random_encoder_cache() -> dict:
 
 @pytest.fixture()
 def reuse_random_encoders(monkeypatch: pytest.MonkeyPatch, _random_encoder_cache: dict) -> None:
-    """Let every Engine (also those the CLI opens) share one loaded encoder per `ARCH/random`
-    model and settings. Random weights are a pure function of (architecture, seed), so this only
-    saves the load time; checkpoint and pretrained models are loaded as usual."""
+    """Let every Engine (also those the CLI opens) share one loaded encoder per model and
+    settings, for `ARCH/random` models and unchanged checkpoint files. Random weights are a pure
+    function of (architecture, seed) and a checkpoint's of its file, so this only saves the load
+    time; pretrained models are loaded as usual."""
     import searchengine.engine
     from searchengine.encoder import Encoder
 
     def cached(spec, settings=None):
         settings = settings if settings is not None else searchengine.engine.EncoderSettings()
-        if spec.source != "random":
+        if spec.source == "random":
+            key = (spec.id, settings)
+        elif spec.source == "checkpoint" and spec.checkpoint and spec.checkpoint.is_file():
+            stat = spec.checkpoint.stat()
+            key = (spec.id, stat.st_size, stat.st_mtime_ns, settings)
+        else:
             return Encoder(spec, settings)
-        key = (spec.id, settings)
         if key not in _random_encoder_cache:
             _random_encoder_cache[key] = Encoder(spec, settings)
         return _random_encoder_cache[key]
