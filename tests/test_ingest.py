@@ -410,3 +410,25 @@ def test_decoding_in_worker_processes_gives_the_same_vectors(
             stored(engine, copy_photos / relative)[1], stored(reference, path)[1], atol=1e-6
         )
     assert_agrees(engine)
+
+
+FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-1k" / "images"
+
+
+@pytest.mark.skipif(not FLICKR.is_dir(), reason="../shared/data/flickr8k-1k is not here")
+def test_real_photos_are_their_own_top_hit_also_when_decoded_in_full(engine, tmp_path):
+    """Indexed through the draft path, queried with a full decode of a copy: still first."""
+    folder = tmp_path / "flickr"
+    folder.mkdir()
+    for path in sorted(FLICKR.glob("*.jpg"))[:16]:
+        shutil.copy(path, folder / path.name)
+    report = index(engine, folder)
+    assert (report.embedded, report.skipped) == (16, 0)
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    for path in sorted(folder.iterdir()):
+        assert engine.similar(path, k=1, model=TINY_MODEL).hits[0].path == str(path)
+        copy = queries / path.name  # not catalogued: decoded in full and embedded now
+        shutil.copy(path, copy)
+        top = engine.similar(copy, k=1, model=TINY_MODEL).hits[0]
+        assert top.path == str(path) and top.score > 0.999
