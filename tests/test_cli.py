@@ -224,6 +224,9 @@ ERRORS = [
     (["add-texts", "{captions}", "--column", "text"], 1, "has no column 'text'.*caption"),
     (["add-texts", "{captions}", "--set", " "], 1, "needs a name"),
     (["remove", "{tmp}/nothing-here"], 1, "nothing catalogued"),
+    (["similar", "{tmp}"], 1, "is not a file"),
+    (["classify", "{photo}", "--labels", " , ,"], 1, "two distinct labels"),
+    (["lookup", "{photo}", "--model", "se-tiny/{checkpoint}"], 1, "no text index for model"),
     (["use-model", "se-tiny/random", "--force", "--home", "{home}/catalog.sqlite"], 2,
      "Invalid value"),
     (["index", "{photo}", "--model", TINY_MODEL, "--batch-size", "0"], 2, "Invalid value"),
@@ -233,12 +236,12 @@ ERRORS = [
 @pytest.mark.parametrize("arguments, code, message", ERRORS,
                          ids=[" ".join(e[0])[:40] for e in ERRORS])
 def test_bad_input_is_a_clear_error_that_changes_nothing(
-    cli_run, home, photo_folder, captions_csv, tmp_path, arguments, code, message
+    cli_run, home, photo_folder, captions_csv, tiny_checkpoint, tmp_path, arguments, code, message
 ):
     import re
 
     values = {"home": home, "photo": photo_folder / "photo_1.jpg", "fake": not_an_image(tmp_path),
-              "tmp": tmp_path, "captions": captions_csv}
+              "tmp": tmp_path, "captions": captions_csv, "checkpoint": tiny_checkpoint}
     arguments = [a.format(**values) for a in arguments]
     if "--home" not in arguments:
         arguments += ["--home", str(home)]
