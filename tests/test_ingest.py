@@ -432,3 +432,36 @@ def test_real_photos_are_their_own_top_hit_also_when_decoded_in_full(engine, tmp
         shutil.copy(path, copy)
         top = engine.similar(copy, k=1, model=TINY_MODEL).hits[0]
         assert top.path == str(path) and top.score > 0.999
+
+
+def test_a_real_sigkill_mid_run(open_engine, tmp_path, copy_photos):
+    """SIGKILL in the middle of the third batch (in a child process): nothing after it runs."""
+    import subprocess
+    import sys
+    import textwrap
+
+    home = tmp_path / "home"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from searchengine.encoder import Encoder
+        from searchengine.engine import Engine
+        from searchengine.settings import IngestSettings
+
+        original, calls = Encoder.encode_images, []
+        def encode(self, pixels):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, pixels)
+        Encoder.encode_images = encode
+        engine = Engine.open({str(home)!r})
+        engine.index([{str(copy_photos)!r}], model={TINY_MODEL!r},
+                     settings=IngestSettings(workers=0, batch_size=2, save_every=1))
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert child.returncode == -9, child.stderr.decode()[-2000:]
+    engine = open_engine(home)
+    assert engine.catalog.count_media() == 4  # two finished batches
+    report = index(engine, copy_photos, batch_size=2)
+    assert (report.unchanged, report.embedded) == (4, ALL_PHOTOS - 4)
+    assert_agrees(engine)
