@@ -346,3 +346,10 @@ def test_search_by_an_image_path_that_is_digits(cli_run, tmp_path, home, monkeyp
     monkeypatch.chdir(tmp_path)
     payload = cli_run.json("similar", "1", "-k", 1, "--home", home)
     assert payload["query"] == "1" and payload["hits"][0]["score"] < 0.99999
+
+
+def test_models_lists_random_specs_and_bundled_aliases(cli_run):
+    names = cli_run.json("models")["models"]
+    assert "se-tiny/random" in names and "ViT-B-32/random" in names and "demo" in names
+    pretrained = cli_run.json("models", "--pretrained")["models"]
+    assert "ViT-B-32/laion2b_s34b_b79k" in pretrained
