@@ -2,11 +2,24 @@
 
 Both start from the same random se-tiny weights (saved to a file), train on the `train` split
 (4,000 pairs, 800 images) with the same batch size, steps, warmup + cosine schedule, AdamW
-settings, precision, seed and worker count; then both final checkpoints are scored with the same
-recall code (standard protocol, `test` split: 200 images, 1,000 captions). Prints the figures
-and writes bench/results/train.json. Our run's metrics.jsonl is also the recall curve.
+settings, precision, seed and worker count. The two run back to back and alternate for
+`--rounds` rounds (ours, theirs, ours, theirs, ...) so that other load on the machine falls on
+both alike; the load average is recorded around every segment.
 
-    .venv/bin/python bench/train.py --epochs 8
+pairs/s has one definition for both: pairs of the timed steps / the summed wall time of those
+steps, where a step's time runs from the end of the previous step to the end of its optimiser
+step (so it includes waiting for the data, as open_clip_train's `Batch (t)` does). The first step
+of each run (worker start-up) is left out, and so are start-up, validation and checkpoint
+writing: ours evaluates only before the first and after the last step (open_clip_train, given
+no validation data, evaluates never), and open_clip_train's times are read from its
+per-step log. `--control` adds a third segment per round: open_clip_train with one intra-op
+thread (OMP_NUM_THREADS=1), the thread policy our trainer uses on this machine, to show how much
+of the difference is that policy.
+
+Every final checkpoint is scored with the same recall code (standard protocol, `test` split: 200
+images, 1,000 captions). Prints the figures and writes bench/results/train.json.
+
+    .venv/bin/python bench/train.py --epochs 1 --rounds 2 --control
 """
 
 from __future__ import annotations
@@ -15,26 +28,31 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "flickr8k-1k"
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import SHARED_DATA, write_result  # noqa: E402
+
+DATA = SHARED_DATA / "flickr8k-1k"
 THEIR_MAIN = (
     "import sys, open_clip; open_clip.add_model_config(sys.argv.pop(1)); "
     "from open_clip_train.main import main; main(sys.argv[1:])"
 )
+BATCH_TIME = re.compile(r"Batch \(t\): ([0-9.]+)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="se-tiny")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2, help="ours+theirs pairs, alternating")
+    parser.add_argument("--control", action="store_true",
+                        help="also run open_clip_train with OMP_NUM_THREADS=1 each round")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup", type=int, default=50)
@@ -48,9 +66,17 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     train_tsv, init = prepare(args)
     steps = args.epochs * (count_rows(train_tsv) // args.batch_size)
-    ours = run_ours(args, init, steps)
-    theirs = run_theirs(args, train_tsv, init)
-    report(args, steps, ours, theirs)
+    segments = []
+    for round_ in range(args.rounds):
+        segments.append(_timed("ours", round_, lambda r=round_: run_ours(args, init, steps, r)))
+        segments.append(_timed("theirs", round_,
+                               lambda r=round_: run_theirs(args, train_tsv, init, r)))
+        if args.control:
+            segments.append(_timed("theirs_1_thread", round_, lambda r=round_: run_theirs(
+                args, train_tsv, init, r, threads=1)))
+        print(" | ".join(f"{s['trainer']} r{s['round']} {s['pairs_per_s']:.1f} pairs/s"
+                         for s in segments if s["round"] == round_), flush=True)
+    report(args, steps, segments)
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -76,32 +102,48 @@ def count_rows(path: Path) -> int:
     return sum(1 for _ in path.open()) - 1
 
 
-def run_ours(args: argparse.Namespace, init: Path, steps: int) -> dict:
-    out = args.work / "ours"
+def _timed(trainer: str, round_: int, run) -> dict:
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    result = run()
+    return {"trainer": trainer, "round": round_, **result,
+            "wall_s": time.perf_counter() - started,
+            "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg()}
+
+
+def _environment(threads: int | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return {**env, "PYTHONWARNINGS": "ignore"}
+
+
+def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int) -> dict:
+    out = args.work / f"ours-{round_}"
     command = [
         str(Path(sys.executable).with_name("searchengine")), "train", str(DATA),
         "--split", "train", "--val-split", "test", "--model", f"{args.arch}/{init}",
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--warmup", str(args.warmup), "--precision", args.precision,
         "--seed", str(args.seed), "--workers", str(args.workers), "--device", "cpu",
-        "--eval-every", str(max(steps // 8, 1)), "--save-every", str(steps), "--json",
+        "--eval-every", str(steps), "--save-every", str(steps), "--json",
     ]
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - started
+    result = subprocess.run(command, check=True, capture_output=True, text=True,
+                            env=_environment())
+    summary = json.loads(result.stdout)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"][1:]  # the first step pays start-up
-    seconds = sum(r["pairs_per_s"] and args.batch_size / r["pairs_per_s"] for r in train)
-    curve = [(r["step"], r["text_to_image"]["R@5"], r["image_to_text"]["R@5"], r["recall_mean"])
-             for r in records if r["kind"] == "eval"]
-    return {"pairs_per_s": len(train) * args.batch_size / seconds, "wall_s": wall,
-            "checkpoint": out / "last.pt", "curve": curve}
+    timed = [r for r in records if r["kind"] == "train"][1:]  # the first step pays start-up
+    seconds = [args.batch_size / r["pairs_per_s"] for r in timed]
+    return {"pairs_per_s": len(seconds) * args.batch_size / sum(seconds),
+            "pairs_per_s_trainer_summary": summary["pairs_per_second"],
+            "steps_timed": len(seconds), "checkpoint": str(out / "last.pt")}
 
 
-def run_theirs(args: argparse.Namespace, train_tsv: Path, init: Path) -> dict:
+def run_theirs(args: argparse.Namespace, train_tsv: Path, init: Path, round_: int,
+               threads: int | None = None) -> dict:
     from searchengine.models import CONFIG_DIR
 
-    logs = args.work / "theirs"
+    logs = args.work / f"theirs-{round_}{'-threads' if threads else ''}"
     command = [
         sys.executable, "-c", THEIR_MAIN, str(CONFIG_DIR),
         "--train-data", str(train_tsv), "--dataset-type", "csv", "--csv-img-key", "filepath",
@@ -112,20 +154,18 @@ def run_theirs(args: argparse.Namespace, train_tsv: Path, init: Path) -> dict:
         "--name", "run", "--save-frequency", str(args.epochs), "--log-every-n-steps", "1",
         "--report-to", "", "--device", "cpu",
     ]
-    started = time.perf_counter()
-    result = subprocess.run(command, check=True, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    wall = time.perf_counter() - started
-    log = (logs / "run" / "out.log").read_text() if (logs / "run" / "out.log").is_file() else ""
-    batch_times = [float(t) for t in re.findall(r"Batch \(t\): ([0-9.]+)", log + result.stderr)]
-    batch_times = batch_times[1:]  # the first step pays start-up
-    return {"pairs_per_s": len(batch_times) * args.batch_size / sum(batch_times), "wall_s": wall,
-            "checkpoint": logs / "run" / "checkpoints" / f"epoch_{args.epochs}.pt",
-            "steps_logged": len(batch_times) + 1}
+    subprocess.run(command, check=True, capture_output=True, text=True,
+                   env=_environment(threads))
+    # out.log only (stderr repeats the same lines); with --log-every-n-steps 1 and the meters
+    # reset after each log line, `Batch (t)` is the time of that one step
+    batch_times = [float(t) for t in BATCH_TIME.findall((logs / "run" / "out.log").read_text())]
+    timed = batch_times[1:]  # the first step pays start-up
+    return {"pairs_per_s": len(timed) * args.batch_size / sum(timed), "steps_timed": len(timed),
+            "checkpoint": str(logs / "run" / "checkpoints" / f"epoch_{args.epochs}.pt")}
 
 
-def held_out_recall(arch: str, checkpoint: Path) -> dict:
-    """Recall on the test split with our protocol code, for either trainer's checkpoint."""
+def held_out_recall(arch: str, checkpoints: list[Path]) -> list[dict]:
+    """Recall on the test split with our protocol code, for either trainer's checkpoints."""
     import torch
 
     from searchengine.models import build_model, parse_model_spec
@@ -133,57 +173,62 @@ def held_out_recall(arch: str, checkpoint: Path) -> dict:
     from searchengine.training.evaluation import evaluate, prepare_validation
     from searchengine.training.pairs import read_pairs
 
-    model, preprocess, tokenizer = build_model(parse_model_spec(f"{arch}/{checkpoint}"))
-    size = model.visual.image_size
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    validation = prepare_validation(
-        read_pairs(DATA, split="test"),
-        lambda pairs: load_pixels(pairs, preprocess, size, workers=2), tokenizer, max_pairs=10**6,
-    )
-    with torch.no_grad():
-        return evaluate(model, validation, 0, device="cpu").as_record()
+    records, validation = [], None
+    for checkpoint in checkpoints:
+        model, preprocess, tokenizer = build_model(parse_model_spec(f"{arch}/{checkpoint}"))
+        if validation is None:
+            size = model.visual.image_size
+            size = int(size[0] if isinstance(size, (tuple, list)) else size)
+            validation = prepare_validation(
+                read_pairs(DATA, split="test"),
+                lambda pairs, p=preprocess, s=size: load_pixels(pairs, p, s, workers=2),
+                tokenizer, max_pairs=10**6,
+            )
+        with torch.no_grad():
+            records.append(evaluate(model, validation, 0, device="cpu").as_record())
+    return records
 
 
-def report(args: argparse.Namespace, steps: int, ours: dict, theirs: dict) -> None:
-    import faiss
-    import open_clip
-    import torch
+def _summarise(segments: list[dict], trainer: str, batch_size: int) -> dict:
+    mine = [s for s in segments if s["trainer"] == trainer]
+    pairs = sum(s["steps_timed"] for s in mine) * batch_size
+    seconds = sum(s["steps_timed"] * batch_size / s["pairs_per_s"] for s in mine)
+    r5 = [s["test_recall"]["text_to_image"]["R@5"] for s in mine]
+    return {"pairs_per_s": pairs / seconds, "pairs_per_s_each": [s["pairs_per_s"] for s in mine],
+            "test_t2i_R@5_each": r5, "test_t2i_R@5_mean": sum(r5) / len(r5),
+            "test_i2t_R@5_each": [s["test_recall"]["image_to_text"]["R@5"] for s in mine]}
 
-    ours_recall = held_out_recall(args.arch, ours["checkpoint"])
-    theirs_recall = held_out_recall(args.arch, theirs["checkpoint"])
-    start_recall = held_out_recall(args.arch, args.work / "init.pt")
-    ratio = ours["pairs_per_s"] / theirs["pairs_per_s"]
+
+def report(args: argparse.Namespace, steps: int, segments: list[dict]) -> None:
+    start, *recalls = held_out_recall(
+        args.arch, [args.work / "init.pt"] + [Path(s["checkpoint"]) for s in segments])
+    for segment, recall in zip(segments, recalls, strict=True):
+        segment["test_recall"] = recall
+    trainers = dict.fromkeys(s["trainer"] for s in segments)
+    summary = {name: _summarise(segments, name, args.batch_size) for name in trainers}
+    ratio = summary["ours"]["pairs_per_s"] / summary["theirs"]["pairs_per_s"]
+    rounds = [next(s["pairs_per_s"] for s in segments if s["trainer"] == n and s["round"] == r)
+              for r in range(args.rounds) for n in ("ours", "theirs")]
     result = {
         "benchmark": "train: searchengine vs open_clip_train, flickr8k-1k",
         "settings": {k: str(v) for k, v in vars(args).items()}, "steps": steps,
-        "ours": {"pairs_per_s": ours["pairs_per_s"], "wall_s": ours["wall_s"],
-                 "test_recall": ours_recall, "curve_step_t2iR5_i2tR5_mean": ours["curve"]},
-        "theirs": {"pairs_per_s": theirs["pairs_per_s"], "wall_s": theirs["wall_s"],
-                   "test_recall": theirs_recall, "steps_logged": theirs["steps_logged"]},
-        "start_test_recall": start_recall,
+        "pairs_per_s_definition": "timed-step pairs / summed wall time of those steps (data wait "
+                                  "included; first step, start-up, eval, checkpoints excluded)",
         "throughput_ratio_ours_over_theirs": ratio,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "open_clip": open_clip.__version__,
-                    "faiss": faiss.__version__, "commit": _commit()},
+        "throughput_ratio_each_round": [rounds[i] / rounds[i + 1]
+                                        for i in range(0, len(rounds), 2)],
+        "summary": summary, "start_test_recall": start, "segments": segments,
+        "loadavg_at_end": os.getloadavg(),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(result, indent=2))
-    print(f"{steps} steps of batch {args.batch_size}, {args.arch}, {args.precision}")
-    print(f"pairs/s   ours {ours['pairs_per_s']:.1f}  theirs {theirs['pairs_per_s']:.1f}  "
-          f"ratio {ratio:.2f}")
-    for name, record in (("start", start_recall), ("ours", ours_recall),
-                         ("theirs", theirs_recall)):
-        print(f"{name:7s} test t2i R@5 {record['text_to_image']['R@5']:.3f}  "
-              f"i2t R@5 {record['image_to_text']['R@5']:.3f}  mean {record['recall_mean']:.4f}")
-    print("recall curve (step, t2i R@5, i2t R@5, mean recall):")
-    for point in ours["curve"]:
-        print("  ", point)
-
-
-def _commit() -> str:
-    result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                            text=True)
-    return result.stdout.strip()
+    write_result("train", result)
+    print(f"{steps} steps of batch {args.batch_size}, {args.arch}, {args.precision}, "
+          f"{args.rounds} rounds")
+    for name, figures in summary.items():
+        each = ", ".join(f"{v:.1f}" for v in figures["pairs_per_s_each"])
+        print(f"{name:16s} {figures['pairs_per_s']:6.1f} pairs/s ({each})  "
+              f"test t2i R@5 {figures['test_t2i_R@5_mean']:.3f}")
+    print(f"ratio ours / theirs {ratio:.2f}; start test t2i R@5 "
+          f"{start['text_to_image']['R@5']:.3f}; load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

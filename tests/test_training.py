@@ -16,8 +16,9 @@ from searchengine.cli import cli
 from searchengine.losses import clip_loss, siglip_loss
 from searchengine.models import build_model, parse_model_spec
 from searchengine.training import loop
-from searchengine.training.data import StepBatches
+from searchengine.training.data import PairDataset, StepBatches
 from searchengine.training.gradcache import contrastive_backward
+from searchengine.training.pairs import read_pairs
 from searchengine.training.schedule import learning_rate
 from searchengine.training.settings import TrainSettings
 
@@ -121,6 +122,60 @@ def test_batches_are_a_function_of_the_step() -> None:
     assert tail == full[5:]
     assert sorted(sum(full[:3], [])) == sorted(set(sum(full[:3], [])))  # an epoch has no repeats
     assert len(full) == 8 and all(len(batch) == 3 for batch in full)
+
+
+def test_cpu_threads_leave_a_core_per_decode_worker(
+    pairs_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert loop.intra_op_threads(2, cpus=2) == 1
+    assert loop.intra_op_threads(2, cpus=16) == 14
+    assert loop.intra_op_threads(0, cpus=4) == 4
+    assert loop.intra_op_threads(8, cpus=4) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert loop.intra_op_threads(2, cpus=2) is None  # the user's setting wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    seen = []
+    original_step = loop._Run._step
+
+    def watched_step(self, step, batch):
+        seen.append(torch.get_num_threads())
+        return original_step(self, step, batch)
+
+    monkeypatch.setattr(loop._Run, "_step", watched_step)
+    monkeypatch.setattr(loop, "intra_op_threads", lambda workers: 1)
+    before = torch.get_num_threads()
+    summary = loop.train(tmp_path / "run", _settings(steps=2, eval_every=2), pairs=pairs_csv)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    assert summary.pairs_per_second > 0  # timed from the second step on
+
+
+def test_pair_dataset_decodes_each_image_once_within_its_budget(
+    pairs_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from searchengine.training import data
+
+    _, preprocess, _ = build_model(parse_model_spec("se-tiny/random"), seed=1)
+    pairs = read_pairs(pairs_csv).pairs  # two captions per image
+    decoded = []
+    original_decode = data.decode_image
+
+    def counting_decode(source, image_size):
+        decoded.append(source)
+        return original_decode(source, image_size)
+
+    monkeypatch.setattr(data, "decode_image", counting_decode)
+    one_image = 3 * 32 * 32 * 4
+    for budget, expected_decodes in ((10**9, 12), (0, 24), (one_image, 23)):
+        decoded.clear()
+        dataset = PairDataset(pairs, preprocess, 32, cache_bytes=budget)
+        items = [dataset[i] for i in range(len(pairs))] + [dataset[0]]
+        assert len(decoded) == expected_decodes + (budget < one_image)
+        fresh = PairDataset(pairs, preprocess, 32, cache_bytes=0)
+        for i, (pixels, caption, image_id) in enumerate(items[:-1]):
+            reference = fresh[i]
+            assert torch.equal(pixels, reference[0]) and caption == reference[1]
+            assert image_id == dataset.image_ids[i]
 
 
 def _losses(out: Path) -> list[tuple[int, float]]:

@@ -1,5 +1,9 @@
 """Training data: decode + preprocess pairs in DataLoader workers; batches a function of the step.
 
+The preprocessing is deterministic (no augmentation), so each process keeps the pixels of the
+images it has decoded, up to `PIXEL_CACHE_BYTES`: an image with five captions is decoded once,
+not five times per epoch, and a small data set is decoded once per worker for the whole run.
+
 The batch order is a pure function of (seed, step): epoch e uses the permutation of
 `torch.randperm(n, generator seeded with seed + e)`, so a resumed run sees exactly the batches the
 uninterrupted run would have, whatever the number of workers.
@@ -20,6 +24,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
+
+PIXEL_CACHE_BYTES = 256 * 2**20
+"""Preprocessed pixels each process (main or DataLoader worker) keeps, per dataset: 256 MiB holds
+~21,000 images at 32 px, ~5,300 at 64 px, ~440 at 224 px (float32)."""
 
 
 @dataclass(frozen=True)
@@ -45,24 +53,33 @@ class PairDataset:
     """Map-style dataset: index -> (pixels (3, H, W) float32 or None when undecodable, caption,
     image id)."""
 
-    def __init__(self, pairs: tuple[Pair, ...], preprocess: Callable, image_size: int):
+    def __init__(self, pairs: tuple[Pair, ...], preprocess: Callable, image_size: int, *,
+                 cache_bytes: int = PIXEL_CACHE_BYTES):
         self.pairs = pairs
         self.preprocess = preprocess
         self.image_size = image_size
         index: dict[str, int] = {}
         self.image_ids = [index.setdefault(pair.image_key, len(index)) for pair in pairs]
+        self.cache: dict[int, torch.Tensor | None] = {}  # image id -> pixels (None: undecodable)
+        self.cache_room = cache_bytes
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int):
-        pair = self.pairs[i]
+        pair, image_id = self.pairs[i], self.image_ids[i]
+        if image_id in self.cache:
+            return self.cache[image_id], pair.caption, image_id
         try:
             pixels = self.preprocess(decode_image(pair.image, self.image_size))
         except ImageDecodeError as error:
             log.warning("skipping pair %d (%s): %s", i, pair.image_key, error)
             pixels = None
-        return pixels, pair.caption, self.image_ids[i]
+        size = 0 if pixels is None else pixels.numel() * pixels.element_size()
+        if size <= self.cache_room:
+            self.cache[image_id] = pixels
+            self.cache_room -= size
+        return pixels, pair.caption, image_id
 
 
 class Collate:
@@ -117,7 +134,7 @@ def load_pixels(pairs: list[Pair], preprocess: Callable, image_size: int, *, wor
     """Decode one image per pair: ((n_ok, 3, H, W) float32, keys of the decoded images)."""
     import torch
 
-    dataset = PairDataset(tuple(pairs), preprocess, image_size)
+    dataset = PairDataset(tuple(pairs), preprocess, image_size, cache_bytes=0)  # once each
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=64, num_workers=workers, collate_fn=list
     )

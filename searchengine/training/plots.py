@@ -40,7 +40,10 @@ def _curves(plt, records: list[dict], path: Path) -> Path:
         for k in ("R@1", "R@5", "R@10"):
             recall_ax.plot([r["step"] for r in evals], [r[direction][k] for r in evals], style,
                            marker="o", markersize=3, label=f"{direction.replace('_', ' ')} {k}")
-    recall_ax.set(title="validation recall", xlabel="step", ylabel="recall", ylim=(0, 1))
+    top = max([r[d][k] for r in evals for d in ("text_to_image", "image_to_text")
+               for k in ("R@1", "R@5", "R@10")], default=1.0)
+    recall_ax.set(title="validation recall", xlabel="step", ylabel="recall",
+                  ylim=(0, min(1.0, max(top * 1.15, 0.05))))  # low recalls stay readable
     recall_ax.legend(fontsize=7)
     temp_ax.plot([r["step"] for r in train], [r["temperature"] for r in train])
     temp_ax.set(title="temperature exp(t)", xlabel="step")
