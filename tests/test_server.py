@@ -533,3 +533,26 @@ def test_the_final_link_is_not_followed_between_resolve_and_open(private_home, m
     monkeypatch.setattr(media_module.Path, "resolve", resolve_then_swap)
     response = app_client(engine).get(f"/api/images/{media_id(engine, target)}")
     assert_error(response, 409, "cannot be opened")
+
+
+def test_the_model_loads_once_at_start(indexed_home, monkeypatch, outside_image):
+    """create_app loads the model; no request loads it again."""
+    import searchengine.engine
+    from searchengine.engine import Engine
+
+    loads = []
+    real = searchengine.engine.Encoder
+
+    def counting(spec, settings=None):
+        loads.append(spec.id)
+        return real(spec, settings) if settings is not None else real(spec)
+
+    monkeypatch.setattr(searchengine.engine, "Encoder", counting)
+    with Engine.open(indexed_home) as fresh:
+        client = app_client(fresh)
+        assert loads == [TINY_MODEL]
+        files = {"image": ("mine.jpg", outside_image.read_bytes())}
+        assert client.get("/api/search", params={"q": "a dog"}).status_code == 200
+        assert client.post("/api/search/image", files=files).status_code == 200
+        assert client.post("/api/classify", files=files, data={"labels": "a,b"}).status_code == 200
+        assert loads == [TINY_MODEL]
