@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FAISS_EXTRA := $(if $(GPU),gpu,cpu)
 STAMP := $(VENV)/.installed-$(FAISS_EXTRA)
 
-.PHONY: run test install lint docs bench clean
+.PHONY: run test install lint docs clean demo-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ install: $(STAMP)
 run: install
 	$(BIN)/searchengine demo --home indexes
 
-test: install
+CHROMIUM := /usr/bin/chromium
+
+# tests/test_browser.py drives Debian's chromium through Playwright and skips without it.
+# As root with apt (CI) install it; elsewhere say how.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "no $(CHROMIUM): tests/test_browser.py will skip (sudo apt-get install chromium)"; fi
+
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -30,6 +39,17 @@ lint: install
 
 docs: install
 	$(BIN)/python -m searchengine.docgen > docs/cli.md
+
+# Reproduces the bundled demo model (searchengine/weights/demo.pt) from generated scenes.
+demo-model: install
+	$(BIN)/searchengine scenes runs/demo-model/train -n 4000 --split train --seed 0
+	$(BIN)/searchengine scenes runs/demo-model/val -n 500 --split heldout --seed 1
+	$(BIN)/searchengine train runs/demo-model/train --val runs/demo-model/val \
+		--model se-scenes/random --out runs/demo-model/run --lr 1e-3 --weight-decay 0.1 \
+		--batch-size 128 --steps 800 --eval-every 100 --save-every 100 --seed 0
+	$(BIN)/python -c "from searchengine.demo import bundle_weights; print(bundle_weights('runs/demo-model/run/best.pt'))"
+	$(BIN)/searchengine scenes runs/demo-model/heldout -n 1000 --split heldout --seed 0
+	$(BIN)/searchengine scene-recall runs/demo-model/heldout --model demo
 
 clean:
 	rm -rf $(VENV) indexes/*.sqlite* indexes/vectors

@@ -163,6 +163,7 @@ class Engine:
     # -- models and spaces ----------------------------------------------------------------
 
     def default_model(self) -> str:
+        """`use-model`'s choice, else the first model this home indexed, else DEFAULT_MODEL."""
         return self.catalog.get_setting(DEFAULT_MODEL_KEY) or DEFAULT_MODEL
 
     def model_id_of(self, model: str | None) -> str:
@@ -222,6 +223,8 @@ class Engine:
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")
         space = self.space(model, "image", create=True, kind=index_kind)
+        if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
+            self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
         work, scanned = ingest.plan(self.catalog, space.model.id, roots, settings)
         log.info("%d files found, %d to embed, %d gone", scanned, len(work.to_embed), len(work.vanished))
         result = ingest.BatchResult(0, 0, 0)

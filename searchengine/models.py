@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,7 @@ def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
         raise ModelError(f"checkpoint {path} for model {spec.id} does not exist{hint}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as error:
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise ModelError(f"cannot read checkpoint {path}: {error}") from error
     if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT:
         if checkpoint.get("arch") != spec.arch:

@@ -35,10 +35,11 @@ class SpaceCheck:
     missing: int  # in the catalog, not in the index
     extra: int  # in the index, not in the catalog
     problem: str | None  # manifest or file problem, if any
+    duplicates: int = 0  # ids held more than once by the index
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and self.missing == 0 and self.extra == 0
+        return self.problem is None and self.missing == self.extra == self.duplicates == 0
 
 
 def index_path(home: Path, spec: str, modality: str) -> Path:
@@ -104,6 +105,8 @@ class VectorSpace:
         """Add vectors the catalog has and the index lacks; drop ids the catalog no longer has."""
         catalog_ids = self.catalog.vector_ids(self.modality, self.model.id)
         index_ids = index.ids()
+        if len(np.unique(index_ids)) != len(index_ids):
+            raise IndexMismatchError("the index holds some ids twice")
         missing = np.setdiff1d(catalog_ids, index_ids, assume_unique=True)
         extra = np.setdiff1d(index_ids, catalog_ids, assume_unique=True)
         if len(extra):
@@ -170,5 +173,6 @@ class VectorSpace:
             index_count=len(index_ids),
             missing=len(np.setdiff1d(catalog_ids, index_ids)),
             extra=len(np.setdiff1d(index_ids, catalog_ids)),
+            duplicates=len(index_ids) - len(np.unique(index_ids)),
             problem=problem,
         )

@@ -90,11 +90,6 @@ def test_checkpoint_for_another_arch_or_not_a_checkpoint(tmp_path, tiny_checkpoi
         Encoder.load(f"se-tiny/{tmp_path / 'empty.pt'}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models.load_checkpoint_weights lets pickle.UnpicklingError (what torch.load raises "
-    "for a file that is not a checkpoint) through as a traceback; it must become a ModelError",
-)
 def test_a_file_that_is_not_a_checkpoint_is_a_model_error(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelError, match="cannot read checkpoint"):

@@ -34,6 +34,7 @@ from searchengine.images import ImageInfo
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
 _CHUNK = 500  # ids per IN (...) clause; SQLite allows 32766 variables, keep statements small
+_ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
 
 
 @dataclass(frozen=True)
@@ -165,18 +166,23 @@ class Catalog:
 
     def files_under(self, roots: Sequence[str]) -> dict[str, StoredFile]:
         """Catalogued files equal to or below any of `roots` (absolute path strings)."""
+        found: dict[str, StoredFile] = {}
         with self.session() as session:
-            rows = session.execute(
-                select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash).where(
-                    _under(Media.path, roots)
+            for chunk in _chunks(list(roots), _ROOTS_PER_QUERY):
+                rows = session.execute(
+                    select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash)
+                    .where(_under(Media.path, chunk))
                 )
-            )
-            return {r.path: StoredFile(*r) for r in rows}
+                found.update({r.path: StoredFile(*r) for r in rows})
+        return found
 
     def skipped_under(self, roots: Sequence[str]) -> dict[str, Skip]:
+        found: dict[str, Skip] = {}
         with self.session() as session:
-            rows = session.scalars(select(SkippedFile).where(_under(SkippedFile.path, roots)))
-            return {r.path: Skip(r.path, r.size, r.mtime_ns, r.reason) for r in rows}
+            for chunk in _chunks(list(roots), _ROOTS_PER_QUERY):
+                rows = session.scalars(select(SkippedFile).where(_under(SkippedFile.path, chunk)))
+                found.update({r.path: Skip(r.path, r.size, r.mtime_ns, r.reason) for r in rows})
+        return found
 
     def skipped(self) -> list[Skip]:
         with self.session() as session:

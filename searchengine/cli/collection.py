@@ -268,7 +268,9 @@ def check(home, repair, as_json):
                    "spaces": [{**s.__dict__, "ok": s.ok} for s in report.spaces]})
     else:
         for s in report.spaces:
-            state = "ok" if s.ok else (s.problem or f"{s.missing} missing, {s.extra} extra")
+            state = "ok" if s.ok else (
+                s.problem or f"{s.missing} missing, {s.extra} extra, {s.duplicates} duplicated"
+            )
             click.echo(f"{s.model} {s.modality} ({s.kind}): catalog {s.catalog_count}, "
                        f"index {s.index_count}: {state}")
         if not report.spaces:
