@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -120,6 +121,7 @@ def _environment(threads: int | None = None) -> dict:
 
 def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int) -> dict:
     out = args.work / f"ours-{round_}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed or skipped one
     command = [
         str(Path(sys.executable).with_name("searchengine")), "train", str(DATA),
         "--split", "train", "--val-split", "test", "--model", f"{args.arch}/{init}",
@@ -144,6 +146,7 @@ def run_theirs(args: argparse.Namespace, train_tsv: Path, init: Path, round_: in
     from searchengine.models import CONFIG_DIR
 
     logs = args.work / f"theirs-{round_}{'-threads' if threads else ''}"
+    shutil.rmtree(logs, ignore_errors=True)  # open_clip_train skips a run whose folder exists
     command = [
         sys.executable, "-c", THEIR_MAIN, str(CONFIG_DIR),
         "--train-data", str(train_tsv), "--dataset-type", "csv", "--csv-img-key", "filepath",
