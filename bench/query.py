@@ -23,9 +23,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import percentiles, write_result  # noqa: E402
 
 QUERIES = [
-    "a dog on the beach", "two children playing in the snow", "a red car parked on a street",
-    "a man riding a bicycle", "people sitting at a cafe", "a black and white cat",
-    "a mountain lake at sunset", "a woman in a blue dress", "a group of people hiking",
+    "a dog on the beach",
+    "two children playing in the snow",
+    "a red car parked on a street",
+    "a man riding a bicycle",
+    "people sitting at a cafe",
+    "a black and white cat",
+    "a mountain lake at sunset",
+    "a woman in a blue dress",
+    "a group of people hiking",
     "a boy jumping into a pool",
 ]
 
@@ -46,8 +52,10 @@ def fill_home(engine, model: str, n: int, dim: int) -> None:
     step = 5000
     for start in range(0, n, step):
         count = min(step, n - start)
-        images = [NewImage(f"/bench/{start + i:08d}.jpg", 1, 1, f"h{start + i}", info)
-                  for i in range(count)]
+        images = [
+            NewImage(f"/bench/{start + i:08d}.jpg", 1, 1, f"h{start + i}", info)
+            for i in range(count)
+        ]
         vectors = unit_vectors(count, dim, seed=start)
         written = engine.catalog.write_images(space.model.id, images, vectors, [])
         space.add(np.asarray(written.ids), vectors)
@@ -82,15 +90,26 @@ def bench_engine(args, n: int, kinds: list[str], encoder_ms: dict) -> list[dict]
             found = space.index.search(query_vectors, 10)[1]
             engine.search(QUERIES[0], k=10, model=args.model)  # warm
             search_ms = time_calls(
-                lambda i: engine.search_by_vector(query_vectors[i % 10 : i % 10 + 1], k=10,
-                                                  model=args.model), args.repeats)
-            total_ms = time_calls(lambda i: engine.search(QUERIES[i % 10], k=10, model=args.model),
-                                  args.repeats)
-            rows.append({"vectors": n, "kind": kind, "path": "engine (catalog + index)",
-                         "build_seconds": round(build_s, 2), "text_encoding": encoder_ms,
-                         "vector_search_and_lookup": percentiles(search_ms),
-                         "search_total": percentiles(total_ms),
-                         "recall_at_10_vs_exact": _recall(exact, found)})
+                lambda i: engine.search_by_vector(
+                    query_vectors[i % 10 : i % 10 + 1], k=10, model=args.model
+                ),
+                args.repeats,
+            )
+            total_ms = time_calls(
+                lambda i: engine.search(QUERIES[i % 10], k=10, model=args.model), args.repeats
+            )
+            rows.append(
+                {
+                    "vectors": n,
+                    "kind": kind,
+                    "path": "engine (catalog + index)",
+                    "build_seconds": round(build_s, 2),
+                    "text_encoding": encoder_ms,
+                    "vector_search_and_lookup": percentiles(search_ms),
+                    "search_total": percentiles(total_ms),
+                    "recall_at_10_vs_exact": _recall(exact, found),
+                }
+            )
             _print(rows[-1])
         engine.close()
     finally:
@@ -111,24 +130,35 @@ def bench_index_only(args, n: int, dim: int, kinds: list[str], encoder_ms: dict)
         start = time.perf_counter()
         index = exact if kind == "flat" else VectorIndex.build(kind, dim, ids, xb)
         build_s = time.perf_counter() - start
-        samples = time_calls(lambda i: index.search(xq[i % 100 : i % 100 + 1], 10), args.repeats)
-        rows.append({"vectors": n, "kind": kind, "path": "FAISS index alone, random unit vectors",
-                     "build_seconds": round(build_s, 2), "text_encoding": encoder_ms,
-                     "vector_search": percentiles(samples),
-                     "recall_at_10_vs_exact": _recall(reference, index.search(xq, 10)[1])})
+        samples = time_calls(
+            lambda i, index=index: index.search(xq[i % 100 : i % 100 + 1], 10), args.repeats
+        )
+        rows.append(
+            {
+                "vectors": n,
+                "kind": kind,
+                "path": "FAISS index alone, random unit vectors",
+                "build_seconds": round(build_s, 2),
+                "text_encoding": encoder_ms,
+                "vector_search": percentiles(samples),
+                "recall_at_10_vs_exact": _recall(reference, index.search(xq, 10)[1]),
+            }
+        )
         _print(rows[-1])
     return rows
 
 
 def _recall(reference: np.ndarray, found: np.ndarray) -> float:
-    hits = [len(set(r) & set(f)) for r, f in zip(reference, found)]
+    hits = [len(set(r) & set(f)) for r, f in zip(reference, found, strict=True)]
     return round(float(np.sum(hits)) / reference.size, 4)
 
 
 def _print(row: dict) -> None:
     search = row.get("search_total") or row.get("vector_search")
-    print(f"{row['vectors']:>8} {row['kind']:5} p50 {search['p50_ms']:.2f} ms p95 "
-          f"{search['p95_ms']:.2f} ms recall@10 {row['recall_at_10_vs_exact']} ({row['path']})")
+    print(
+        f"{row['vectors']:>8} {row['kind']:5} p50 {search['p50_ms']:.2f} ms p95 "
+        f"{search['p95_ms']:.2f} ms recall@10 {row['recall_at_10_vs_exact']} ({row['path']})"
+    )
 
 
 def main() -> None:
@@ -144,7 +174,9 @@ def main() -> None:
 
     encoder = Encoder.load(args.model)
     encoder.encode_texts(QUERIES[:1])
-    encoder_ms = percentiles(time_calls(lambda i: encoder.encode_texts([QUERIES[i % 10]]), args.repeats))
+    encoder_ms = percentiles(
+        time_calls(lambda i: encoder.encode_texts([QUERIES[i % 10]]), args.repeats)
+    )
     print(f"text encoding: p50 {encoder_ms['p50_ms']:.1f} ms p95 {encoder_ms['p95_ms']:.1f} ms")
     kinds = args.kinds.split(",")
     rows = []

@@ -1,6 +1,6 @@
 """Generate docs/cli.md from the commands' own `--help` (a test keeps the file current).
 
-    python -m searchengine.docgen > docs/cli.md
+python -m searchengine.docgen > docs/cli.md
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def render() -> str:
     runner = CliRunner()
     parts = [HEADER]
     for words, _command in [([], cli), *_walk(cli, [])]:
-        result = runner.invoke(cli, [*words, "--help"], prog_name="searchengine", terminal_width=100)
+        result = runner.invoke(
+            cli, [*words, "--help"], prog_name="searchengine", terminal_width=100
+        )
         title = " ".join(["searchengine", *words])
         parts.append(f"## `{title}`\n\n```\n{result.output.rstrip()}\n```\n")
     return "\n".join(parts)

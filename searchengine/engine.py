@@ -75,7 +75,9 @@ class Classification:
         return {
             "image": self.image,
             "model": self.model,
-            "labels": [{"label": s.label, "probability": round(s.probability, 6)} for s in self.labels],
+            "labels": [
+                {"label": s.label, "probability": round(s.probability, 6)} for s in self.labels
+            ],
         }
 
 
@@ -144,7 +146,8 @@ class Engine:
         catalog_url: str | None = None,
         encoder_settings: EncoderSettings = EncoderSettings(),
     ) -> Engine:
-        """Open (creating if needed) the home folder; the catalog is upgraded to the newest schema."""
+        """Open (creating if needed) the home folder; the catalog is upgraded to the newest
+        schema."""
         home = Path(home).expanduser()
         if home.exists() and not home.is_dir():
             raise InvalidInputError(f"home {home} is a file; give a folder")
@@ -177,8 +180,9 @@ class Engine:
             self._encoders[spec.id] = Encoder(spec, self.encoder_settings)
         return self._encoders[spec.id]
 
-    def space(self, model: str | None, modality: str, *, create: bool = False,
-              kind: str | None = None) -> VectorSpace:
+    def space(
+        self, model: str | None, modality: str, *, create: bool = False, kind: str | None = None
+    ) -> VectorSpace:
         """The vector space of (model, modality). Without `create`, a missing one is an error."""
         spec_id = self.model_id_of(model)
         key = (spec_id, modality)
@@ -201,10 +205,14 @@ class Engine:
 
     def _not_indexed_message(self, spec_id: str, modality: str) -> str:
         if modality == "image":
-            return (f"no image index for model {spec_id} in {self.home}; run "
-                    f"`searchengine index FOLDER --model {spec_id} --home {self.home}` first")
-        return (f"no text index for model {spec_id} in {self.home}; run "
-                f"`searchengine add-texts FILE.csv --model {spec_id} --home {self.home}` first")
+            return (
+                f"no image index for model {spec_id} in {self.home}; run "
+                f"`searchengine index FOLDER --model {spec_id} --home {self.home}` first"
+            )
+        return (
+            f"no text index for model {spec_id} in {self.home}; run "
+            f"`searchengine add-texts FILE.csv --model {spec_id} --home {self.home}` first"
+        )
 
     # -- writing --------------------------------------------------------------------------
 
@@ -226,7 +234,9 @@ class Engine:
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
         work, scanned = ingest.plan(self.catalog, space.model.id, roots, settings)
-        log.info("%d files found, %d to embed, %d gone", scanned, len(work.to_embed), len(work.vanished))
+        log.info(
+            "%d files found, %d to embed, %d gone", scanned, len(work.to_embed), len(work.vanished)
+        )
         result = ingest.BatchResult(0, 0, 0)
         if work.to_embed:
             encoder = self.encoder(model)
@@ -260,8 +270,9 @@ class Engine:
         for row in self.catalog.models():
             if row.id == model_id or self.catalog.get_setting(_kind_key(row.spec, "image")) is None:
                 continue
-            space = VectorSpace(self.catalog, self.home, row, "image",
-                                self._stored_kind(row.spec, "image"))
+            space = VectorSpace(
+                self.catalog, self.home, row, "image", self._stored_kind(row.spec, "image")
+            )
             try:
                 on_disk = read_manifest(space.path).count
             except IndexMismatchError:
@@ -347,22 +358,32 @@ class Engine:
 
     # -- queries --------------------------------------------------------------------------
 
-    def search(self, query: str, *, k: int = 10, model: str | None = None, offset: int = 0) -> SearchResult:
+    def search(
+        self, query: str, *, k: int = 10, model: str | None = None, offset: int = 0
+    ) -> SearchResult:
         """Text -> image: the `k` images closest to the sentence, best first (from `offset`)."""
         query = _check_query(query)
         space = self.space(model, "image")
         vector = self.encoder(model).encode_texts([query])  # (1, d)
         return SearchResult(query, space.model.spec, self._image_hits(space, vector, k, offset))
 
-    def similar(self, image: str | Path | int, *, k: int = 10, model: str | None = None,
-                offset: int = 0) -> SearchResult:
+    def similar(
+        self, image: str | Path | int, *, k: int = 10, model: str | None = None, offset: int = 0
+    ) -> SearchResult:
         """Image -> image: `image` is a path (catalogued or not) or a catalog id."""
         space = self.space(model, "image")
         vector, label = self.image_vector(image, model=model)
         return SearchResult(label, space.model.spec, self._image_hits(space, vector, k, offset))
 
-    def lookup(self, image: str | Path | int, *, k: int = 5, text_set: str | None = None,
-               model: str | None = None, offset: int = 0) -> SearchResult:
+    def lookup(
+        self,
+        image: str | Path | int,
+        *,
+        k: int = 5,
+        text_set: str | None = None,
+        model: str | None = None,
+        offset: int = 0,
+    ) -> SearchResult:
         """Image -> text: the `k` texts (of one set, or all) that best describe the image."""
         space = self.space(model, "text")
         allowed = None
@@ -377,13 +398,19 @@ class Engine:
         texts = self.catalog.texts(int(i) for i in I[0] if i >= 0)
         hits = [
             SearchHit(rank, float(score), int(i), text=texts[int(i)].text)
-            for rank, (score, i) in enumerate(zip(D[0], I[0]), start=1)
+            for rank, (score, i) in enumerate(zip(D[0], I[0], strict=True), start=1)
             if i >= 0 and int(i) in texts
         ]
         return SearchResult(label, space.model.spec, _rerank(hits[offset:], start=offset + 1))
 
-    def classify(self, image: str | Path | int, labels: list[str], *, templates: str = "ensemble",
-                 model: str | None = None) -> Classification:
+    def classify(
+        self,
+        image: str | Path | int,
+        labels: list[str],
+        *,
+        templates: str = "ensemble",
+        model: str | None = None,
+    ) -> Classification:
         """Zero-shot: probability of each label (softmax over scaled cosines), best first."""
         from searchengine.prompts import label_embeddings, templates_named
 
@@ -406,13 +433,17 @@ class Engine:
         vector, _ = self.image_vector(image, model=model)
         return float(self.encoder(model).encode_texts([text])[0] @ vector[0])
 
-    def image_vector(self, image: str | Path | int, *, model: str | None = None) -> tuple[np.ndarray, str]:
+    def image_vector(
+        self, image: str | Path | int, *, model: str | None = None
+    ) -> tuple[np.ndarray, str]:
         """(1, d) float32 unit vector of an image, and a label for it (its path).
 
         A catalogued image uses its stored vector when the model has one; anything else is
         decoded and embedded now.
         """
-        if isinstance(image, int) or (isinstance(image, str) and image.isdigit() and not Path(image).exists()):
+        if isinstance(image, int) or (
+            isinstance(image, str) and image.isdigit() and not Path(image).exists()
+        ):
             return self._stored_image_vector(int(image), model)
         path = Path(image).expanduser()
         if not path.exists():
@@ -434,7 +465,9 @@ class Engine:
         ids, vectors = self.catalog.vectors("image", space.model.id, ids=[media_id])
         media = self.catalog.media([media_id])
         if not len(ids) or media_id not in media:
-            raise InvalidInputError(f"no indexed image with id {media_id} for model {space.model.spec}")
+            raise InvalidInputError(
+                f"no indexed image with id {media_id} for model {space.model.spec}"
+            )
         return vectors, media[media_id].path
 
     def _embed_file(self, path: Path, model: str | None) -> np.ndarray:
@@ -452,20 +485,29 @@ class Engine:
         encoder = self.encoder(model)
         return encoder.encode_images(encoder.preprocess(image.convert("RGB")).unsqueeze(0))
 
-    def search_by_vector(self, vector: np.ndarray, *, k: int = 10, model: str | None = None,
-                         offset: int = 0, label: str = "") -> SearchResult:
+    def search_by_vector(
+        self,
+        vector: np.ndarray,
+        *,
+        k: int = 10,
+        model: str | None = None,
+        offset: int = 0,
+        label: str = "",
+    ) -> SearchResult:
         """Images closest to a (1, d) float32 unit vector."""
         space = self.space(model, "image")
         return SearchResult(label, space.model.spec, self._image_hits(space, vector, k, offset))
 
-    def _image_hits(self, space: VectorSpace, vector: np.ndarray, k: int, offset: int) -> list[SearchHit]:
+    def _image_hits(
+        self, space: VectorSpace, vector: np.ndarray, k: int, offset: int
+    ) -> list[SearchHit]:
         if k < 1 or offset < 0:
             raise InvalidInputError("k must be >= 1 and offset >= 0")
         D, I = space.index.search(vector, k + offset)
         media = self.catalog.media(int(i) for i in I[0] if i >= 0)
         hits = [
             SearchHit(rank, float(score), int(i), path=media[int(i)].path)
-            for rank, (score, i) in enumerate(zip(D[0], I[0]), start=1)
+            for rank, (score, i) in enumerate(zip(D[0], I[0], strict=True), start=1)
             if i >= 0 and int(i) in media
         ]
         return _rerank(hits[offset:], start=offset + 1)
@@ -477,14 +519,22 @@ class Engine:
 
     # -- vectors for benchmarks -----------------------------------------------------------
 
-    def vectors(self, modality: str, *, model: str | None = None,
-                ids: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(
+        self, modality: str, *, model: str | None = None, ids: list[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Durable vectors from the catalog: (n,) int64 ids and (n, d) float32 unit rows."""
         space = self.space(model, modality)
         return self.catalog.vectors(modality, space.model.id, ids=ids)
 
-    def search_vectors(self, modality: str, queries: np.ndarray, *, k: int, model: str | None = None,
-                       text_set: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(
+        self,
+        modality: str,
+        queries: np.ndarray,
+        *,
+        k: int,
+        model: str | None = None,
+        text_set: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k through the space's own FAISS index: (m, k) float32 scores, (m, k) int64 ids."""
         space = self.space(model, modality)
         allowed = None
@@ -509,7 +559,11 @@ class Engine:
             for modality in ("image", "text"):
                 count = self.catalog.count_vectors(modality, row.id)
                 if count or self.catalog.get_setting(_kind_key(row.spec, modality)):
-                    spaces.append(SpaceStatus(row.spec, modality, count, self._stored_kind(row.spec, modality)))
+                    spaces.append(
+                        SpaceStatus(
+                            row.spec, modality, count, self._stored_kind(row.spec, modality)
+                        )
+                    )
         return Status(
             home=str(self.home),
             images=self.catalog.count_media(),
@@ -526,8 +580,9 @@ class Engine:
             for modality in ("image", "text"):
                 if self.catalog.get_setting(_kind_key(row.spec, modality)) is None:
                     continue
-                space = VectorSpace(self.catalog, self.home, row, modality,
-                                    self._stored_kind(row.spec, modality))
+                space = VectorSpace(
+                    self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
+                )
                 result = space.check()
                 if repair and not result.ok:
                     space.index = space.rebuild(reason=result.problem or "out of sync")
@@ -560,4 +615,3 @@ def _rerank(hits: list[SearchHit], start: int = 1) -> list[SearchHit]:
     return [
         SearchHit(rank, h.score, h.id, h.path, h.text) for rank, h in enumerate(hits, start=start)
     ]
-

@@ -1,4 +1,4 @@
-"""Ingestion: folders -> changed files -> decode (in worker processes) -> encoder -> catalog + index.
+"""Ingestion: folders -> changed files -> decode (worker processes) -> encoder -> catalog + index.
 
 `scan` and `plan` decide what to do without touching the model; `DecodeDataset` runs in
 DataLoader workers so that decoding hides behind the model; `Ingester.run` writes each batch to
@@ -75,9 +75,11 @@ def scan(roots: list[Path], settings: IngestSettings) -> tuple[dict[str, FileSta
             _add_file(root, found, problems)
             continue
         for dirpath, dirnames, filenames in os.walk(
-            root, followlinks=settings.follow_symlinks, onerror=lambda e: problems.append(
+            root,
+            followlinks=settings.follow_symlinks,
+            onerror=lambda e: problems.append(
                 Skip(str(e.filename), 0, 0, f"unreadable folder: {e.strerror}")
-            )
+            ),
         ):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
@@ -118,7 +120,10 @@ def plan(
             unchanged += 1
             continue
         known_bad = skipped.get(path)
-        if known_bad is not None and (known_bad.size, known_bad.mtime_ns) == (stat.size, stat.mtime_ns):
+        if known_bad is not None and (known_bad.size, known_bad.mtime_ns) == (
+            stat.size,
+            stat.mtime_ns,
+        ):
             unchanged += 1
             continue
         to_embed.append(stat)
@@ -142,7 +147,11 @@ class DecodeDataset:
     """A map-style dataset for `torch.utils.data.DataLoader`: reads, hashes and preprocesses."""
 
     def __init__(
-        self, files: list[FileStat], preprocess: Callable, target_size: int, settings: IngestSettings
+        self,
+        files: list[FileStat],
+        preprocess: Callable,
+        target_size: int,
+        settings: IngestSettings,
     ):
         self.files = files
         self.preprocess = preprocess
@@ -224,7 +233,12 @@ class BatchResult:
 
 
 def embed_files(
-    catalog: Catalog, encoder, space, files: list[FileStat], settings: IngestSettings, *,
+    catalog: Catalog,
+    encoder,
+    space,
+    files: list[FileStat],
+    settings: IngestSettings,
+    *,
     progress: bool = True,
 ) -> BatchResult:
     """Decode, embed and store `files` for the encoder's model, batch by batch.
@@ -265,12 +279,14 @@ def _store_batch(catalog: Catalog, encoder, space, batch: list[Decoded]) -> Batc
         return BatchResult(0, 0, len(skips))
     known = catalog.vectors_by_hash(space.model.id, [d.content_hash for d in good])
     fresh = [d for d in good if d.content_hash not in known]
-    vectors: dict[str, np.ndarray] = {h: np.frombuffer(b, dtype=np.float32) for h, b in known.items()}
+    vectors: dict[str, np.ndarray] = {
+        h: np.frombuffer(b, dtype=np.float32) for h, b in known.items()
+    }
     unique_fresh = {d.content_hash: d for d in fresh}  # duplicates inside the batch embed once
     if unique_fresh:
         pixels = torch.stack([d.pixels for d in unique_fresh.values()])  # (b, 3, H, W)
         embedded = encoder.encode_images(pixels)  # (b, d) float32 unit
-        vectors.update(zip(unique_fresh.keys(), embedded))
+        vectors.update(zip(unique_fresh.keys(), embedded, strict=True))
     images = [
         NewImage(d.stat.path, d.stat.size, d.stat.mtime_ns, d.content_hash, d.info) for d in good
     ]

@@ -82,10 +82,13 @@ def parse_model_spec(text: str) -> ModelSpec:
     text = (text or "").strip()
     if text in BUNDLED_ALIASES:
         arch, filename = BUNDLED_ALIASES[text]
-        return ModelSpec(arch=arch, source="checkpoint", checkpoint=WEIGHTS_DIR / filename, alias=text)
+        return ModelSpec(
+            arch=arch, source="checkpoint", checkpoint=WEIGHTS_DIR / filename, alias=text
+        )
     if "/" not in text:
         raise ModelError(
-            f"model spec {text!r} is not of the form ARCH/PRETRAINED, ARCH/path/to/checkpoint.pt or "
+            f"model spec {text!r} is not of the form ARCH/PRETRAINED, "
+            "ARCH/path/to/checkpoint.pt or "
             f"ARCH/random; for example `ViT-B-32/laion2b_s34b_b79k`, `ViT-B-32/random`, or one of "
             f"the bundled models: {', '.join(BUNDLED_ALIASES)}"
         )
@@ -172,7 +175,9 @@ def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
             )
         state_dict = checkpoint["state_dict"]
     else:  # open_clip_train writes {"epoch", "name", "state_dict" (maybe "module."-prefixed), ...}
-        state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        state_dict = (
+            checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        )
         if not isinstance(state_dict, dict):
             raise ModelError(f"{path} is not a model checkpoint (no state_dict inside)")
         state_dict = {_strip_module_prefix(k): v for k, v in state_dict.items()}
@@ -186,11 +191,11 @@ def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
 
 
 def _strip_module_prefix(key: str) -> str:
-    return key[len("module."):] if key.startswith("module.") else key
+    return key[len("module.") :] if key.startswith("module.") else key
 
 
 def _ensure_weights_reachable(spec: ModelSpec) -> None:
-    """Fail at once, not after a minute of retries, when hub weights are neither cached nor reachable."""
+    """Fail at once, not after a minute of retries, when hub weights can't be had."""
     import open_clip
 
     cfg: dict[str, Any] = open_clip.get_pretrained_cfg(spec.arch, spec.tag)

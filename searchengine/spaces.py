@@ -7,6 +7,7 @@ index save); anything unusable is rebuilt from the durable vectors, with a warni
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -118,7 +119,10 @@ class VectorSpace:
             index.add(ids, vectors)
         if len(missing) or len(extra):
             log.info(
-                "%s: re-synced with the catalog (+%d, -%d)", self.path.name, len(missing), len(extra)
+                "%s: re-synced with the catalog (+%d, -%d)",
+                self.path.name,
+                len(missing),
+                len(extra),
             )
         return bool(len(missing) or len(extra))
 
@@ -161,10 +165,8 @@ class VectorSpace:
         if problem is None and not self.path.exists():
             problem = "index file missing"
         kind = self.kind
-        try:
+        with contextlib.suppress(IndexMismatchError):
             kind = read_manifest(self.path).kind
-        except IndexMismatchError:
-            pass
         return SpaceCheck(
             model=self.model.spec,
             modality=self.modality,

@@ -24,7 +24,9 @@ def read_texts(source: Path, *, column: str = "caption") -> list[str]:
     elif suffix == ".parquet":
         values = _read_parquet(source, column)
     else:
-        raise InvalidInputError(f"{source}: unsupported text source; give a .csv, .tsv, .parquet or .txt")
+        raise InvalidInputError(
+            f"{source}: unsupported text source; give a .csv, .tsv, .parquet or .txt"
+        )
     texts = [v.strip() for v in values if isinstance(v, str) and v.strip()]
     if not texts:
         raise InvalidInputError(f"{source}: no non-empty texts in column {column!r}")
@@ -45,7 +47,8 @@ def _read_delimited(source: Path, column: str, delimiter: str) -> list[str]:
             if reader.fieldnames is None or column not in reader.fieldnames:
                 found = ", ".join(reader.fieldnames or []) or "none"
                 raise InvalidInputError(
-                    f"{source} has no column {column!r} (columns: {found}); choose one with --column"
+                    f"{source} has no column {column!r} (columns: {found}); "
+                    "choose one with --column"
                 )
             return [row.get(column) or "" for row in reader]
     except UnicodeDecodeError as error:

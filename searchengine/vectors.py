@@ -75,7 +75,9 @@ class VectorIndex:
             inner.hnsw.efSearch = 64
         else:
             nlist = ivf_lists(n)
-            inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            inner = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
+            )
             inner.nprobe = min(16, nlist)
             if n:
                 inner.train(np.ascontiguousarray(vectors, dtype=np.float32))
@@ -186,7 +188,9 @@ class VectorIndex:
         try:
             faiss.write_index(self.index, str(tmp))
             _fsync(tmp)
-            manifest = Manifest(**{**asdict(manifest), "count": self.count, "file_size": tmp.stat().st_size})
+            manifest = Manifest(
+                **{**asdict(manifest), "count": self.count, "file_size": tmp.stat().st_size}
+            )
             _write_atomic(manifest_path(path), json.dumps(asdict(manifest), indent=2).encode())
             os.replace(tmp, path)
         finally:
@@ -209,13 +213,17 @@ class VectorIndex:
                     f"{getattr(expected, field)!r}"
                 )
         if not path.is_file() or path.stat().st_size != manifest.file_size:
-            raise IndexMismatchError(f"{path.name} is missing or its size differs from its manifest")
+            raise IndexMismatchError(
+                f"{path.name} is missing or its size differs from its manifest"
+            )
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as error:
             raise IndexMismatchError(f"{path.name} cannot be read: {error}") from error
         if index.ntotal != manifest.count or index.d != manifest.dim:
-            raise IndexMismatchError(f"{path.name} holds {index.ntotal} vectors, manifest says {manifest.count}")
+            raise IndexMismatchError(
+                f"{path.name} holds {index.ntotal} vectors, manifest says {manifest.count}"
+            )
         return cls(index, manifest.kind, manifest.dim)
 
 

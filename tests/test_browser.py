@@ -142,7 +142,8 @@ def test_search_by_a_chosen_and_by_a_dropped_image(page, photo_folder):
     sync_api.expect(page.locator("#query-label")).to_have_text("Photos like photo_2.jpg")
     all_thumbnails_loaded(page, minimum=9)
     # auto-waits: the previous results stay on screen until the new ones replace them
-    sync_api.expect(page.locator("#results .card img").first).to_have_attribute("alt", "photo_2.jpg")
+    first_image = page.locator("#results .card img").first
+    sync_api.expect(first_image).to_have_attribute("alt", "photo_2.jpg")
     sync_api.expect(page.locator("#results .card .score").first).to_have_text("1.000")
 
     dropped = photo_folder / "drawing.png"
@@ -161,7 +162,8 @@ def test_search_by_a_chosen_and_by_a_dropped_image(page, photo_folder):
     sync_api.expect(page.locator("#query-label")).to_have_text("Photos like drawing.png")
     all_thumbnails_loaded(page, minimum=9)
     # auto-waits: the previous results stay on screen until the new ones replace them
-    sync_api.expect(page.locator("#results .card img").first).to_have_attribute("alt", "drawing.png")
+    first_image = page.locator("#results .card img").first
+    sync_api.expect(first_image).to_have_attribute("alt", "drawing.png")
     sync_api.expect(page.locator("#drop")).to_be_hidden()
 
 

@@ -1,4 +1,4 @@
-"""The catalog's tables, as SQLAlchemy 2.x models. Changed only together with an Alembic revision."""
+"""The catalog's tables as SQLAlchemy 2.x models; changed only together with an Alembic revision."""
 
 from __future__ import annotations
 
@@ -106,7 +106,9 @@ class TextEmbedding(Base):
 
     __tablename__ = "text_embeddings"
 
-    text_id: Mapped[int] = mapped_column(ForeignKey("texts.id", ondelete="CASCADE"), primary_key=True)
+    text_id: Mapped[int] = mapped_column(
+        ForeignKey("texts.id", ondelete="CASCADE"), primary_key=True
+    )
     model_id: Mapped[int] = mapped_column(
         ForeignKey("models.id", ondelete="CASCADE"), primary_key=True, index=True
     )

@@ -170,8 +170,9 @@ class Catalog:
         with self.session() as session:
             for chunk in _chunks(list(roots), _ROOTS_PER_QUERY):
                 rows = session.execute(
-                    select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash)
-                    .where(_under(Media.path, chunk))
+                    select(
+                        Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash
+                    ).where(_under(Media.path, chunk))
                 )
                 found.update({r.path: StoredFile(*r) for r in rows})
         return found
@@ -215,7 +216,7 @@ class Catalog:
         ids: list[int] = []
         with self.session() as session, session.begin():
             existing = _existing_files(session, [image.path for image in images])
-            for image, vector in zip(images, vectors):
+            for image, vector in zip(images, vectors, strict=True):
                 values = _media_values(image, now)
                 old = existing.get(image.path)
                 if old is None:
@@ -224,7 +225,9 @@ class Catalog:
                     media_id = old.id
                     session.execute(update(Media).where(Media.id == media_id).values(values))
                     if old.content_hash != image.content_hash:
-                        session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id == media_id))
+                        session.execute(
+                            delete(ImageEmbedding).where(ImageEmbedding.media_id == media_id)
+                        )
                 session.merge(
                     ImageEmbedding(media_id=media_id, model_id=model_id, vector=_blob(vector))
                 )
@@ -237,10 +240,12 @@ class Catalog:
                 session.execute(insert(SkippedFile), [_skip_values(skip, now) for skip in skips])
         return WriteResult(ids, removed)
 
-    def add_image_vectors(self, model_id: int, media_ids: Sequence[int], vectors: np.ndarray) -> None:
+    def add_image_vectors(
+        self, model_id: int, media_ids: Sequence[int], vectors: np.ndarray
+    ) -> None:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
         with self.session() as session, session.begin():
-            for media_id, vector in zip(media_ids, vectors):
+            for media_id, vector in zip(media_ids, vectors, strict=True):
                 session.merge(
                     ImageEmbedding(media_id=int(media_id), model_id=model_id, vector=_blob(vector))
                 )
@@ -268,7 +273,9 @@ class Catalog:
         found: dict[int, Media] = {}
         with self.session() as session:
             for chunk in _chunks([int(i) for i in ids]):
-                found.update({m.id: m for m in session.scalars(select(Media).where(Media.id.in_(chunk)))})
+                found.update(
+                    {m.id: m for m in session.scalars(select(Media).where(Media.id.in_(chunk)))}
+                )
         return found
 
     def media_by_path(self, path: str) -> Media | None:
@@ -281,9 +288,7 @@ class Catalog:
         have = set(self.vector_ids("image", model_id).tolist())
         missing = [i for i in wanted if i not in have]
         rows = self.media(missing)
-        return [
-            StoredFile(m.id, m.path, m.size, m.mtime_ns, m.content_hash) for m in rows.values()
-        ]
+        return [StoredFile(m.id, m.path, m.size, m.mtime_ns, m.content_hash) for m in rows.values()]
 
     # -- texts ----------------------------------------------------------------------------
 
@@ -291,7 +296,9 @@ class Catalog:
         """Add texts to a set, ignoring ones already there; returns how many were new."""
         now = datetime.now()
         with self.session() as session, session.begin():
-            present = set(session.scalars(select(TextItem.text).where(TextItem.text_set == text_set)))
+            present = set(
+                session.scalars(select(TextItem.text).where(TextItem.text_set == text_set))
+            )
             fresh = list(dict.fromkeys(t for t in texts if t not in present))
             if fresh:
                 session.execute(
@@ -304,7 +311,9 @@ class Catalog:
         with self.session() as session:
             embedded = select(TextEmbedding.text_id).where(TextEmbedding.model_id == model_id)
             rows = session.execute(
-                select(TextItem.id, TextItem.text).where(TextItem.id.not_in(embedded)).order_by(TextItem.id)
+                select(TextItem.id, TextItem.text)
+                .where(TextItem.id.not_in(embedded))
+                .order_by(TextItem.id)
             )
             return [(r.id, r.text) for r in rows]
 
@@ -314,7 +323,7 @@ class Catalog:
                 insert(TextEmbedding),
                 [
                     {"text_id": int(i), "model_id": model_id, "vector": _blob(v)}
-                    for i, v in zip(ids, vectors)
+                    for i, v in zip(ids, vectors, strict=True)
                 ],
             )
 
@@ -337,7 +346,9 @@ class Catalog:
     def text_sets(self) -> dict[str, int]:
         with self.session() as session:
             rows = session.execute(
-                select(TextItem.text_set, func.count()).group_by(TextItem.text_set).order_by(TextItem.text_set)
+                select(TextItem.text_set, func.count())
+                .group_by(TextItem.text_set)
+                .order_by(TextItem.text_set)
             )
             return {r[0]: int(r[1]) for r in rows}
 

@@ -27,7 +27,9 @@ def cli(verbose: int) -> None:
         searchengine search "a dog on the beach" -k 10
     """
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 for module in (collection, train, bench, demo, serve):

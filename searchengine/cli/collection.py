@@ -39,7 +39,11 @@ def _print_result(result, as_json: bool) -> None:
 
 
 offset_option = click.option(
-    "--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many hits."
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Skip this many hits.",
 )
 
 
@@ -47,13 +51,28 @@ offset_option = click.option(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @home_option
 @model_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images per model call.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decode processes beside the model [default: min(2, CPUs)].")
-@click.option("--no-draft", is_flag=True, help="Decode JPEGs at full size (exact reference pixels).")
-@click.option("--index-kind", default=None, metavar="KIND",
-              help="flat (exact, default), hnsw or ivf (approximate).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images per model call.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode processes beside the model [default: min(2, CPUs)].",
+)
+@click.option(
+    "--no-draft", is_flag=True, help="Decode JPEGs at full size (exact reference pixels)."
+)
+@click.option(
+    "--index-kind",
+    default=None,
+    metavar="KIND",
+    help="flat (exact, default), hnsw or ivf (approximate).",
+)
 @json_option
 @handle_errors
 def index(paths, home, model, batch_size, workers, no_draft, index_kind, as_json):
@@ -70,7 +89,10 @@ def index(paths, home, model, batch_size, workers, no_draft, index_kind, as_json
         settings = IngestSettings(batch_size=batch_size, draft=not no_draft, workers=workers)
     with _engine(home) as engine:
         report = engine.index(
-            list(paths), model=model, settings=settings, index_kind=index_kind,
+            list(paths),
+            model=model,
+            settings=settings,
+            index_kind=index_kind,
             progress=sys.stderr.isatty() and not as_json,
         )
     payload = {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
@@ -127,7 +149,9 @@ def similar(image, home, model, k, offset, as_json):
 @click.command("add-texts")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--column", default="caption", show_default=True, help="Column holding the texts.")
-@click.option("--set", "text_set", default="default", show_default=True, help="Name of the text set.")
+@click.option(
+    "--set", "text_set", default="default", show_default=True, help="Name of the text set."
+)
 @home_option
 @model_option
 @json_option
@@ -155,7 +179,9 @@ def add_texts(source, column, text_set, home, model, as_json):
 @click.option("--set", "text_set", default=None, help="Only texts of this set [default: all].")
 @home_option
 @model_option
-@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Number of hits.")
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Number of hits."
+)
 @offset_option
 @json_option
 @handle_errors
@@ -175,8 +201,13 @@ def lookup(image, text_set, home, model, k, offset, as_json):
 @click.command()
 @click.argument("image")
 @click.option("--labels", required=True, help="Comma-separated labels, e.g. 'dog,cat,car'.")
-@click.option("--templates", type=click.Choice(["single", "ensemble"]), default="ensemble",
-              show_default=True, help="One prompt template, or an averaged ensemble.")
+@click.option(
+    "--templates",
+    type=click.Choice(["single", "ensemble"]),
+    default="ensemble",
+    show_default=True,
+    help="One prompt template, or an averaged ensemble.",
+)
 @home_option
 @model_option
 @json_option
@@ -237,8 +268,10 @@ def status(home, as_json):
         return
     click.echo(f"home {report.home}: {report.images} images; default model {report.default_model}")
     if report.spaces:
-        echo_table(["model", "modality", "vectors", "kind"],
-                   [[s.model, s.modality, s.vectors, s.kind] for s in report.spaces])
+        echo_table(
+            ["model", "modality", "vectors", "kind"],
+            [[s.model, s.modality, s.vectors, s.kind] for s in report.spaces],
+        )
     for name, count in report.text_sets.items():
         click.echo(f"text set {name!r}: {count} texts")
     if report.skipped:
@@ -264,15 +297,26 @@ def check(home, repair, as_json):
     with _engine(home) as engine:
         report = engine.check(repair=repair)
     if as_json:
-        echo_json({"ok": report.ok, "repaired": report.repaired,
-                   "spaces": [{**s.__dict__, "ok": s.ok} for s in report.spaces]})
+        echo_json(
+            {
+                "ok": report.ok,
+                "repaired": report.repaired,
+                "spaces": [{**s.__dict__, "ok": s.ok} for s in report.spaces],
+            }
+        )
     else:
         for s in report.spaces:
-            state = "ok" if s.ok else (
-                s.problem or f"{s.missing} missing, {s.extra} extra, {s.duplicates} duplicated"
+            state = (
+                "ok"
+                if s.ok
+                else (
+                    s.problem or f"{s.missing} missing, {s.extra} extra, {s.duplicates} duplicated"
+                )
             )
-            click.echo(f"{s.model} {s.modality} ({s.kind}): catalog {s.catalog_count}, "
-                       f"index {s.index_count}: {state}")
+            click.echo(
+                f"{s.model} {s.modality} ({s.kind}): catalog {s.catalog_count}, "
+                f"index {s.index_count}: {state}"
+            )
         if not report.spaces:
             click.echo("nothing indexed yet")
     if not report.ok:
@@ -336,6 +380,16 @@ def models(pretrained, as_json):
 
 
 COMMANDS: list[click.Command] = [
-    index, search, similar, add_texts, lookup, classify, match, status, check, remove, use_model,
+    index,
+    search,
+    similar,
+    add_texts,
+    lookup,
+    classify,
+    match,
+    status,
+    check,
+    remove,
+    use_model,
     models,
 ]

@@ -55,7 +55,9 @@ def handle_errors(function: Callable) -> Callable:
         except SearchEngineError as error:
             raise click.ClickException(str(error)) from error
         except KeyboardInterrupt:
-            click.echo("interrupted; finished work is kept, run the command again to resume", err=True)
+            click.echo(
+                "interrupted; finished work is kept, run the command again to resume", err=True
+            )
             raise SystemExit(130) from None
 
     return wrapper
@@ -69,10 +71,10 @@ def echo_table(headers: list[str], rows: list[list[Any]]) -> None:
     """Left-aligned columns, widths from the content; floats with 4 decimals."""
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     click.echo("  ".join("-" * w for w in widths))
     for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any) -> str:
