@@ -24,108 +24,23 @@ from searchengine.encoder import Encoder
 from searchengine.errors import IndexMismatchError, InvalidInputError, NotIndexedError
 from searchengine.images import load_image
 from searchengine.models import parse_model_spec
+from searchengine.results import (
+    AddTextsReport,
+    CheckReport,
+    Classification,
+    LabelScore,
+    SearchHit,
+    SearchResult,
+    SpaceStatus,
+    Status,
+)
 from searchengine.settings import DEFAULT_MODEL, EncoderSettings, IngestSettings
-from searchengine.spaces import SpaceCheck, VectorSpace
+from searchengine.spaces import VectorSpace
 from searchengine.texts import read_texts
 from searchengine.vectors import check_kind, read_manifest
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One ranked result: an image (`path`) or a text (`text`), with its catalog id."""
-
-    rank: int
-    score: float
-    id: int
-    path: str | None = None
-    text: str | None = None
-
-    def as_dict(self) -> dict:
-        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
-        out.update({"path": self.path} if self.text is None else {"text": self.text})
-        return out
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    query: str
-    model: str
-    hits: list[SearchHit]
-
-    def as_dict(self) -> dict:
-        return {"query": self.query, "model": self.model, "hits": [h.as_dict() for h in self.hits]}
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Classification:
-    image: str
-    model: str
-    labels: list[LabelScore]  # most probable first
-
-    def as_dict(self) -> dict:
-        return {
-            "image": self.image,
-            "model": self.model,
-            "labels": [
-                {"label": s.label, "probability": round(s.probability, 6)} for s in self.labels
-            ],
-        }
-
-
-@dataclass(frozen=True)
-class AddTextsReport:
-    text_set: str
-    read: int
-    added: int
-    embedded: int
-    model: str
-
-
-@dataclass(frozen=True)
-class SpaceStatus:
-    model: str
-    modality: str
-    vectors: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class Status:
-    home: str
-    images: int
-    default_model: str
-    spaces: list[SpaceStatus]
-    text_sets: dict[str, int]
-    skipped: list[tuple[str, str]]  # (path, reason)
-
-    def as_dict(self) -> dict:
-        return {
-            "home": self.home,
-            "images": self.images,
-            "default_model": self.default_model,
-            "spaces": [s.__dict__ for s in self.spaces],
-            "text_sets": self.text_sets,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-        }
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    spaces: list[SpaceCheck]
-    repaired: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return all(space.ok for space in self.spaces)
 
 
 @dataclass
@@ -615,3 +530,16 @@ def _rerank(hits: list[SearchHit], start: int = 1) -> list[SearchHit]:
     return [
         SearchHit(rank, h.score, h.id, h.path, h.text) for rank, h in enumerate(hits, start=start)
     ]
+
+
+__all__ = [
+    "AddTextsReport",
+    "CheckReport",
+    "Classification",
+    "Engine",
+    "LabelScore",
+    "SearchHit",
+    "SearchResult",
+    "SpaceStatus",
+    "Status",
+]

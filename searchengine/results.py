@@ -1,0 +1,102 @@
+"""What the Engine's operations return: small frozen records with a JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from searchengine.spaces import SpaceCheck
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One ranked result: an image (`path`) or a text (`text`), with its catalog id."""
+
+    rank: int
+    score: float
+    id: int
+    path: str | None = None
+    text: str | None = None
+
+    def as_dict(self) -> dict:
+        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
+        out.update({"path": self.path} if self.text is None else {"text": self.text})
+        return out
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    model: str
+    hits: list[SearchHit]
+
+    def as_dict(self) -> dict:
+        return {"query": self.query, "model": self.model, "hits": [h.as_dict() for h in self.hits]}
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    image: str
+    model: str
+    labels: list[LabelScore]  # most probable first
+
+    def as_dict(self) -> dict:
+        return {
+            "image": self.image,
+            "model": self.model,
+            "labels": [
+                {"label": s.label, "probability": round(s.probability, 6)} for s in self.labels
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class AddTextsReport:
+    text_set: str
+    read: int
+    added: int
+    embedded: int
+    model: str
+
+
+@dataclass(frozen=True)
+class SpaceStatus:
+    model: str
+    modality: str
+    vectors: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Status:
+    home: str
+    images: int
+    default_model: str
+    spaces: list[SpaceStatus]
+    text_sets: dict[str, int]
+    skipped: list[tuple[str, str]]  # (path, reason)
+
+    def as_dict(self) -> dict:
+        return {
+            "home": self.home,
+            "images": self.images,
+            "default_model": self.default_model,
+            "spaces": [s.__dict__ for s in self.spaces],
+            "text_sets": self.text_sets,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    spaces: list[SpaceCheck]
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(space.ok for space in self.spaces)
