@@ -42,12 +42,17 @@ docs: install
 
 # Reproduces the bundled demo model (searchengine/weights/demo.pt) from generated scenes.
 demo-model: install
-	$(BIN)/searchengine scenes runs/demo-model/train -n 4000 --split train --seed 0
+	$(BIN)/searchengine scenes runs/demo-model/train -n 20000 --split train --seed 0
 	$(BIN)/searchengine scenes runs/demo-model/val -n 500 --split heldout --seed 1
 	$(BIN)/searchengine train runs/demo-model/train --val runs/demo-model/val \
 		--model se-scenes/random --out runs/demo-model/run --lr 1e-3 --weight-decay 0.1 \
-		--batch-size 128 --steps 800 --eval-every 100 --save-every 100 --seed 0
-	$(BIN)/python -c "from searchengine.demo import bundle_weights; print(bundle_weights('runs/demo-model/run/best.pt'))"
+		--batch-size 128 --steps 2000 --eval-every 200 --save-every 200 --seed 0
+	$(BIN)/searchengine scenes runs/demo-model/train2 -n 20000 --split train --seed 2
+	$(BIN)/searchengine train runs/demo-model/train2 --val runs/demo-model/val \
+		--model se-scenes/runs/demo-model/run/last.pt --out runs/demo-model/run2 --lr 3e-4 \
+		--warmup 50 --weight-decay 0.1 --batch-size 128 --steps 800 --eval-every 200 \
+		--save-every 200 --seed 1
+	$(BIN)/python -c "from searchengine.demo import bundle_weights; print(bundle_weights('runs/demo-model/run2/best.pt'))"
 	$(BIN)/searchengine scenes runs/demo-model/heldout -n 1000 --split heldout --seed 0
 	$(BIN)/searchengine scene-recall runs/demo-model/heldout --model demo
 
