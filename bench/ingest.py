@@ -10,6 +10,7 @@ flickr8k-1k photos. Targets (issue 2): >= 0.75 x encoder-only on the 12-megapixe
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+if "--spinning-waits" not in sys.argv:  # as `searchengine index` does, before torch loads
+    from searchengine.settings import passive_openmp_waits
+
+    passive_openmp_waits()
 from common import SHARED_DATA, write_result  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "searchengine-bench"
@@ -145,6 +150,9 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=200, help="number of 4000x3000 JPEGs")
     parser.add_argument("--skip-flickr", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--spinning-waits", action="store_true",
+                        help="keep OpenMP's default spin-waiting instead of the passive waits "
+                             "`searchengine index` asks for")
     args = parser.parse_args()
 
     large = sorted(make_large_jpegs(args.large, CACHE / "large").glob("*.jpg"))[: args.large]
@@ -162,6 +170,7 @@ def main() -> None:
             "model": args.model,
             "batch_size": args.batch_size,
             "workers": args.workers,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spinning)"),
             "results": rows,
         },
     )

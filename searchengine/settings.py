@@ -53,3 +53,21 @@ class SearchSettings:
     """Number of hits returned."""
     templates: str = "ensemble"
     """Zero-shot prompts: `single` ("a photo of a {label}.") or `ensemble` (several, averaged)."""
+
+
+def passive_openmp_waits() -> bool:
+    """Let torch's OpenMP threads sleep rather than spin while they wait (OMP_WAIT_POLICY=PASSIVE)
+    unless the caller chose a policy. For indexing: the decode workers share the cores with the
+    model's threads, and spinning threads take those cores from them; measured here it indexes
+    12-megapixel JPEGs ~10% faster but slows a lone text query ~15% (bench/ingest.py,
+    docs/architecture.md), so only `searchengine index` asks for it.
+
+    OpenMP reads the policy once, when torch is first imported: returns False (and changes
+    nothing) when torch is already loaded in this process.
+    """
+    import sys
+
+    if "torch" in sys.modules:
+        return False
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return True

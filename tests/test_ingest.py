@@ -465,3 +465,25 @@ def test_a_real_sigkill_mid_run(open_engine, tmp_path, copy_photos):
     report = index(engine, copy_photos, batch_size=2)
     assert (report.unchanged, report.embedded) == (4, ALL_PHOTOS - 4)
     assert_agrees(engine)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_index_asks_openmp_for_passive_waits_only_before_torch_loads(preset, expected):
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from searchengine.settings import passive_openmp_waits\n"
+        "first = passive_openmp_waits()\n"
+        "policy = os.environ.get('OMP_WAIT_POLICY')\n"
+        "import torch\n"
+        "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+        "print(first, policy, passive_openmp_waits(), os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", expected, "False", "None"]  # a user's choice wins; too late is a no-op

@@ -82,8 +82,9 @@ def index(paths, home, model, batch_size, workers, no_draft, index_kind, as_json
 
         searchengine index ~/Pictures --model ViT-B-32/laion2b_s34b_b79k
     """
-    from searchengine.settings import IngestSettings
+    from searchengine.settings import IngestSettings, passive_openmp_waits
 
+    passive_openmp_waits()  # before torch loads: decode workers and the model share the cores
     settings = IngestSettings(batch_size=batch_size, draft=not no_draft)
     if workers is not None:
         settings = IngestSettings(batch_size=batch_size, draft=not no_draft, workers=workers)
