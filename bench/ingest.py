@@ -149,23 +149,30 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--large", type=int, default=200, help="number of 4000x3000 JPEGs")
     parser.add_argument("--skip-flickr", action="store_true")
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--flickr-whole", action="store_true",
+                        help="index all 1,000 Flickr photos in every round (default: a third "
+                             "per round, which weighs the per-call start-up three times more)")
+    parser.add_argument("--result", default="ingest", help="bench/results/<RESULT>.json")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--spinning-waits", action="store_true",
                         help="keep OpenMP's default spin-waiting instead of the passive waits "
                              "`searchengine index` asks for")
     args = parser.parse_args()
 
-    large = sorted(make_large_jpegs(args.large, CACHE / "large").glob("*.jpg"))[: args.large]
-    args.split_rounds = False  # every round indexes all large JPEGs (25 s a round)
-    rows = [measure("large-4000x3000", large, args, 0.75)]
+    rows = []
+    if not args.skip_large:
+        large = sorted(make_large_jpegs(args.large, CACHE / "large").glob("*.jpg"))[: args.large]
+        args.split_rounds = False  # every round indexes all large JPEGs (25 s a round)
+        rows.append(measure("large-4000x3000", large, args, 0.75))
     flickr = SHARED_DATA / "flickr8k-1k" / "images"
     if flickr.is_dir() and not args.skip_flickr:
-        args.split_rounds = True  # 1,000 photos: a third per round
+        args.split_rounds = not args.flickr_whole  # 1,000 photos: a third per round, or all
         rows.append(measure("flickr8k-1k", sorted(flickr.glob("*.jpg")), args, 0.9))
     else:
         print("flickr8k-1k not found next to the checkout; skipped")
     write_result(
-        "ingest",
+        args.result,
         {
             "model": args.model,
             "batch_size": args.batch_size,
