@@ -15,7 +15,6 @@ true item above every false one and breaks ties at random. It reads the attribut
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from collections import Counter, defaultdict
@@ -26,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from searchengine.scenes import _BACKGROUND_WORDS, _INVERSE  # noqa: E402
+from searchengine.demo import read_scene_captions  # noqa: E402
+from searchengine.scenes import _BACKGROUND_WORDS, _INVERSE, read_scene_attributes  # noqa: E402
 
 SIZE_WORDS = r"\b(?:small|little|large|big) "
 
@@ -40,9 +40,9 @@ def scene_key(scene: dict) -> tuple:
     return ("pair", frozenset([one, other]))
 
 
-def scenes_true_of(caption: str, owner: dict, candidates: list[dict]) -> list[dict]:
-    """The candidates (same scene_key as the owner) that `caption`, written for `owner`, also
-    describes: those agreeing on the size and background the caption states."""
+def scenes_true_of(caption: str, owner: dict, candidates: dict[int, dict]) -> list[int]:
+    """The candidates ({scene index: attributes}, same scene_key as the owner) that `caption`,
+    written for `owner`, also describes: those agreeing on the size and background it states."""
     says_background = any(p in caption for p in _BACKGROUND_WORDS[owner["background"]])
     if owner["kind"] == "group":
         sizes = [(owner["size"], re.search(SIZE_WORDS + owner["colour"], caption))]
@@ -52,7 +52,7 @@ def scenes_true_of(caption: str, owner: dict, candidates: list[dict]) -> list[di
                  (owner["size2"], re.search(SIZE_WORDS + f"{owner['colour2']} {owner['shape2']}",
                                             caption))]
     true = []
-    for other in candidates:
+    for index, other in candidates.items():
         if says_background and other["background"] != owner["background"]:
             continue
         if owner["kind"] == "group":
@@ -64,36 +64,37 @@ def scenes_true_of(caption: str, owner: dict, candidates: list[dict]) -> list[di
         if any(stated and size != theirs
                for (size, stated), theirs in zip(sizes, other_sizes, strict=True)):
             continue
-        true.append(other)
+        true.append(index)
     return true
 
 
 def ceiling(folder: Path, k: int = 5) -> dict:
-    with open(folder / "scenes.csv", newline="") as handle:
-        scenes = {row["image"]: row for row in csv.DictReader(handle)}
-    with open(folder / "captions.csv", newline="") as handle:
-        captions = list(csv.DictReader(handle))
-    by_key = defaultdict(list)
-    for scene in scenes.values():
-        by_key[scene_key(scene)].append(scene)
+    attributes = read_scene_attributes(folder)
+    names = list(attributes)
+    scenes = [attributes[name] for name in names]
+    captions, owners = read_scene_captions(folder / "captions.csv", names)
+    by_key = defaultdict(list)  # scene_key -> indices of the scenes
+    for i, scene in enumerate(scenes):
+        by_key[scene_key(scene)].append(i)
     text_hits = []
-    true_captions = Counter()  # image -> captions of the collection true of it
-    for row in captions:
-        owner = scenes[row["image"]]
-        true = scenes_true_of(row["caption"], owner, by_key[scene_key(owner)])
+    true_captions = Counter()  # scene index -> captions of the collection true of it
+    for caption, owner in zip(captions, owners, strict=True):
+        candidates = {i: scenes[i] for i in by_key[scene_key(scenes[owner])]}
+        true = scenes_true_of(caption, scenes[owner], candidates)
         text_hits.append(min(1.0, k / len(true)))
-        true_captions.update(scene["image"] for scene in true)
-    own = Counter(row["image"] for row in captions)
-    image_hits = {}
-    for name in scenes:  # P(at least one own caption among the first k of the true ones)
-        n, m = true_captions[name], own[name]
-        image_hits[name] = 1 - comb(n - m, k) / comb(n, k) if n >= k else 1.0
-    by_kind = {kind: sum(v for name, v in image_hits.items() if scenes[name]["kind"] == kind)
-               / max(1, sum(scenes[name]["kind"] == kind for name in scenes))
-               for kind in ("group", "pair")}
+        true_captions.update(true)
+    own = Counter(owners.tolist())
+    image_hits = []
+    for i in range(len(scenes)):  # P(at least one own caption among the first k of the true ones)
+        n, m = true_captions[i], own[i]
+        image_hits.append(1 - comb(n - m, k) / comb(n, k) if n >= k else 1.0)
+    by_kind = {}
+    for kind in ("group", "pair"):
+        hits = [hit for hit, scene in zip(image_hits, scenes, strict=True) if scene["kind"] == kind]
+        by_kind[kind] = sum(hits) / max(1, len(hits))
     return {"folder": str(folder), "images": len(scenes), "captions": len(captions), "k": k,
             "text_to_image_ceiling": round(sum(text_hits) / len(text_hits), 4),
-            "image_to_text_ceiling": round(sum(image_hits.values()) / len(image_hits), 4),
+            "image_to_text_ceiling": round(sum(image_hits) / len(image_hits), 4),
             "image_to_text_ceiling_by_kind": {kind: round(v, 4) for kind, v in by_kind.items()}}
 
 

@@ -12,7 +12,6 @@ collection, with plain prompts and the other attributes left out ("a red shape",
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from searchengine.scenes import COLOURS, SHAPES  # noqa: E402
+from searchengine.scenes import COLOURS, SHAPES, read_scene_attributes  # noqa: E402
 
 COUNT_WORDS = {"1": "one shape", "2": "two shapes", "3": "three shapes"}
 POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top",
@@ -30,19 +29,14 @@ POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top"
 
 
 def probe(model: str, folder: Path, limit: int) -> dict:
-    import torch
-    from PIL import Image
-
+    from searchengine.demo import encode_image_files
     from searchengine.encoder import Encoder
 
-    with open(folder / "scenes.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["kind"] == "group"][:limit]
+    attributes = read_scene_attributes(folder)
+    names = [name for name, row in attributes.items() if row["kind"] == "group"][:limit]
+    rows = [attributes[name] for name in names]
     encoder = Encoder.load(model)
-    images = np.concatenate([
-        encoder.encode_images(torch.stack([
-            encoder.preprocess(Image.open(folder / "images" / r["image"]).convert("RGB"))
-            for r in rows[start:start + 128]]))
-        for start in range(0, len(rows), 128)])  # (n, d)
+    images = encode_image_files(encoder, [folder / "images" / n for n in names], 128)  # (n, d)
 
     def accuracy(prompts: dict[str, str], attribute: str) -> float:
         values = list(prompts)
@@ -51,10 +45,10 @@ def probe(model: str, folder: Path, limit: int) -> dict:
         truth = [r[attribute] for r in rows]
         return float(np.mean([values[c] == t for c, t in zip(chosen, truth, strict=True)]))
 
-    shape_given_colour = []
-    for image, row in zip(images, rows, strict=True):
-        texts = encoder.encode_texts([f"a {row['colour']} {shape}" for shape in SHAPES])
-        shape_given_colour.append(SHAPES[int((texts @ image).argmax())] == row["shape"])
+    shapes_in = {colour: encoder.encode_texts([f"a {colour} {shape}" for shape in SHAPES])
+                 for colour in COLOURS}  # colour -> (n_shapes, d)
+    shape_given_colour = [SHAPES[int((shapes_in[row["colour"]] @ image).argmax())] == row["shape"]
+                          for image, row in zip(images, rows, strict=True)]
     results = {
         "colour": (accuracy({c: f"a {c} shape" for c in COLOURS}, "colour"), 1 / len(COLOURS)),
         "count": (accuracy(COUNT_WORDS, "count"), 1 / len(COUNT_WORDS)),

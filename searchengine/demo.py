@@ -72,9 +72,10 @@ def evaluate_scenes(
     folder = Path(folder)
     attributes = read_scene_attributes(folder)
     names = list(attributes)
-    captions, text_to_image = _read_captions(folder / "captions.csv", names)
+    captions, text_to_image = read_scene_captions(folder / "captions.csv", names)
     encoder = Encoder.load(model)
-    image_embeddings = _encode_images(encoder, [folder / "images" / n for n in names], batch_size)
+    paths = [folder / "images" / n for n in names]
+    image_embeddings = encode_image_files(encoder, paths, batch_size)
     text_embeddings = np.concatenate([  # (n_texts, d)
         encoder.encode_texts(captions[i:i + batch_size])
         for i in range(0, len(captions), batch_size)
@@ -118,7 +119,7 @@ def scene_recall(
                        breakdown=tuple(rows))
 
 
-def _read_captions(
+def read_scene_captions(
     path: Path, names: list[str], *, strict: bool = True
 ) -> tuple[list[str], np.ndarray]:
     """Captions of the images `names` and the index in `names` of each one's image; an image not
@@ -136,7 +137,7 @@ def _read_captions(
     return captions, np.array(owners, dtype=np.int64)
 
 
-def _encode_images(encoder, paths: list[Path], batch_size: int) -> np.ndarray:
+def encode_image_files(encoder, paths: list[Path], batch_size: int) -> np.ndarray:
     """(n, d) float32 unit vectors of the image files, through the encoder's own preprocess."""
     import torch
     from PIL import Image
@@ -257,7 +258,7 @@ def _example_queries(engine, folder: Path, model: str) -> tuple[DemoQuery, ...]:
         queries.append(DemoQuery("text->image", text,
                                  tuple((named(h.path), h.score) for h in result.hits)))
     image = folder / "images" / "scene-00000.jpg"
-    captions, _ = _read_captions(folder / "captions.csv", [image.name], strict=False)
+    captions, _ = read_scene_captions(folder / "captions.csv", [image.name], strict=False)
     shown = f'{image.name} ("{captions[0]}")' if captions else image.name
     result = engine.similar(image, k=4, model=model)
     queries.append(DemoQuery("image->image", shown,

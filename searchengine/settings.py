@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,8 +66,6 @@ def passive_openmp_waits() -> bool:
     OpenMP reads the policy once, when torch is first imported: returns False (and changes
     nothing) when torch is already loaded in this process.
     """
-    import sys
-
     if "torch" in sys.modules:
         return False
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
