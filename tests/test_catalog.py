@@ -91,6 +91,30 @@ def test_write_images_upserts_and_keeps_ids(catalog):
     assert vectors.dtype == np.float32
 
 
+def test_a_batch_mixing_new_and_known_files_keeps_order_and_vectors(catalog):
+    """Bulk insert returns ids in the order given; each vector lands on its own file."""
+    one, two = catalog.ensure_model("a/random", 4), catalog.ensure_model("b/random", 4)
+    first = catalog.write_images(one.id, [image("/p/b.jpg", "hb"), image("/p/d.jpg", "hd")],
+                                 np.stack([vec(0), vec(1)]), [])
+    catalog.add_image_vectors(two.id, first.ids, np.stack([vec(8), vec(9)]))
+    batch = [image("/p/e.jpg", "he"), image("/p/b.jpg", "hb", size=12), image("/p/a.jpg", "ha"),
+             image("/p/d.jpg", "hd-changed"), image("/p/c.jpg", "hc")]
+    written = catalog.write_images(one.id, batch, np.stack([vec(i) for i in range(10, 15)]), [])
+    assert written.ids[1] == first.ids[0] and written.ids[3] == first.ids[1]
+    assert len(set(written.ids)) == 5
+    by_path = {p: catalog.media_by_path(p).id for p in ("/p/a.jpg", "/p/c.jpg", "/p/e.jpg")}
+    assert [written.ids[i] for i in (2, 4, 0)] == [by_path[p] for p in ("/p/a.jpg", "/p/c.jpg",
+                                                                       "/p/e.jpg")]
+    ids, vectors = catalog.vectors("image", one.id)
+    stored = dict(zip(ids.tolist(), vectors, strict=True))
+    for i, media_id in enumerate(written.ids):
+        np.testing.assert_array_equal(stored[media_id], vec(10 + i))
+    # the other model keeps the vector of the unchanged file and loses the changed one's
+    two_ids, two_vectors = catalog.vectors("image", two.id)
+    assert two_ids.tolist() == [first.ids[0]]
+    np.testing.assert_array_equal(two_vectors[0], vec(8))
+
+
 def test_changed_content_drops_the_vectors_of_other_models(catalog):
     one, two = catalog.ensure_model("a/random", 4), catalog.ensure_model("b/random", 4)
     [media_id] = catalog.write_images(one.id, [image("/p/a.jpg")], vec(0)[None], []).ids

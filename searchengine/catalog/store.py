@@ -213,25 +213,21 @@ class Catalog:
         corrupt) is forgotten. Returns the media ids in the order of `images`, and those removed.
         """
         now = datetime.now()
-        ids: list[int] = []
         with self.session() as session, session.begin():
             existing = _existing_files(session, [image.path for image in images])
-            for image, vector in zip(images, vectors, strict=True):
-                values = _media_values(image, now)
+            fresh = [image for image in images if image.path not in existing]
+            new_ids = _insert_media(session, [_media_values(image, now) for image in fresh])
+            for image in images:
                 old = existing.get(image.path)
                 if old is None:
-                    media_id = session.execute(insert(Media).values(values)).inserted_primary_key[0]
-                else:
-                    media_id = old.id
-                    session.execute(update(Media).where(Media.id == media_id).values(values))
-                    if old.content_hash != image.content_hash:
-                        session.execute(
-                            delete(ImageEmbedding).where(ImageEmbedding.media_id == media_id)
-                        )
-                session.merge(
-                    ImageEmbedding(media_id=media_id, model_id=model_id, vector=_blob(vector))
+                    continue
+                session.execute(
+                    update(Media).where(Media.id == old.id).values(_media_values(image, now))
                 )
-                ids.append(int(media_id))
+                if old.content_hash != image.content_hash:
+                    session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id == old.id))
+            ids = [existing[i.path].id if i.path in existing else new_ids[i.path] for i in images]
+            _replace_image_vectors(session, model_id, ids, vectors, may_exist=bool(existing))
             paths = [image.path for image in images] + [skip.path for skip in skips]
             for chunk in _chunks(paths):
                 session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
@@ -244,11 +240,9 @@ class Catalog:
         self, model_id: int, media_ids: Sequence[int], vectors: np.ndarray
     ) -> None:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
+        ids = [int(media_id) for media_id in media_ids]
         with self.session() as session, session.begin():
-            for media_id, vector in zip(media_ids, vectors, strict=True):
-                session.merge(
-                    ImageEmbedding(media_id=int(media_id), model_id=model_id, vector=_blob(vector))
-                )
+            _replace_image_vectors(session, model_id, ids, vectors, may_exist=True)
 
     def remove_files(self, paths: Sequence[str]) -> list[int]:
         """Forget files (and their vectors); returns the media ids removed."""
@@ -451,6 +445,46 @@ def _existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredF
         )
         found.update({r.path: StoredFile(*r) for r in rows})
     return found
+
+
+def _insert_media(session: Session, rows: list[dict]) -> dict[str, int]:
+    """Insert new media rows in one statement; their ids by path."""
+    if not rows:
+        return {}
+    result = session.execute(
+        insert(Media).returning(Media.id, Media.path, sort_by_parameter_order=True), rows
+    )
+    return {row.path: int(row.id) for row in result}
+
+
+def _replace_image_vectors(
+    session: Session,
+    model_id: int,
+    media_ids: Sequence[int],
+    vectors: np.ndarray,
+    *,
+    may_exist: bool,
+) -> None:
+    """Store one vector of `model_id` per media id, replacing any it had.
+
+    With `may_exist` False (all media rows were just inserted) the DELETE is skipped. One DELETE
+    and one multi-row INSERT instead of a SELECT and an INSERT per row; portable SQL.
+    """
+    if may_exist:
+        for chunk in _chunks(list(media_ids)):
+            session.execute(
+                delete(ImageEmbedding).where(
+                    ImageEmbedding.model_id == model_id, ImageEmbedding.media_id.in_(chunk)
+                )
+            )
+    if len(media_ids):
+        session.execute(
+            insert(ImageEmbedding),
+            [
+                {"media_id": int(m), "model_id": model_id, "vector": _blob(v)}
+                for m, v in zip(media_ids, vectors, strict=True)
+            ],
+        )
 
 
 def _media_values(image: NewImage, now: datetime) -> dict:
