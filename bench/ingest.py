@@ -169,7 +169,7 @@ def main() -> None:
     if flickr.is_dir() and not args.skip_flickr:
         args.split_rounds = not args.flickr_whole  # 1,000 photos: a third per round, or all
         rows.append(measure("flickr8k-1k", sorted(flickr.glob("*.jpg")), args, 0.9))
-    else:
+    elif not args.skip_flickr:
         print("flickr8k-1k not found next to the checkout; skipped")
     write_result(
         args.result,

@@ -189,18 +189,32 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def decoded_batches(dataset: DecodeDataset, settings: IngestSettings) -> Iterator[list[Decoded]]:
-    """Batches of `settings.batch_size` decoded files, produced by worker processes."""
+    """Batches of `settings.batch_size` decoded files, produced by worker processes.
+
+    Each model batch is decoded by all workers together, a share each (the DataLoader hands its
+    workers consecutive index batches in turn and returns them in order), so the first batch is
+    ready after 1/workers of the time one worker would take: on 12-megapixel JPEGs that start-up
+    is otherwise ~0.6 s of idle model per `index` call. In the steady state it changes nothing.
+    """
     from torch.utils.data import DataLoader
 
+    share = -(-settings.batch_size // max(1, settings.workers))  # ceil
     loader = DataLoader(
         dataset,
-        batch_size=settings.batch_size,
+        batch_size=share,
         num_workers=settings.workers,
         collate_fn=_keep_list,
         worker_init_fn=_worker_init if settings.workers else None,
         prefetch_factor=4 if settings.workers else None,
     )
-    yield from loader
+    batch: list[Decoded] = []
+    for part in loader:
+        batch.extend(part)
+        if len(batch) >= settings.batch_size:
+            yield batch[: settings.batch_size]
+            batch = batch[settings.batch_size :]
+    if batch:
+        yield batch
 
 
 def check_roots(paths: list[Path]) -> list[Path]:

@@ -412,6 +412,33 @@ def test_decoding_in_worker_processes_gives_the_same_vectors(
     assert_agrees(engine)
 
 
+def _shape(image) -> tuple[int, ...]:
+    """A stand-in preprocess (module level, so worker processes can pickle it)."""
+    return np.asarray(image).shape
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 cores
+@pytest.mark.parametrize(("workers", "batch_size"), [(0, 4), (2, 4), (2, 5), (3, 4)])
+def test_workers_share_each_batch_and_keep_file_order(tmp_path, workers, batch_size):
+    """Model batches are `batch_size` long (the last one shorter), in the order of the files,
+    whether one process decodes or several decode a share of every batch."""
+    from searchengine.ingest import DecodeDataset, FileStat, decoded_batches
+    from searchengine.settings import IngestSettings
+
+    files = []
+    for i in range(11):
+        path = write_image(tmp_path / f"{i:02d}.png", size=(24, 20), seed=i)
+        files.append(FileStat(str(path), path.stat().st_size, path.stat().st_mtime_ns))
+    settings = IngestSettings(workers=workers, batch_size=batch_size)
+    dataset = DecodeDataset(files, _shape, 16, settings)
+    batches = list(decoded_batches(dataset, settings))
+    sizes = [len(batch) for batch in batches]
+    full, rest = divmod(len(files), batch_size)
+    assert sizes == [batch_size] * full + ([rest] if rest else [])
+    assert [d.stat.path for batch in batches for d in batch] == [f.path for f in files]
+    assert all(d.error is None and d.pixels == (20, 24, 3) for batch in batches for d in batch)
+
+
 FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-1k" / "images"
 
 
