@@ -8,7 +8,6 @@ to the vector index.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from searchengine.catalog import Catalog, NewImage, Skip, StoredFile
 from searchengine.errors import ImageDecodeError, InvalidInputError
+from searchengine.hashing import content_hash
 from searchengine.images import ImageInfo, load_image
 from searchengine.settings import IngestSettings
 
@@ -169,13 +169,13 @@ class DecodeDataset:
             return Decoded(stat, None, None, None, "file vanished before it could be read")
         except OSError as error:
             return Decoded(stat, None, None, None, f"unreadable: {error.strerror or error}")
-        content_hash = hashlib.blake2b(data, digest_size=20).hexdigest()
+        digest = content_hash(data)
         try:
             image, info = load_image(data, target_size=self.target_size, max_pixels=self.max_pixels)
             pixels = self.preprocess(image)
         except ImageDecodeError as error:
-            return Decoded(stat, content_hash, None, None, str(error))
-        return Decoded(stat, content_hash, info, pixels, None)
+            return Decoded(stat, digest, None, None, str(error))
+        return Decoded(stat, digest, info, pixels, None)
 
 
 def _keep_list(batch: list[Decoded]) -> list[Decoded]:

@@ -3,7 +3,6 @@ interrupted runs, and the DataLoader worker path."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from datetime import datetime
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from blake3 import blake3
 from conftest import TINY_MODEL, draw_image, fast_ingest, write_image
 from PIL import Image
 
@@ -104,7 +104,7 @@ def test_a_changed_file_is_embedded_again_under_its_id(engine, copy_photos, enco
 
 
 def blake(path: Path) -> str:
-    return hashlib.blake2b(path.read_bytes(), digest_size=20).hexdigest()
+    return blake3(path.read_bytes()).hexdigest()
 
 
 def test_a_deleted_file_leaves_the_catalog_and_the_index(engine, copy_photos):

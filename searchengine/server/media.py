@@ -8,7 +8,6 @@ something else after indexing is refused (409), so no path trick can reach anoth
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from searchengine.catalog import Catalog
 from searchengine.errors import ImageDecodeError
+from searchengine.hashing import content_matches
 from searchengine.images import ACCEPTED_FORMATS, load_image
 from searchengine.server.errors import ApiError
 
@@ -143,7 +143,7 @@ def _read_verified(row) -> tuple[bytes, tuple[int, int, int, int]]:
         if not stat.S_ISREG(info.st_mode) or info.st_size != row.size:
             raise _changed(row.path)
         data = handle.read(row.size + 1)
-    if hashlib.blake2b(data, digest_size=20).hexdigest() != row.content_hash:
+    if not content_matches(data, row.content_hash):
         raise _changed(row.path)
     return data, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
