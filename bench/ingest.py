@@ -72,17 +72,39 @@ def encoder_only(encoder, count: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def end_to_end(engine, files: list[Path], model: str, batch_size: int, workers: int) -> dict:
+def end_to_end(engine, files: list[Path], model: str, args) -> dict:
     from searchengine.settings import IngestSettings
 
-    settings = IngestSettings(batch_size=batch_size, workers=workers)
+    settings = IngestSettings(
+        batch_size=args.batch_size, workers=args.workers, decode_priority=args.decode_priority
+    )
+    before = cpu_ticks()
     report = engine.index(files, model=model, settings=settings)
+    after = cpu_ticks()
     return {
         "images": report.embedded + report.reused,
         "skipped": report.skipped,
         "seconds": round(report.seconds, 2),
         "images_per_second": round(report.images_per_second, 2),
+        "cpu_idle_fraction": idle_fraction(before, after),
     }
+
+
+def cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat: user, nice, system, idle, iowait, ...)."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except OSError:  # not Linux
+        return None
+
+
+def idle_fraction(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of all cores' time spent idle (or waiting for I/O) between two `cpu_ticks`."""
+    if before is None or after is None:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return round((spent[3] + spent[4]) / max(1, sum(spent)), 3)
 
 
 def one_round(encoder, files: list[Path], args) -> dict:
@@ -100,7 +122,7 @@ def one_round(encoder, files: list[Path], args) -> dict:
             encoder  # the loaded model: keep loading out of the timing
         )
         before = encoder_only(encoder, min(len(files), 96), args.batch_size)
-        e2e = end_to_end(engine, files, args.model, args.batch_size, args.workers)
+        e2e = end_to_end(engine, files, args.model, args)
         after = encoder_only(encoder, min(len(files), 96), args.batch_size)
         engine.close()
     finally:
@@ -130,7 +152,8 @@ def measure(name: str, files: list[Path], args, target: float) -> dict:
     print(
         f"{name}: median ratio {ratio:.3f} over {len(rounds)} rounds (target >= {target}); "
         f"end-to-end {[r['end_to_end']['images_per_second'] for r in rounds]} img/s, "
-        f"encoder-only {[r['encoder_only_images_per_second'] for r in rounds]} img/s"
+        f"encoder-only {[r['encoder_only_images_per_second'] for r in rounds]} img/s, "
+        f"CPU idle during index {[r['end_to_end']['cpu_idle_fraction'] for r in rounds]}"
     )
     return {
         "dataset": name,
@@ -155,6 +178,8 @@ def main() -> None:
                              "per round, which weighs the per-call start-up three times more)")
     parser.add_argument("--result", default="ingest", help="bench/results/<RESULT>.json")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decode-priority", choices=["idle", "normal"], default="idle",
+                        help="as `searchengine index --decode-priority`")
     parser.add_argument("--spinning-waits", action="store_true",
                         help="keep OpenMP's default spin-waiting instead of the passive waits "
                              "`searchengine index` asks for")
@@ -177,6 +202,7 @@ def main() -> None:
             "model": args.model,
             "batch_size": args.batch_size,
             "workers": args.workers,
+            "decode_priority": args.decode_priority,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (spinning)"),
             "results": rows,
         },

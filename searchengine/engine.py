@@ -145,6 +145,11 @@ class Engine:
         roots = ingest.check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")
+        if settings.decode_priority not in ingest.DECODE_PRIORITIES:
+            raise InvalidInputError(
+                f"unknown decode priority {settings.decode_priority!r}; "
+                f"use one of {', '.join(ingest.DECODE_PRIORITIES)}"
+            )
         space = self.space(model, "image", create=True, kind=index_kind)
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed

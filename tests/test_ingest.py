@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -437,6 +438,72 @@ def test_workers_share_each_batch_and_keep_file_order(tmp_path, workers, batch_s
     assert sizes == [batch_size] * full + ([rest] if rest else [])
     assert [d.stat.path for batch in batches for d in batch] == [f.path for f in files]
     assert all(d.error is None and d.pixels == (20, 24, 3) for batch in batches for d in batch)
+
+
+class SchedulingProbe:
+    """A dataset whose items are (index, the scheduling policy of the process that made it).
+
+    An idle-priority process asked for an item from `stall_from` on first sleeps `stall` seconds
+    (once per process): an idle worker that something else keeps off the CPU.
+    """
+
+    def __init__(self, count: int, stall_from: int | None = None, stall: float = 0.0):
+        self.count, self.stall_from, self.stall = count, stall_from, stall
+        self.stalled_in: set[int] = set()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        policy = os.sched_getscheduler(0)
+        starved = self.stall_from is not None and i >= self.stall_from and policy == os.SCHED_IDLE
+        if starved and os.getpid() not in self.stalled_in:
+            self.stalled_in.add(os.getpid())
+            time.sleep(self.stall)
+        return i, policy
+
+
+needs_sched_idle = pytest.mark.skipif(
+    not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only"
+)
+
+
+@needs_sched_idle
+@pytest.mark.parametrize("priority", ["idle", "normal"])
+def test_decode_workers_run_at_the_chosen_priority(priority):
+    from searchengine.ingest import decoded_batches
+    from searchengine.settings import IngestSettings
+
+    settings = IngestSettings(workers=2, batch_size=4, decode_priority=priority)
+    items = [item for batch in decoded_batches(SchedulingProbe(10), settings) for item in batch]
+    expected = os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER
+    assert items == [(i, expected) for i in range(10)]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the model's process is left alone
+
+
+@needs_sched_idle
+def test_starved_idle_workers_restart_at_normal_priority_where_they_stopped(caplog):
+    """Idle workers deliver files 0-3, then get no CPU: the rest comes from normal workers,
+    every file once and in order."""
+    from searchengine.ingest import decoded_batches
+    from searchengine.settings import IngestSettings
+
+    settings = IngestSettings(workers=2, batch_size=4, starved_after=1.0)
+    dataset = SchedulingProbe(10, stall_from=4, stall=2.5)
+    with caplog.at_level("WARNING", logger="searchengine.ingest"):
+        batches = list(decoded_batches(dataset, settings))
+    assert [len(batch) for batch in batches] == [4, 4, 2]
+    items = [item for batch in batches for item in batch]
+    assert items == [(i, os.SCHED_IDLE if i < 4 else os.SCHED_OTHER) for i in range(10)]
+    assert "restarting them at normal priority" in caplog.text
+
+
+def test_an_unknown_decode_priority_is_refused_before_anything_is_stored(engine, copy_photos):
+    from searchengine.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="unknown decode priority 'low'; use one of idle"):
+        index(engine, copy_photos, decode_priority="low")
+    assert engine.status().images == 0
 
 
 FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k-1k" / "images"

@@ -65,6 +65,13 @@ offset_option = click.option(
     help="Decode processes beside the model [default: min(2, CPUs)].",
 )
 @click.option(
+    "--decode-priority",
+    type=click.Choice(["idle", "normal"]),
+    default="idle",
+    show_default=True,
+    help="idle: decode workers use only CPU time the model leaves (Linux); normal: they share.",
+)
+@click.option(
     "--no-draft", is_flag=True, help="Decode JPEGs at full size (exact reference pixels)."
 )
 @click.option(
@@ -75,7 +82,7 @@ offset_option = click.option(
 )
 @json_option
 @handle_errors
-def index(paths, home, model, batch_size, workers, no_draft, index_kind, as_json):
+def index(paths, home, model, batch_size, workers, decode_priority, no_draft, index_kind, as_json):
     """Embed every photo under PATHS, incrementally (unchanged files are not redone).
 
     Example:
@@ -85,9 +92,10 @@ def index(paths, home, model, batch_size, workers, no_draft, index_kind, as_json
     from searchengine.settings import IngestSettings, passive_openmp_waits
 
     passive_openmp_waits()  # before torch loads: decode workers and the model share the cores
-    settings = IngestSettings(batch_size=batch_size, draft=not no_draft)
-    if workers is not None:
-        settings = IngestSettings(batch_size=batch_size, draft=not no_draft, workers=workers)
+    chosen = {"workers": workers} if workers is not None else {}
+    settings = IngestSettings(
+        batch_size=batch_size, draft=not no_draft, decode_priority=decode_priority, **chosen
+    )
     with _engine(home) as engine:
         report = engine.index(
             list(paths),
