@@ -26,6 +26,8 @@ if "--spinning-waits" not in sys.argv:  # as `searchengine index` does, before t
     passive_openmp_waits()
 from common import SHARED_DATA, write_result  # noqa: E402
 
+from searchengine.settings import DECODE_PRIORITIES  # noqa: E402  (torch-free)
+
 CACHE = Path(tempfile.gettempdir()) / "searchengine-bench"
 
 
@@ -178,7 +180,7 @@ def main() -> None:
                              "per round, which weighs the per-call start-up three times more)")
     parser.add_argument("--result", default="ingest", help="bench/results/<RESULT>.json")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--decode-priority", choices=["idle", "normal"], default="idle",
+    parser.add_argument("--decode-priority", choices=DECODE_PRIORITIES, default="idle",
                         help="as `searchengine index --decode-priority`")
     parser.add_argument("--spinning-waits", action="store_true",
                         help="keep OpenMP's default spin-waiting instead of the passive waits "

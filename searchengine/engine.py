@@ -34,7 +34,12 @@ from searchengine.results import (
     SpaceStatus,
     Status,
 )
-from searchengine.settings import DEFAULT_MODEL, EncoderSettings, IngestSettings
+from searchengine.settings import (
+    DECODE_PRIORITIES,
+    DEFAULT_MODEL,
+    EncoderSettings,
+    IngestSettings,
+)
 from searchengine.spaces import VectorSpace
 from searchengine.texts import read_texts
 from searchengine.vectors import check_kind, read_manifest
@@ -145,10 +150,10 @@ class Engine:
         roots = ingest.check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")
-        if settings.decode_priority not in ingest.DECODE_PRIORITIES:
+        if settings.decode_priority not in DECODE_PRIORITIES:
             raise InvalidInputError(
                 f"unknown decode priority {settings.decode_priority!r}; "
-                f"use one of {', '.join(ingest.DECODE_PRIORITIES)}"
+                f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
         space = self.space(model, "image", create=True, kind=index_kind)
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:

@@ -183,9 +183,6 @@ def _keep_list(batch: list[Decoded]) -> list[Decoded]:
     return batch
 
 
-DECODE_PRIORITIES = ("idle", "normal")
-
-
 def _worker_init(_worker_id: int, idle: bool = False) -> None:
     import torch
 

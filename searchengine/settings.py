@@ -28,6 +28,10 @@ class EncoderSettings:
     """Seed for `ARCH/random` weights, so that random models are reproducible."""
 
 
+DECODE_PRIORITIES = ("idle", "normal")
+"""Values of `IngestSettings.decode_priority` (and `index --decode-priority`)."""
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     batch_size: int = 16
@@ -36,8 +40,9 @@ class IngestSettings:
     """Decode processes that run beside the model (0 decodes in the main process)."""
     decode_priority: str = "idle"
     """`idle`: decode workers use only CPU time the model leaves unused (Linux `SCHED_IDLE`; other
-    systems run them as `normal`), so they never preempt its threads: 3-7% faster on 12-megapixel
-    JPEGs on two cores (docs/architecture.md). `normal`: ordinary processes sharing the cores."""
+    systems run them as `normal`), so they never preempt its threads: on two cores, 12-megapixel
+    JPEGs index at 0.75 of the model's own speed instead of 0.72 (docs/architecture.md).
+    `normal`: ordinary processes sharing the cores."""
     starved_after: float = 10.0
     """Seconds without a decoded batch after which idle-priority workers are restarted at normal
     priority (something else keeps every core busy, and idle workers would wait for it)."""

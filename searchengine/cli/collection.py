@@ -17,6 +17,7 @@ from searchengine.cli.options import (
     k_option,
     model_option,
 )
+from searchengine.settings import DECODE_PRIORITIES
 
 
 def _engine(home: Path):
@@ -66,7 +67,7 @@ offset_option = click.option(
 )
 @click.option(
     "--decode-priority",
-    type=click.Choice(["idle", "normal"]),
+    type=click.Choice(DECODE_PRIORITIES),
     default="idle",
     show_default=True,
     help="idle: decode workers use only CPU time the model leaves (Linux); normal: they share.",
