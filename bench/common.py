@@ -18,16 +18,10 @@ def environment() -> dict:
     import faiss
     import torch
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = _git("rev-parse", "--short", "HEAD")
+    # Uncommitted changes to tracked files (earlier results aside): the figures then belong to a
+    # tree that `git_commit` alone does not name.
+    changes = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     return {
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -36,9 +30,24 @@ def environment() -> dict:
         "torch": torch.__version__,
         "faiss": faiss.__version__,
         "cuda": torch.cuda.is_available(),
-        "git_commit": commit,
+        "git_commit": commit or "unknown",
+        "git_dirty": None if changes is None else bool(changes),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def _git(*args: str) -> str | None:
+    """Stripped stdout of a git command run at the repository root, or None without git."""
+    try:
+        return subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parents[1],
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def write_result(name: str, payload: dict) -> Path:

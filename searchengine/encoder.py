@@ -30,7 +30,10 @@ class Encoder:
     """One loaded open_clip model, ready to embed images and texts.
 
     Attributes: `spec` (ModelSpec), `dim` (embedding width d), `image_size` (model input side),
-    `preprocess` (PIL image -> (3, H, W) float32 tensor, open_clip's own validation transform).
+    `preprocess` (PIL image -> (3, H, W) float32 tensor, open_clip's own validation transform),
+    `draft_crop` (whether that transform starts with a bicubic shortest-side resize to
+    `image_size` and a centre crop of that square, so a drafted JPEG may be resized straight to
+    the crop: `load_image(..., crop=True)`).
     """
 
     def __init__(self, spec: ModelSpec, settings: EncoderSettings = EncoderSettings()):
@@ -43,6 +46,7 @@ class Encoder:
         )
         size = self.model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.draft_crop = resizes_then_centre_crops(self.preprocess, self.image_size)
         with torch.inference_mode():
             probe = self.encode_texts(["probe"])
         self.dim = int(probe.shape[1])
@@ -117,4 +121,28 @@ def _supports_truncation(model) -> bool:
         and model.attn_mask is not None
         and getattr(model, "text_pool_type", None) == "argmax"
         and hasattr(model, "positional_embedding")
+    )
+
+
+def resizes_then_centre_crops(preprocess, size: int) -> bool:
+    """True when `preprocess` begins with open_clip's `resize_mode="shortest"` steps for a square
+    input: a bicubic Resize of the short side to `size`, then a CenterCrop to `size` x `size`.
+
+    Only then may decoding crop for the model (`load_image(..., crop=True)`); a squash resize,
+    a longest-side resize with padding or any other pipeline must see the whole picture.
+    """
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    steps = getattr(preprocess, "transforms", None)
+    if not steps or len(steps) < 2:
+        return False
+    resize, crop = steps[0], steps[1]
+    if type(resize) is not Resize or type(crop) is not CenterCrop:
+        return False
+    side = resize.size if isinstance(resize.size, int) else tuple(resize.size)
+    return (
+        side in (size, (size,))
+        and resize.max_size is None
+        and resize.interpolation == InterpolationMode.BICUBIC
+        and tuple(crop.size) == (size, size)
     )

@@ -153,10 +153,13 @@ class DecodeDataset:
         preprocess: Callable,
         target_size: int,
         settings: IngestSettings,
+        *,
+        crop: bool = False,
     ):
         self.files = files
         self.preprocess = preprocess
         self.target_size = target_size if settings.draft else None
+        self.crop = crop  # `preprocess` centre-crops to target_size: drafts may be resized to it
         self.max_pixels = settings.max_pixels
 
     def __len__(self) -> int:
@@ -172,7 +175,9 @@ class DecodeDataset:
             return Decoded(stat, None, None, None, f"unreadable: {error.strerror or error}")
         digest = content_hash(data)
         try:
-            image, info = load_image(data, target_size=self.target_size, max_pixels=self.max_pixels)
+            image, info = load_image(
+                data, target_size=self.target_size, crop=self.crop, max_pixels=self.max_pixels
+            )
             pixels = self.preprocess(image)
         except ImageDecodeError as error:
             return Decoded(stat, digest, None, None, str(error))
@@ -319,7 +324,9 @@ def embed_files(
     """
     from tqdm import tqdm
 
-    dataset = DecodeDataset(files, encoder.preprocess, encoder.image_size, settings)
+    dataset = DecodeDataset(
+        files, encoder.preprocess, encoder.image_size, settings, crop=encoder.draft_crop
+    )
     totals = np.zeros(3, dtype=np.int64)  # embedded, reused, skipped
     bar = tqdm(total=len(files), unit="img", disable=not progress, dynamic_ncols=True, desc="index")
     try:

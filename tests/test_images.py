@@ -203,6 +203,63 @@ def large_jpegs(tmp_path_factory) -> dict[tuple[int, int], Path]:
             for size in LARGE_SIZES}
 
 
+def pillow_draft(path: Path, request: tuple[int, int]) -> tuple[Image.Image, tuple]:
+    image = Image.open(path)
+    box = image.draft("RGB", request)[1]
+    image.load()
+    return image, box
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_fast_reduced_decode_equals_pillows_draft_at_the_same_scale(tmp_path, monkeypatch, mode):
+    """simplejpeg and Pillow both drive libjpeg-turbo: same scale, same pixels, same box.
+    800x600 is a size where libjpeg's smallest fitting scale (3/8) is one Pillow never uses."""
+    import simplejpeg
+
+    from searchengine.images import _reduced_jpeg
+
+    decoded = []
+    monkeypatch.setattr(simplejpeg, "decode_jpeg",
+                        lambda *a, _decode=simplejpeg.decode_jpeg, **k: decoded.append(1)
+                        or _decode(*a, **k))
+    for size, request, scale in [((2000, 1500), (299, 224), 4), ((1331, 2000), (224, 337), 4),
+                                 ((3001, 2001), (336, 224), 8), ((1000, 900), (249, 224), 4),
+                                 ((800, 600), (299, 224), 2)]:
+        path = textured_jpeg(tmp_path / f"{mode}{size}.jpg", size, seed=15)
+        if mode == "L":
+            Image.open(path).convert("L").save(path, quality=90)
+        image = Image.open(path)
+        fast, box = _reduced_jpeg(path.read_bytes(), image, 224)
+        reference, reference_box = pillow_draft(path, request)
+        assert fast.mode == reference.mode == mode
+        np.testing.assert_array_equal(np.asarray(fast), np.asarray(reference))
+        assert box == reference_box == (0, 0, size[0] / scale, size[1] / scale)
+    assert len(decoded) == 5 and fast is not image  # the fast path ran, not Pillow's fallback
+
+
+def test_reduced_decode_keeps_pillows_verdict_on_untidy_and_broken_jpegs(tmp_path):
+    """Bytes before the end marker only make libjpeg warn: decoded, as Pillow decodes them.
+    A truncated or scrambled scan is still skipped with the reason Pillow gives."""
+    good = textured_jpeg(tmp_path / "good.jpg", (1200, 900), seed=16).read_bytes()
+    untidy = tmp_path / "untidy.jpg"
+    untidy.write_bytes(good[:-2] + b"\x00" * 7 + good[-2:])
+    image, info = load_image(untidy, target_size=224)
+    expected, _ = load_image(good, target_size=224)
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        load_image(truncated, target_size=224)
+
+
+def test_cmyk_jpeg_takes_pillows_draft_and_becomes_rgb(tmp_path):
+    path = tmp_path / "print.jpg"
+    Image.new("CMYK", (1000, 800), (0, 255, 255, 0)).save(path)  # red ink
+    image, info = load_image(path, target_size=224)
+    assert image.mode == "RGB" and min(image.size) == 224 and info.width == 1000
+    np.testing.assert_allclose(np.asarray(image)[100, 100].astype(int), [255, 0, 0], atol=8)
+
+
 def test_draft_decode_is_smaller_but_never_below_the_model_input(large_jpegs):
     for (width, height), path in large_jpegs.items():
         for side in (32, 224):
@@ -248,6 +305,99 @@ def test_draft_with_exif_rotation(tmp_path):
     image, info = load_image(path, target_size=224)
     assert (info.width, info.height) == (800, 1200)
     assert image.size[1] > image.size[0] and min(image.size) >= 224
+
+
+# -- the cropped draft: resized straight to the model's centre crop ---------------------------
+
+ONE_LEVEL = 1 / 255 / 0.26  # one 8-bit step in the normalised tensor (the smallest std)
+
+
+def _reference(path: Path, preprocess):
+    """open_clip's preprocessing of the full decode, made upright as load_image makes it."""
+    from PIL import ImageOps
+
+    return preprocess(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+
+
+@pytest.mark.parametrize("size", LARGE_SIZES)
+@pytest.mark.parametrize("side", [32, 224])
+def test_cropped_draft_gives_the_pixels_of_the_uncropped_one(large_jpegs, size, side):
+    import open_clip
+
+    preprocess = open_clip.image_transform(side, is_train=False)
+    whole = load_image(large_jpegs[size], target_size=side)[0]
+    cropped = load_image(large_jpegs[size], target_size=side, crop=True)[0]
+    assert cropped.size == (side, side) and min(whole.size) == side
+    difference = (preprocess(cropped) - preprocess(whole)).abs()  # both (3, side, side)
+    # Pillow resizes in two passes, each rounded to 8 bits, and may run them in the other order
+    # for the smaller output: a pixel can move by one level, no more, and most do not move.
+    assert float(difference.max()) <= ONE_LEVEL
+    assert float((difference > 0).float().mean()) <= 0.3
+    reference = _reference(large_jpegs[size], preprocess)
+    assert float((preprocess(cropped) - reference).abs().max()) <= DRAFT_MAX_ABS
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_cropped_draft_follows_every_exif_orientation(tmp_path, orientation):
+    """Odd sides put the full picture's box off the drafted image's edge after a flip; the crop
+    must still match the reference decode of the upright photo, and the uncropped draft."""
+    import open_clip
+
+    stored = Image.open(textured_jpeg(tmp_path / "grain.jpg", (1801, 1203), seed=13))
+    path = exif_jpeg(tmp_path / f"o{orientation}.jpg", stored, orientation=orientation)
+    preprocess = open_clip.image_transform(224, is_train=False)
+    reference = _reference(path, preprocess)
+    for crop in (False, True):
+        image, info = load_image(path, target_size=224, crop=crop)
+        upright = (1203, 1801) if orientation >= 5 else (1801, 1203)
+        assert (info.width, info.height) == upright
+        assert (image.width > image.height) == (upright[0] > upright[1]) or crop
+        assert "exif" not in image.info or image.getexif().get(0x0112, 1) == 1  # not rotated twice
+        difference = (preprocess(image) - reference).abs()
+        assert float(difference.max()) <= DRAFT_MAX_ABS, (orientation, crop)
+        assert float(difference.mean()) <= DRAFT_MEAN_ABS, (orientation, crop)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_draft_geometry_under_rotation_is_that_of_the_upright_photo(tmp_path, orientation):
+    """The same JPEG scan with another EXIF orientation: rotating the upright draft afterwards
+    must give the pixels load_image gives (one level of pass-order rounding at most). A box
+    carried wrongly through the flip would shift the grain by half a pixel: many levels."""
+    from torchvision.transforms.functional import center_crop
+
+    stored = Image.open(textured_jpeg(tmp_path / "grain.jpg", (1801, 1203), seed=14))
+    plain = exif_jpeg(tmp_path / "o1.jpg", stored, orientation=1)
+    turned = exif_jpeg(tmp_path / f"o{orientation}.jpg", stored, orientation=orientation)
+    upright = turned_as_pillow_turns(load_image(plain, target_size=224)[0], orientation)
+    for crop in (False, True):
+        expected = center_crop(upright, [224, 224]) if crop else upright  # torchvision's rounding
+        image = load_image(turned, target_size=224, crop=crop)[0]
+        assert image.size == expected.size
+        difference = np.abs(np.asarray(image, int) - np.asarray(expected, int))
+        assert difference.max() <= 1, (orientation, crop)
+
+
+def turned_as_pillow_turns(image: Image.Image, orientation: int) -> Image.Image:
+    """`image` tagged with `orientation` and made upright by Pillow's own exif_transpose."""
+    from PIL import ImageOps
+
+    image.getexif()[0x0112] = orientation
+    return ImageOps.exif_transpose(image)
+
+
+def test_only_a_shortest_side_resize_and_centre_crop_lets_decoding_crop(tiny_encoder):
+    import open_clip
+
+    from searchengine.encoder import resizes_then_centre_crops
+
+    assert tiny_encoder.draft_crop  # open_clip's default for its CLIP models
+    assert resizes_then_centre_crops(open_clip.image_transform(224, is_train=False), 224)
+    assert not resizes_then_centre_crops(open_clip.image_transform(224, is_train=False), 256)
+    for other in ({"resize_mode": "squash"}, {"resize_mode": "longest"},
+                  {"interpolation": "bilinear"}):
+        assert not resizes_then_centre_crops(
+            open_clip.image_transform(224, is_train=False, **other), 224), other
+    assert not resizes_then_centre_crops(lambda image: image, 224)
 
 
 def test_pillows_own_pixel_warning_does_not_override_max_pixels(tmp_path, monkeypatch):
@@ -307,12 +457,13 @@ def test_draft_bound_holds_on_real_photos(tiny_encoder):
     assert paths
     for path in paths:
         reference = tiny_encoder.preprocess(Image.open(path).convert("RGB"))
-        image, info = load_image(path, target_size=tiny_encoder.image_size)
-        draft = tiny_encoder.preprocess(image)
-        difference = (draft - reference).abs()
-        assert float(difference.max()) <= REAL_MAX_ABS, path.name
-        assert float(difference.mean()) <= REAL_MEAN_ABS, path.name
-        vectors = tiny_encoder.encode_images(torch.stack([reference, draft]))
-        assert float(vectors[0] @ vectors[1]) >= DRAFT_MIN_COSINE, path.name
+        for crop in (False, True):  # as `index` decodes for this model: crop=draft_crop
+            image, info = load_image(path, target_size=tiny_encoder.image_size, crop=crop)
+            draft = tiny_encoder.preprocess(image)
+            difference = (draft - reference).abs()
+            assert float(difference.max()) <= REAL_MAX_ABS, (path.name, crop)
+            assert float(difference.mean()) <= REAL_MEAN_ABS, (path.name, crop)
+            vectors = tiny_encoder.encode_images(torch.stack([reference, draft]))
+            assert float(vectors[0] @ vectors[1]) >= DRAFT_MIN_COSINE, (path.name, crop)
         full = tiny_encoder.preprocess(load_image(path)[0])
         np.testing.assert_array_equal(full.numpy(), reference.numpy())
