@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from stat import S_ISREG
@@ -184,8 +184,24 @@ class DecodeDataset:
         return Decoded(stat, digest, info, pixels, None)
 
 
-def _keep_list(batch: list[Decoded]) -> list[Decoded]:
-    return batch
+def _shared_part(part: list[Decoded]) -> list[Decoded]:
+    """One worker's share of a batch, its pixels stacked into one tensor that each file views.
+
+    The DataLoader sends every tensor storage to the main process as its own shared-memory
+    segment (a file descriptor, an mmap, page faults on first touch): one segment per share
+    instead of one per image saves ~0.4 ms of CPU per image between the two sides
+    (bench/README.md), time the model would otherwise lose.
+    """
+    import torch
+
+    def has_pixels(item) -> bool:
+        return isinstance(item, Decoded) and isinstance(item.pixels, torch.Tensor)
+
+    good = [d for d in part if has_pixels(d)]
+    if len(good) < 2 or len({d.pixels.shape for d in good}) > 1:
+        return part
+    views = iter(torch.stack([d.pixels for d in good]))  # (n, 3, H, W), one storage
+    return [replace(d, pixels=next(views)) if has_pixels(d) else d for d in part]
 
 
 def _worker_init(_worker_id: int, idle: bool = False) -> None:
@@ -257,7 +273,7 @@ def _decoded_parts(dataset, start: int, settings: IngestSettings, idle: bool) ->
         remaining,
         batch_size=share,
         num_workers=settings.workers,
-        collate_fn=_keep_list,
+        collate_fn=_shared_part,
         worker_init_fn=partial(_worker_init, idle=idle) if settings.workers else None,
         prefetch_factor=4 if settings.workers else None,
         timeout=settings.starved_after if idle else 0,

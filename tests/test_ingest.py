@@ -440,6 +440,30 @@ def test_workers_share_each_batch_and_keep_file_order(tmp_path, workers, batch_s
     assert all(d.error is None and d.pixels == (20, 24, 3) for batch in batches for d in batch)
 
 
+def test_a_workers_share_reaches_the_main_process_as_one_tensor(tmp_path):
+    """Pixels of a share are stacked into one storage the files view (one shared-memory segment
+    per share): same values, same order, skipped files untouched."""
+    import torch
+
+    from searchengine.ingest import Decoded, FileStat, _shared_part
+
+    def decoded(i: int, error: str | None = None) -> Decoded:
+        pixels = None if error else torch.full((3, 4, 4), float(i))
+        return Decoded(FileStat(f"/p/{i}.jpg", 1, 1), f"h{i}", None, pixels, error)
+
+    part = [decoded(0), decoded(1, "corrupt"), decoded(2), decoded(3)]
+    shared = _shared_part(part)
+    assert [d.stat for d in shared] == [d.stat for d in part]
+    assert shared[1] is part[1]
+    for before, after in zip(part, shared, strict=True):
+        if before.pixels is not None:
+            assert torch.equal(before.pixels, after.pixels)
+    storages = {d.pixels.untyped_storage().data_ptr() for d in shared if d.pixels is not None}
+    assert len(storages) == 1
+    single = part[:2]
+    assert _shared_part(single) is single  # a single image: nothing to gain
+
+
 class SchedulingProbe:
     """A dataset whose items are (index, the scheduling policy of the process that made it).
 
