@@ -141,7 +141,7 @@ def one_round(encoder, files: list[Path], args) -> dict:
     }
 
 
-def other_core_ms(ratio: float, encoder_rate: float, cores: int | None = None) -> float:
+def other_core_ms(ratio: float, encoder_rate: float) -> float:
     """CPU time per image spent outside the model (decoding, hashing, hand-over, storage, idle
     cores), in core-milliseconds, if every core was the model's while it ran alone.
 
@@ -149,9 +149,7 @@ def other_core_ms(ratio: float, encoder_rate: float, cores: int | None = None) -
     day this machine runs the model faster, the same pipeline gives a lower ratio, while this
     figure stays put. The ratio reaches 0.75 while `other` <= model / 3.
     """
-    if cores is None:
-        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                 else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     model = cores * 1000 / encoder_rate
     return model * (1 / ratio - 1)
 

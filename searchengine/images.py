@@ -59,13 +59,13 @@ def load_image(
 ) -> tuple[Image.Image, ImageInfo]:
     """Decode `source` (a path or the file's bytes) into an upright RGB image.
 
-    With `target_size`, a JPEG at least twice that size on its short side is decoded at a reduced
-    DCT scale (`Image.draft`) and resized to the size a shortest-side resize to `target_size`
-    gives the full image: the model's preprocessing then sees nearly the same pixels at a
-    fraction of the cost (the bound is tested in tests/test_images.py). With `crop` as well, that
-    resize yields only the centred `target_size` square a centre crop would keep, for models
-    whose preprocessing is exactly that resize and crop (`Encoder.draft_crop`); it skips a
-    quarter of the resize work on a 4:3 photo. Other images are returned whole either way.
+    With `target_size`, a JPEG at least twice that size on its short side is decoded by libjpeg at
+    a reduced DCT scale (`_reduced_jpeg`) and resized to the size a shortest-side resize to
+    `target_size` gives the full image: the model's preprocessing then sees nearly the same
+    pixels at a fraction of the cost (the bound is tested in tests/test_images.py). With `crop`
+    as well, that resize yields only the centred `target_size` square a centre crop would keep,
+    for models whose preprocessing is exactly that resize and crop (`Encoder.draft_crop`); it
+    skips a quarter of the resize work on a 4:3 photo. Other images are returned whole either way.
     Alpha is composited over white. Raises `ImageDecodeError` with the reason for any bad file.
     """
     data = _read_bytes(source) if isinstance(source, Path) else source
@@ -90,8 +90,7 @@ def load_image(
                 image.load()
                 image = ImageOps.exif_transpose(image)
             else:  # upright first, as the model's preprocessing sees the photo
-                orientation = image.getexif().get(_ORIENTATION, 1)
-                image, box = _upright_draft(*reduced, orientation)
+                image, box = _upright_draft(*reduced, _orientation(image))
                 image = _finish_draft(image, box, target_size, crop=crop)
             return _to_rgb(image), info
     except ImageDecodeError:
@@ -170,15 +169,16 @@ def _fast_reduced_decode(data: bytes, mode: str, request: tuple[int, int]):
         return None
 
 
-# EXIF orientation -> the transposition that makes the picture upright (as ImageOps.exif_transpose).
+# EXIF orientation -> the transposition that makes the picture upright (as ImageOps.exif_transpose
+# picks it), and where a point (x, y) of a width x height picture lands under it.
 _UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+    2: (Image.Transpose.FLIP_LEFT_RIGHT, lambda x, y, w, h: (w - x, y)),
+    3: (Image.Transpose.ROTATE_180, lambda x, y, w, h: (w - x, h - y)),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM, lambda x, y, w, h: (x, h - y)),
+    5: (Image.Transpose.TRANSPOSE, lambda x, y, w, h: (y, x)),
+    6: (Image.Transpose.ROTATE_270, lambda x, y, w, h: (h - y, x)),  # clockwise
+    7: (Image.Transpose.TRANSVERSE, lambda x, y, w, h: (h - y, w - x)),
+    8: (Image.Transpose.ROTATE_90, lambda x, y, w, h: (y, w - x)),  # counter-clockwise
 }
 
 
@@ -190,24 +190,10 @@ def _upright_draft(
     The result keeps no EXIF block, so nothing downstream can turn it a second time.
     """
     image.info.pop("exif", None)
-    method = _UPRIGHT.get(orientation)
-    if method is None:
+    if orientation not in _UPRIGHT:
         return image, box
-    width, height = image.size
-
-    def moved(x: float, y: float) -> tuple[float, float]:
-        """Where the point (x, y) lands after `method` (continuous pixel coordinates)."""
-        return {
-            Image.Transpose.FLIP_LEFT_RIGHT: (width - x, y),
-            Image.Transpose.ROTATE_180: (width - x, height - y),
-            Image.Transpose.FLIP_TOP_BOTTOM: (x, height - y),
-            Image.Transpose.TRANSPOSE: (y, x),
-            Image.Transpose.ROTATE_270: (height - y, x),  # clockwise
-            Image.Transpose.TRANSVERSE: (height - y, width - x),
-            Image.Transpose.ROTATE_90: (y, width - x),  # counter-clockwise
-        }[method]
-
-    (x0, y0), (x1, y1) = moved(box[0], box[1]), moved(box[2], box[3])
+    method, moved = _UPRIGHT[orientation]
+    (x0, y0), (x1, y1) = (moved(x, y, *image.size) for x, y in (box[:2], box[2:]))
     return image.transpose(method), (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
@@ -260,11 +246,15 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, as stored)."""
+    return image.getexif().get(_ORIENTATION, 1)
+
+
 def _read_info(image: Image.Image) -> ImageInfo:
     exif = image.getexif()
-    orientation = exif.get(_ORIENTATION, 1)
     width, height = image.size
-    if orientation in (5, 6, 7, 8):
+    if _orientation(image) in (5, 6, 7, 8):
         width, height = height, width
     sub = exif.get_ifd(_EXIF_IFD)
     taken = sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)

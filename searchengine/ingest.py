@@ -195,7 +195,7 @@ def _shared_part(part: list[Decoded]) -> list[Decoded]:
     import torch
 
     def has_pixels(item) -> bool:
-        return isinstance(item, Decoded) and isinstance(item.pixels, torch.Tensor)
+        return isinstance(getattr(item, "pixels", None), torch.Tensor)
 
     good = [d for d in part if has_pixels(d)]
     if len(good) < 2 or len({d.pixels.shape for d in good}) > 1:

@@ -47,7 +47,7 @@ class IngestSettings:
     """Seconds without a decoded batch after which idle-priority workers are restarted at normal
     priority (something else keeps every core busy, and idle workers would wait for it)."""
     draft: bool = True
-    """Decode JPEGs at a reduced scale (Pillow `Image.draft`) when they are much larger than the
+    """Decode JPEGs at a reduced DCT scale (libjpeg, 1/2 to 1/8) when they are much larger than the
     model's input; pixels move by a bounded amount (see docs/preprocessing.md)."""
     max_pixels: int = 200_000_000
     """Images with more pixels than this are skipped as possible decompression bombs."""
