@@ -46,6 +46,7 @@ from searchengine.vectors import check_kind, read_manifest
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
+MAX_LABELS = 1_000  # classify: each label costs one text encoding per prompt template
 
 
 @dataclass
@@ -342,6 +343,8 @@ class Engine:
         labels = [label.strip() for label in labels if label.strip()]
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise InvalidInputError("give at least two distinct labels, e.g. --labels 'dog,cat'")
+        if len(labels) > MAX_LABELS:
+            raise InvalidInputError(f"{len(labels)} labels; classify takes at most {MAX_LABELS}")
         encoder = self.encoder(model)
         vector, label = self.image_vector(image, model=model)
         label_vectors = label_embeddings(encoder, labels, templates_named(templates))  # (L, d)

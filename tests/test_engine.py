@@ -121,6 +121,14 @@ def test_classify_needs_two_distinct_labels(shared, photo_folder, labels):
         shared.classify(photo_folder / "photo_2.jpg", labels)
 
 
+def test_classify_refuses_an_absurd_number_of_labels(shared, photo_folder):
+    from searchengine.engine import MAX_LABELS
+
+    labels = [f"label {i}" for i in range(MAX_LABELS + 1)]
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_LABELS}"):
+        shared.classify(photo_folder / "photo_2.jpg", labels, templates="single")
+
+
 def test_match_is_the_cosine(shared, photo_folder, tiny_encoder):
     path = photo_folder / "photo_0.jpg"
     image_vector, _ = shared.image_vector(path)
