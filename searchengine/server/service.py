@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timezone
 from pathlib import Path
 
 from searchengine.engine import Classification, Engine, SearchResult
@@ -95,10 +96,13 @@ class SearchService:
 
     def info(self, media_id: int) -> dict:
         row = self.require_media(media_id)
-        fields = (
-            "id", "path", "size", "width", "height", "format", "taken_at", "camera", "indexed_at",
-        )
-        return {name: getattr(row, name) for name in fields}
+        fields = ("id", "path", "size", "width", "height", "format", "camera")
+        return {
+            **{name: getattr(row, name) for name in fields},
+            # EXIF time has no zone: shown as recorded; the catalog keeps local time, sent as UTC
+            "taken_at": row.taken_at.isoformat() if row.taken_at else None,
+            "indexed_at": row.indexed_at.astimezone(timezone.utc),
+        }
 
     # -- helpers -------------------------------------------------------------------------
 
