@@ -323,6 +323,23 @@ def test_match_an_upload_and_an_indexed_image(client, engine, outside_image, pho
     assert_error(client.get(f"/api/match/{target}", params={"text": " "}), 400, "empty")
 
 
+def test_uploads_are_never_written_to_disk(client, engine, outside_image, tmp_path, monkeypatch):
+    """The decoded upload goes to the engine as it is: no temporary file, no second decode
+    (a server whose temporary folder is unusable still answers every upload route)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    files = {"image": ("mine.jpg", outside_image.read_bytes())}
+    routes = [("/api/search/image", {}), ("/api/lookup", {}), ("/api/classify", {"labels": "a,b"}),
+              ("/api/match", {"text": "a dog"})]
+    for url, data in routes:
+        response = client.post(url, files=files, data=data)
+        assert response.status_code == 200, (url, response.text)
+    expected = engine.lookup(outside_image, k=4).as_dict()
+    assert client.post("/api/lookup", files=files, params={"k": 4}).json()["hits"] == [
+        {**hit, "score": pytest.approx(hit["score"], abs=1e-5)} for hit in expected["hits"]]
+
+
 # -- status, originals, thumbnails ------------------------------------------------------------
 
 
