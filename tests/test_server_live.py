@@ -27,8 +27,8 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.core.failures import FailureGroup  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
-EXAMPLES_PER_OPERATION = 25  # x 2 modes x 14 operations: about 650 requests
-SECONDS_IN_ALL = 40.0  # shared by every operation and mode, whatever the machine
+EXAMPLES_PER_OPERATION = 25  # x 2 modes x 14 operations: at most 700 requests
+SECONDS_IN_ALL = 30.0  # shared by every operation and mode, whatever the machine
 
 
 def free_port() -> int:
