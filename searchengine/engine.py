@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,14 @@ from searchengine.catalog import Catalog
 from searchengine.catalog.store import ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import IndexMismatchError, InvalidInputError, NotIndexedError
-from searchengine.images import load_image
 from searchengine.models import parse_model_spec
+from searchengine.queries import (
+    ImageQuery,
+    check_media_id,
+    check_query_path,
+    decode_query_image,
+    unit_query_vector,
+)
 from searchengine.results import (
     AddTextsReport,
     CheckReport,
@@ -41,11 +48,12 @@ from searchengine.settings import (
     IngestSettings,
 )
 from searchengine.spaces import VectorSpace
-from searchengine.texts import read_texts
+from searchengine.texts import clean_texts, read_texts
 from searchengine.vectors import check_kind, read_manifest
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
+MAX_LABELS = 1_000  # classify: each label costs one text encoding per prompt template
 
 
 @dataclass
@@ -231,21 +239,30 @@ class Engine:
 
     def add_texts(
         self,
-        source: str | Path,
+        texts: Iterable[str] | str | Path | None = None,
         *,
+        source: str | Path | None = None,
         column: str = "caption",
         text_set: str = "default",
         model: str | None = None,
         batch_size: int = 64,
     ) -> AddTextsReport:
-        """Add the texts of a CSV/TSV column, Parquet column or plain text file to a named set and
-        embed every text that lacks a vector of `model`."""
+        """Add texts to a named set and embed every text that lacks a vector of `model`.
+
+        `texts`: the texts themselves (any iterable of str; blanks dropped); or `source`: a
+        CSV/TSV or Parquet file (its `column`) or a .txt file (one text per line). A str or Path
+        given as `texts` is a file, as `source` (the form callers used before).
+        """
         if not text_set.strip():
             raise InvalidInputError("the text set needs a name (--set)")
-        texts = read_texts(Path(source), column=column)
-        added = self.catalog.add_texts(text_set, texts)
+        if isinstance(texts, (str, os.PathLike)) and source is None:
+            texts, source = None, texts
+        if (texts is None) == (source is None):
+            raise InvalidInputError("give either the texts or source=FILE, not both or neither")
+        rows = clean_texts(texts) if texts is not None else read_texts(Path(source), column=column)
+        added = self.catalog.add_texts(text_set, rows)
         embedded = self.embed_texts(model, batch_size=batch_size)
-        return AddTextsReport(text_set, len(texts), added, embedded, self.model_id_of(model))
+        return AddTextsReport(text_set, len(rows), added, embedded, self.model_id_of(model))
 
     def embed_texts(self, model: str | None = None, *, batch_size: int = 64) -> int:
         """Embed all catalogued texts that have no vector of `model` yet; returns how many."""
@@ -293,16 +310,17 @@ class Engine:
         return SearchResult(query, space.model.spec, self._image_hits(space, vector, k, offset))
 
     def similar(
-        self, image: str | Path | int, *, k: int = 10, model: str | None = None, offset: int = 0
+        self, image: ImageQuery, *, k: int = 10, model: str | None = None, offset: int = 0
     ) -> SearchResult:
-        """Image -> image: `image` is a path (catalogued or not) or a catalog id."""
+        """Image -> image: `image` as `image_vector` takes it (a path, an id, an image, bytes, a
+        vector)."""
         space = self.space(model, "image")
         vector, label = self.image_vector(image, model=model)
         return SearchResult(label, space.model.spec, self._image_hits(space, vector, k, offset))
 
     def lookup(
         self,
-        image: str | Path | int,
+        image: ImageQuery,
         *,
         k: int = 5,
         text_set: str | None = None,
@@ -330,7 +348,7 @@ class Engine:
 
     def classify(
         self,
-        image: str | Path | int,
+        image: ImageQuery,
         labels: list[str],
         *,
         templates: str = "ensemble",
@@ -342,6 +360,8 @@ class Engine:
         labels = [label.strip() for label in labels if label.strip()]
         if len(labels) < 2 or len(set(labels)) != len(labels):
             raise InvalidInputError("give at least two distinct labels, e.g. --labels 'dog,cat'")
+        if len(labels) > MAX_LABELS:
+            raise InvalidInputError(f"{len(labels)} labels; classify takes at most {MAX_LABELS}")
         encoder = self.encoder(model)
         vector, label = self.image_vector(image, model=model)
         label_vectors = label_embeddings(encoder, labels, templates_named(templates))  # (L, d)
@@ -352,29 +372,42 @@ class Engine:
         scores = [LabelScore(labels[i], float(probabilities[i])) for i in order]
         return Classification(label, encoder.spec.id, scores)
 
-    def match(self, image: str | Path | int, text: str, *, model: str | None = None) -> float:
+    def match(self, image: ImageQuery, text: str, *, model: str | None = None) -> float:
         """Image-text consistency: the cosine between the image and the text, in [-1, 1]."""
         text = _check_query(text)
         vector, _ = self.image_vector(image, model=model)
         return float(self.encoder(model).encode_texts([text])[0] @ vector[0])
 
     def image_vector(
-        self, image: str | Path | int, *, model: str | None = None
+        self, image: ImageQuery, *, model: str | None = None
     ) -> tuple[np.ndarray, str]:
-        """(1, d) float32 unit vector of an image, and a label for it (its path).
+        """(1, d) float32 unit vector of an image, and a label for it.
 
-        A catalogued image uses its stored vector when the model has one; anything else is
-        decoded and embedded now.
+        `image` is a path (str or Path: a digit string is a path too, never an id), a catalog
+        id (int), a PIL image, the bytes of an image file, or a (d,) or (1, d) float vector
+        (made unit length). An id, or a catalogued file whose size and mtime are unchanged, uses
+        the stored vector; images are decoded and embedded now.
         """
-        if isinstance(image, int) or (
-            isinstance(image, str) and image.isdigit() and not Path(image).exists()
-        ):
-            return self._stored_image_vector(int(image), model)
-        path = Path(image).expanduser()
-        if not path.exists():
-            raise InvalidInputError(f"{image} does not exist; give an image file or a catalog id")
-        if not path.is_file():
-            raise InvalidInputError(f"{image} is not a file")
+        from PIL import Image
+
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            return self._stored_image_vector(check_media_id(int(image)), model)
+        if isinstance(image, np.ndarray):
+            row = self.catalog.find_model(self.model_id_of(model))
+            dim = row.dim if row is not None else self.encoder(model).dim
+            return unit_query_vector(image, dim, self.model_id_of(model)), "vector"
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return self._embed_pil(decode_query_image(bytes(image)), model), "image bytes"
+        if isinstance(image, Image.Image):
+            return self._embed_pil(image, model), getattr(image, "filename", "") or "image"
+        if isinstance(image, (str, os.PathLike)):
+            return self._path_vector(check_query_path(image), model)
+        raise InvalidInputError(
+            "an image query is a path, a catalog id (int), a PIL image, image bytes or a "
+            f"vector; got {type(image).__name__}"
+        )
+
+    def _path_vector(self, path: Path, model: str | None) -> tuple[np.ndarray, str]:
         row = self.catalog.media_by_path(_absolute(path))
         if row is not None:
             model_row = self.catalog.find_model(self.model_id_of(model))
@@ -383,7 +416,7 @@ class Engine:
                 ids, vectors = self.catalog.vectors("image", model_row.id, ids=[row.id])
                 if len(ids):
                     return vectors, str(path)
-        return self._embed_file(path, model), str(path)
+        return self._embed_pil(decode_query_image(path), model), str(path)
 
     def _stored_image_vector(self, media_id: int, model: str | None) -> tuple[np.ndarray, str]:
         space = self.space(model, "image")
@@ -395,20 +428,16 @@ class Engine:
             )
         return vectors, media[media_id].path
 
-    def _embed_file(self, path: Path, model: str | None) -> np.ndarray:
-        from searchengine.errors import ImageDecodeError
-
+    def _embed_pil(self, image, model: str | None) -> np.ndarray:
+        """(1, d) float32 unit vector of a PIL image: the one place a query image becomes the
+        model's pixels."""
         encoder = self.encoder(model)
-        try:
-            image, _ = load_image(path)
-        except ImageDecodeError as error:
-            raise InvalidInputError(f"{path}: {error}") from error
-        return encoder.encode_images(encoder.preprocess(image).unsqueeze(0))
+        pixels = encoder.preprocess(image.convert("RGB")).unsqueeze(0)  # (1, 3, H, W) float
+        return encoder.encode_images(pixels)
 
     def embed_image(self, image, model: str | None = None) -> np.ndarray:
         """(1, d) float32 unit vector of a PIL image (uploads, tests)."""
-        encoder = self.encoder(model)
-        return encoder.encode_images(encoder.preprocess(image.convert("RGB")).unsqueeze(0))
+        return self._embed_pil(image, model)
 
     def search_by_vector(
         self,

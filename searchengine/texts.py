@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from pathlib import Path
 
 from searchengine.errors import InvalidInputError
@@ -30,6 +31,22 @@ def read_texts(source: Path, *, column: str = "caption") -> list[str]:
     texts = [v.strip() for v in values if isinstance(v, str) and v.strip()]
     if not texts:
         raise InvalidInputError(f"{source}: no non-empty texts in column {column!r}")
+    return texts
+
+
+def clean_texts(values: Iterable[str]) -> list[str]:
+    """Texts given directly: each a str, stripped, blanks dropped, in order (duplicates kept).
+    InvalidInputError for a bare str (give a list of texts), a non-str item, or no text at all."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidInputError("give the texts as a list of strings, not one string")
+    texts = []
+    for position, value in enumerate(values):
+        if not isinstance(value, str):
+            raise InvalidInputError(f"text {position} is a {type(value).__name__}, not a str")
+        if value.strip():
+            texts.append(value.strip())
+    if not texts:
+        raise InvalidInputError("no non-empty texts given")
     return texts
 
 

@@ -74,7 +74,7 @@ def test_similar_json_puts_the_image_first(cli_run, home, photo_folder):
     assert [list(hit) for hit in payload["hits"]] == [HIT_KEYS] * 4
     top = payload["hits"][0]
     assert top["path"] == str(path) and top["score"] == pytest.approx(1.0, abs=1e-5)
-    by_id = cli_run.json("similar", top["id"], "-k", 4, "--home", home)
+    by_id = cli_run.json("similar", f"id:{top['id']}", "-k", 4, "--home", home)
     assert [h["id"] for h in by_id["hits"]] == [h["id"] for h in payload["hits"]]
 
 
@@ -211,7 +211,12 @@ ERRORS = [
     (["search", "a dog", "-k", "0"], 2, "Invalid value"),
     (["similar", "{tmp}/missing.jpg"], 1, "does not exist"),
     (["similar", "{fake}"], 1, "not an image"),
-    (["similar", "999999"], 1, "no indexed image with id 999999"),
+    (["similar", "id:999999"], 1, "no indexed image with id 999999"),
+    (["similar", "999999"], 1, "999999 is not a file.*never taken as a catalog id.*id:999999"),
+    (["lookup", "7"], 1, "never taken as a catalog id.*id:7"),
+    (["similar", "id:x"], 2, "the id form is id:N"),
+    (["similar", "id:0"], 2, "the id form is id:N"),
+    (["match", "id:99999999999999999999", "a dog"], 2, "the id form is id:N"),
     (["lookup", "{fake}"], 1, "not an image"),
     (["lookup", "{photo}", "--set", "nope"], 1, "no text set named 'nope'; sets: captions"),
     (["classify", "{photo}", "--labels", "dog"], 1, "two distinct labels"),
@@ -346,6 +351,19 @@ def test_search_by_an_image_path_that_is_digits(cli_run, tmp_path, home, monkeyp
     monkeypatch.chdir(tmp_path)
     payload = cli_run.json("similar", "1", "-k", 1, "--home", home)
     assert payload["query"] == "1" and payload["hits"][0]["score"] < 0.99999
+
+
+def test_image_queries_by_id_use_the_id_form(cli_run, home, photo_folder):
+    by_path = cli_run.json("similar", photo_folder / "photo_3.jpg", "-k", 2, "--home", home)
+    media = by_path["hits"][0]["id"]
+    by_id = cli_run.json("similar", f"id:{media}", "-k", 2, "--home", home)
+    assert [hit["id"] for hit in by_id["hits"]] == [hit["id"] for hit in by_path["hits"]]
+    assert by_id["query"] == str(photo_folder / "photo_3.jpg")
+    matched = cli_run.json("match", f"id:{media}", "a dog", "--home", home)
+    assert matched["image"] == f"id:{media}"
+    labels = cli_run.json("classify", f"id:{media}", "--labels", "dog,cat", "--home", home)
+    assert {label["label"] for label in labels["labels"]} == {"dog", "cat"}
+    assert cli_run.json("lookup", f"id:{media}", "-k", 1, "--home", home)["hits"]
 
 
 def test_models_lists_random_specs_and_bundled_aliases(cli_run):

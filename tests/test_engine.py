@@ -68,7 +68,68 @@ def test_each_image_is_its_own_top_hit(shared, photo_folder):
         assert by_path.hits[0].score == pytest.approx(1.0, abs=1e-5)
         by_id = shared.similar(by_path.hits[0].id, k=3)
         assert [h.id for h in by_id.hits] == [h.id for h in by_path.hits]
-        assert shared.similar(str(by_path.hits[0].id), k=1).hits[0].path == str(path)
+
+
+
+def test_a_digit_string_is_never_taken_as_an_id(shared, photo_folder, tmp_path, monkeypatch):
+    media = shared.similar(photo_folder / "photo_1.jpg", k=1).hits[0].id
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInputError, match=f"never taken as a catalog id.*id:{media}"):
+        shared.similar(str(media), k=1)
+    with pytest.raises(InvalidInputError, match="never taken as a catalog id"):
+        shared.match(str(media), "a dog")
+    with pytest.raises(InvalidInputError, match="ids are 1 to 2\\^63-1"):
+        shared.similar(2**63, k=1)
+
+
+def test_an_image_query_takes_a_path_an_id_an_image_bytes_or_a_vector(shared, photo_folder):
+    from PIL import Image
+
+    path = photo_folder / "photo_5.jpg"
+    by_path = shared.similar(path, k=4)
+    media = by_path.hits[0].id
+    stored, _ = shared.image_vector(media)  # (1, d) float32
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    queries = {
+        "id": media,
+        "numpy id": np.int64(media),
+        "PIL image": image,
+        "bytes": path.read_bytes(),
+        "(1, d) vector": stored,
+        "(d,) float64 vector": stored[0].astype(np.float64) * 3.0,
+    }
+    for kind, query in queries.items():
+        vector, _ = shared.image_vector(query)
+        assert vector.shape == (1, stored.shape[1]) and vector.dtype == np.float32, kind
+        assert float(vector[0] @ stored[0]) == pytest.approx(1.0, abs=1e-4), kind
+        assert shared.similar(query, k=1).hits[0].id == media, kind
+        assert shared.match(query, "a dog") == pytest.approx(shared.match(path, "a dog"),
+                                                               abs=1e-4), kind
+    assert [h.id for h in shared.lookup(image, k=3).hits] == [
+        h.id for h in shared.lookup(path, k=3).hits]
+    labels = shared.classify(path.read_bytes(), ["dog", "cat"], templates="single").labels
+    assert [s.label for s in labels] == [
+        s.label for s in shared.classify(path, ["dog", "cat"], templates="single").labels]
+
+
+@pytest.mark.parametrize(
+    ("query", "word"),
+    [
+        (np.zeros(3, dtype=np.float32), "float array"),
+        (np.ones((2, 8), dtype=np.float32), "float array"),
+        (np.ones(8, dtype=np.int64), "float array"),
+        (b"not an image", "the image bytes"),
+        (True, "an image query is"),
+        (3.5, "an image query is"),
+    ],
+)
+def test_bad_image_queries_are_refused(shared, query, word):
+    if isinstance(query, np.ndarray) and query.ndim == 1 and query.dtype == np.float32:
+        query = np.zeros(shared.encoder().dim, dtype=np.float32)
+        word = "not all zeros"
+    with pytest.raises(InvalidInputError, match=word):
+        shared.image_vector(query)
 
 
 def test_similar_to_an_uncatalogued_copy_finds_the_original(shared, photo_folder, tmp_path):
@@ -119,6 +180,14 @@ def test_classify_equals_a_direct_zero_shot_computation(shared, photo_folder, ti
 def test_classify_needs_two_distinct_labels(shared, photo_folder, labels):
     with pytest.raises(InvalidInputError, match="two distinct labels"):
         shared.classify(photo_folder / "photo_2.jpg", labels)
+
+
+def test_classify_refuses_an_absurd_number_of_labels(shared, photo_folder):
+    from searchengine.engine import MAX_LABELS
+
+    labels = [f"label {i}" for i in range(MAX_LABELS + 1)]
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_LABELS}"):
+        shared.classify(photo_folder / "photo_2.jpg", labels, templates="single")
 
 
 def test_match_is_the_cosine(shared, photo_folder, tiny_encoder):
@@ -320,6 +389,35 @@ def test_add_texts_embeds_only_new_texts(open_engine, tmp_path, captions_csv):
     hits = engine.lookup(query, k=10, text_set="other", model=TINY_MODEL).hits
     assert sorted(h.text for h in hits) == ["a blue circle", "a yellow taxi"]
     assert engine.check().ok
+
+
+def test_add_texts_takes_the_texts_themselves(open_engine, tmp_path, captions_csv):
+    engine = open_engine(tmp_path / "home")
+    report = engine.add_texts(["a blue circle", "  a yellow taxi ", "", "a blue circle"],
+                              text_set="mine", model=TINY_MODEL)
+    assert (report.read, report.added, report.embedded) == (3, 2, 2)
+    assert set(engine.text_ids("mine")) == {"a blue circle", "a yellow taxi"}
+    from_file = engine.add_texts(source=captions_csv, text_set="file", model=TINY_MODEL)
+    assert from_file.added == len(CAPTIONS)
+    generated = engine.add_texts((f"caption {i}" for i in range(3)), text_set="gen",
+                                 model=TINY_MODEL)
+    assert generated.added == 3 and engine.check().ok
+
+
+@pytest.mark.parametrize(
+    ("texts", "source", "word"),
+    [
+        ("a single string", "x.csv", "not both"),
+        (None, None, "either the texts or source"),
+        ([], None, "no non-empty texts"),
+        (["ok", 3], None, "text 1 is a int"),
+        (b"bytes", None, "list of strings"),
+    ],
+)
+def test_add_texts_refuses_unclear_input(open_engine, tmp_path, texts, source, word):
+    engine = open_engine(tmp_path / "home")
+    with pytest.raises(InvalidInputError, match=word):
+        engine.add_texts(texts, source=source, model=TINY_MODEL)
 
 
 def test_a_file_turning_bad_leaves_every_model_in_agreement(two_models, copy_photos):

@@ -125,6 +125,19 @@ def test_similar_of_unknown_or_malformed_ids(client):
     assert_error(client.get("/api/similar/abc"), 422)
 
 
+ID_ROUTES = ["/api/similar/{}", "/api/lookup/{}", "/api/classify/{}?labels=a,b",
+             "/api/match/{}?text=a", "/api/images/{}", "/api/images/{}/info",
+             "/api/images/{}/thumbnail"]
+
+
+@pytest.mark.parametrize("route", ID_ROUTES)
+@pytest.mark.parametrize("media", [2**63 - 1, 2**63, 2**64 + 5, 10**30])
+def test_ids_beyond_64_bits_are_refused_not_a_server_error(client, route, media):
+    """SQLite INTEGER holds 64 bits: larger ids gave HTTP 500 (OverflowError)."""
+    response = client.get(route.format(media))
+    assert_error(response, 404 if media < 2**63 else 422)
+
+
 def test_search_by_upload_trusts_the_content_not_the_name(client, engine, photo_folder):
     path = photo_folder / "photo_2.jpg"
     files = {"image": ("notes.txt", path.read_bytes(), "text/plain")}
@@ -265,6 +278,38 @@ def test_classify_errors(client, outside_image):
     assert_error(client.get("/api/classify/1", params={"labels": "a,b", "templates": "x"}), 422)
 
 
+def test_classify_caps_the_labels(engine, outside_image):
+    """3,000 labels held the engine for minutes while every other request waited."""
+    client = app_client(engine, max_labels=5, max_label_chars=10)
+    files = {"image": ("mine.jpg", outside_image.read_bytes())}
+    many = ",".join(f"label{i}" for i in range(3000))
+    assert_error(client.post("/api/classify", files=files, data={"labels": many}), 400,
+                 "at most 5")
+    assert_error(client.get("/api/classify/1", params={"labels": "a,b,c,d,e,f"}), 400,
+                 "at most 5")
+    assert_error(client.get("/api/classify/1", params={"labels": "a," + "b" * 11}), 400,
+                 "the limit is 10")
+    assert client.get("/api/classify/1", params={"labels": "a,b,c,d,e"}).status_code == 200
+    default = app_client(engine)
+    assert_error(default.get("/api/classify/1", params={"labels": many}), 400, "at most 50")
+
+
+@pytest.mark.parametrize(
+    ("url", "params", "word"),
+    [
+        ("/api/search", {"q": "x" * 1001}, "q is 1001 characters"),
+        ("/api/match/1", {"text": "x" * 1001}, "text is 1001 characters"),
+        ("/api/lookup/1", {"set": "s" * 201}, "set is 201 characters"),
+        ("/api/search", {"q": "dog", "offset": 10_001}, "offset is at most 10000"),
+        ("/api/search", {"q": "dog", "offset": 2**70}, "offset is at most"),
+        ("/api/search", {"q": "dog", "k": 2**70}, "at most 200"),
+        ("/api/images/1/thumbnail", {"size": 2**70}, "size must be one of"),
+    ],
+)
+def test_every_input_is_capped(client, url, params, word):
+    assert_error(client.get(url, params=params), 400, word)
+
+
 def test_match_an_upload_and_an_indexed_image(client, engine, outside_image, photo_folder):
     files = {"image": ("mine.jpg", outside_image.read_bytes())}
     response = client.post("/api/match", files=files, data={"text": "a red car"})
@@ -276,6 +321,23 @@ def test_match_an_upload_and_an_indexed_image(client, engine, outside_image, pho
     by_id = client.get(f"/api/match/{target}", params={"text": "a dog"}).json()
     assert by_id["score"] == pytest.approx(engine.match(target, "a dog"), abs=1e-6)
     assert_error(client.get(f"/api/match/{target}", params={"text": " "}), 400, "empty")
+
+
+def test_uploads_are_never_written_to_disk(client, engine, outside_image, tmp_path, monkeypatch):
+    """The decoded upload goes to the engine as it is: no temporary file, no second decode
+    (a server whose temporary folder is unusable still answers every upload route)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    files = {"image": ("mine.jpg", outside_image.read_bytes())}
+    routes = [("/api/search/image", {}), ("/api/lookup", {}), ("/api/classify", {"labels": "a,b"}),
+              ("/api/match", {"text": "a dog"})]
+    for url, data in routes:
+        response = client.post(url, files=files, data=data)
+        assert response.status_code == 200, (url, response.text)
+    expected = engine.lookup(outside_image, k=4).as_dict()
+    assert client.post("/api/lookup", files=files, params={"k": 4}).json()["hits"] == [
+        {**hit, "score": pytest.approx(hit["score"], abs=1e-5)} for hit in expected["hits"]]
 
 
 # -- status, originals, thumbnails ------------------------------------------------------------
@@ -483,6 +545,11 @@ def test_loopback_servers_answer_only_to_loopback_host_names(engine):
     assert TestClient(app, base_url="http://localhost:8000").get("/").status_code == 200
     rebound = TestClient(app, base_url="http://attacker.example:8000")
     assert_error(rebound.get("/api/status"), 400, "host")
+    assert_error(rebound.get("/"), 400, "host")
+    assert "default-src 'self'" in rebound.get("/").headers["content-security-policy"]
+    assert TestClient(app, base_url="http://[::1]:8000").get("/api/status").status_code == 200
+    assert_error(local.get("/api/status", headers={"Host": "127.0.0.1.attacker.example"}), 400)
+    assert_error(local.get("/api/status", headers={"Host": "www.localhost"}), 400)
 
 
 def test_binding_rules():
@@ -518,6 +585,36 @@ def test_openapi_spec_lists_every_endpoint(client):
         "/api/images/{media_id}/info", "/api/session",
     } <= set(spec["paths"])
     assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
+def test_the_spec_declares_the_bodies_the_server_sends(client, engine, photo_folder):
+    """422 bodies carry `detail` as a string; `indexed_at` is a date-time with a time zone."""
+    from datetime import datetime
+
+    spec = client.get("/openapi.json").json()
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            declared = operation["responses"]["422"]["content"]["application/json"]["schema"]
+            assert declared == {"$ref": "#/components/schemas/Unprocessable"}, (method, path)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    detail = spec["components"]["schemas"]["Unprocessable"]["properties"]["detail"]
+    assert detail["type"] == "string"
+    sent = client.get("/api/search", params={"q": "dog", "k": "many"}).json()
+    assert isinstance(sent["detail"], str) and sent["errors"][0]["loc"] == ["query", "k"]
+
+    info = client.get(f"/api/images/{media_id(engine, photo_folder / 'photo_1.jpg')}/info").json()
+    indexed_at = datetime.fromisoformat(info["indexed_at"].replace("Z", "+00:00"))
+    assert indexed_at.utcoffset() is not None
+    row = engine.catalog.media_by_path(str(photo_folder / "photo_1.jpg"))
+    assert indexed_at == row.indexed_at.astimezone()  # the same moment
+
+
+def test_a_body_that_is_not_json_is_a_declared_400(client):
+    response = client.post("/api/session", content=b"\x04\xff",
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422)
+    spec = client.get("/openapi.json").json()
+    assert {"400", "422"} <= set(spec["paths"]["/api/session"]["post"]["responses"])
 
 
 def test_page_and_assets_are_served_by_the_package_without_a_cdn(client):

@@ -13,6 +13,7 @@ from searchengine.cli.options import (
     echo_table,
     handle_errors,
     home_option,
+    image_argument,
     json_option,
     k_option,
     model_option,
@@ -138,7 +139,7 @@ def search(query, home, model, k, offset, as_json):
 
 
 @click.command()
-@click.argument("image")
+@image_argument
 @home_option
 @model_option
 @k_option
@@ -146,11 +147,15 @@ def search(query, home, model, k, offset, as_json):
 @json_option
 @handle_errors
 def similar(image, home, model, k, offset, as_json):
-    """Find photos like IMAGE, a file or a catalog id (image -> image).
+    """Find photos like IMAGE, a file or id:N for catalog id N (image -> image).
+
+    A bare number is a file name, never an id: write `id:42` for the image with id 42.
 
     Example:
 
         searchengine similar ~/Pictures/x.jpg -k 10
+
+        searchengine similar id:42 -k 10
     """
     with _engine(home) as engine:
         _print_result(engine.similar(image, k=k, model=model, offset=offset), as_json)
@@ -185,7 +190,7 @@ def add_texts(source, column, text_set, home, model, as_json):
 
 
 @click.command()
-@click.argument("image")
+@image_argument
 @click.option("--set", "text_set", default=None, help="Only texts of this set [default: all].")
 @home_option
 @model_option
@@ -198,6 +203,8 @@ def add_texts(source, column, text_set, home, model, as_json):
 def lookup(image, text_set, home, model, k, offset, as_json):
     """Which texts describe IMAGE best (image -> text), over the indexed text sets.
 
+    IMAGE is a file, or id:N for the catalogued image with id N.
+
     Example:
 
         searchengine lookup ~/Pictures/x.jpg -k 5 --set captions
@@ -209,7 +216,7 @@ def lookup(image, text_set, home, model, k, offset, as_json):
 
 
 @click.command()
-@click.argument("image")
+@image_argument
 @click.option("--labels", required=True, help="Comma-separated labels, e.g. 'dog,cat,car'.")
 @click.option(
     "--templates",
@@ -225,6 +232,8 @@ def lookup(image, text_set, home, model, k, offset, as_json):
 def classify(image, labels, templates, home, model, as_json):
     """Zero-shot: which of the given labels fits IMAGE (prompt ensemble).
 
+    IMAGE is a file, or id:N for the catalogued image with id N.
+
     Example:
 
         searchengine classify ~/Pictures/x.jpg --labels "dog,cat,car"
@@ -238,7 +247,7 @@ def classify(image, labels, templates, home, model, as_json):
 
 
 @click.command()
-@click.argument("image")
+@image_argument
 @click.argument("text")
 @home_option
 @model_option
@@ -246,6 +255,8 @@ def classify(image, labels, templates, home, model, as_json):
 @handle_errors
 def match(image, text, home, model, as_json):
     """Image-text consistency: the cosine between IMAGE and TEXT (low = mismatch).
+
+    IMAGE is a file, or id:N for the catalogued image with id N.
 
     Example:
 
@@ -255,7 +266,8 @@ def match(image, text, home, model, as_json):
         score = engine.match(image, text, model=model)
         model_id = engine.model_id_of(model)
     if as_json:
-        echo_json({"image": image, "text": text, "model": model_id, "score": round(score, 6)})
+        shown = f"id:{image}" if isinstance(image, int) else image  # as the user wrote it
+        echo_json({"image": shown, "text": text, "model": model_id, "score": round(score, 6)})
     else:
         click.echo(f"{score:.4f}")
 

@@ -35,6 +35,26 @@ def model_option(function: Callable) -> Callable:
     )(function)
 
 
+class ImageArgument(click.ParamType):
+    """IMAGE of `similar`, `lookup`, `classify` and `match`: a file, or `id:N` for the catalog
+    id N (a bare number is a file name, never guessed to be an id)."""
+
+    name = "image"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, str) and value.startswith("id:"):
+            digits = value[3:]
+            if not digits.isdigit() or not 0 < int(digits) < 2**63:
+                self.fail(f"{value!r}: the id form is id:N with N a catalog id (1 or more)",
+                          param, ctx)
+            return int(digits)
+        return value
+
+
+def image_argument(function: Callable) -> Callable:
+    return click.argument("image", type=ImageArgument())(function)
+
+
 def json_option(function: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(function)
 

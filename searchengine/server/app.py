@@ -39,7 +39,9 @@ from searchengine.server.uploads import Upload, read_upload
 
 COOKIE = "searchengine_token"
 STATIC = resources.files("searchengine.server") / "static"
-ERRORS = {code: {"model": schemas.Error} for code in (400, 401, 404, 409, 413, 415, 422, 500)}
+ERRORS = {code: {"model": schemas.Error} for code in (400, 401, 404, 409, 413, 415, 500)}
+ERRORS[422] = {"model": schemas.Unprocessable}  # replaces FastAPI's (list-valued `detail`)
+MAX_ID = 2**63 - 1  # catalog ids are SQLite INTEGERs (64-bit signed)
 
 
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
@@ -59,7 +61,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     install_error_handlers(app)
     app.add_middleware(Guard, max_body_bytes=settings.max_upload_bytes,
                        allowed_hosts=settings.allowed_hosts)
-    app.include_router(session_router)
+    app.include_router(session_router, responses=ERRORS)
     app.include_router(api, dependencies=[Depends(require_token)], responses=ERRORS)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_api_route("/", _page, include_in_schema=False)
@@ -119,12 +121,27 @@ def get_page(
     size = limit or k or 10
     if size > service.settings.max_k:
         raise ApiError(400, f"at most {service.settings.max_k} hits per page; use offset for more")
+    if offset > service.settings.max_offset:
+        raise ApiError(400, f"offset is at most {service.settings.max_offset}; "
+                            "narrow the query instead")
     return Page(size, offset)
 
 
 Paged = Annotated[Page, Depends(get_page)]
-ImageId = Annotated[int, Path(ge=1, description="Catalog id of an indexed image.")]
-TextSet = Annotated[str | None, Query(alias="set", description="Only texts of this set.")]
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Catalog id of an indexed image.")]
+
+
+def get_text_set(
+    service: Service,
+    text_set: Annotated[str | None, Query(alias="set", description="Only texts of this set.")]
+    = None,
+) -> str | None:
+    if text_set is not None:
+        _check_length(text_set, service.settings.max_set_name_chars, "set")
+    return text_set
+
+
+TextSet = Annotated[str | None, Depends(get_text_set)]
 Templates = Annotated[str, Query(pattern="^(single|ensemble)$", description="Prompt templates.")]
 
 
@@ -136,6 +153,26 @@ def get_upload(service: Service,
 
 
 Uploaded = Annotated[Upload, Depends(get_upload)]
+
+
+def _check_length(value: str, limit: int, name: str) -> str:
+    if len(value) > limit:
+        raise ApiError(400, f"{name} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def _labels(service: SearchService, labels: str) -> list[str]:
+    """The comma-separated labels, within the server's count and length limits."""
+    settings = service.settings
+    if len(labels) > settings.max_labels * (settings.max_label_chars + 1):
+        raise ApiError(400, f"too many labels: at most {settings.max_labels}, of at most "
+                            f"{settings.max_label_chars} characters each")
+    parts = labels.split(",")
+    if len(parts) > settings.max_labels:
+        raise ApiError(400, f"{len(parts)} labels; at most {settings.max_labels} per request")
+    for part in parts:
+        _check_length(part.strip(), settings.max_label_chars, "a label")
+    return parts
 
 
 def _paged(request: Request, response: Response, result, page: Page) -> dict:
@@ -167,6 +204,7 @@ def open_session(body: schemas.TokenBody, service: Service, response: Response) 
 def search(request: Request, response: Response, service: Service, page: Paged,
            q: Annotated[str, Query(description="The sentence to search for.")]) -> dict:
     """Text -> image; the same JSON as `searchengine search --json`."""
+    _check_length(q, service.settings.max_query_chars, "q")
     return _paged(request, response, service.search(q, limit=page.limit, offset=page.offset), page)
 
 
@@ -191,7 +229,7 @@ def similar(request: Request, response: Response, service: Service, page: Paged,
 @api.get("/lookup/{media_id}", response_model=schemas.SearchResult,
          response_model_exclude_none=True, tags=["image to text"])
 def lookup(request: Request, response: Response, service: Service, page: Paged,
-           media_id: ImageId, text_set: TextSet = None) -> dict:
+           media_id: ImageId, text_set: TextSet) -> dict:
     """Image -> text: the indexed texts closest to an indexed image."""
     result = service.lookup(media_id, limit=page.limit, offset=page.offset, text_set=text_set)
     return _paged(request, response, result, page)
@@ -200,7 +238,7 @@ def lookup(request: Request, response: Response, service: Service, page: Paged,
 @api.post("/lookup", response_model=schemas.SearchResult, response_model_exclude_none=True,
           tags=["image to text"])
 def lookup_upload(request: Request, response: Response, service: Service, page: Paged,
-                  upload: Uploaded, text_set: TextSet = None) -> dict:
+                  upload: Uploaded, text_set: TextSet) -> dict:
     """Image -> text for an uploaded image."""
     result = service.lookup(upload, limit=page.limit, offset=page.offset, text_set=text_set)
     return _paged(request, response, result, page)
@@ -211,7 +249,7 @@ def classify(service: Service, media_id: ImageId,
              labels: Annotated[str, Query(description="Comma-separated, e.g. dog,cat,car.")],
              templates: Templates = "ensemble") -> dict:
     """Zero-shot classification of an indexed image against the given labels."""
-    return service.classify(media_id, labels.split(","), templates=templates).as_dict()
+    return service.classify(media_id, _labels(service, labels), templates=templates).as_dict()
 
 
 @api.post("/classify", response_model=schemas.Classification, tags=["image to text"])
@@ -219,13 +257,14 @@ def classify_upload(service: Service, upload: Uploaded,
                     labels: Annotated[str, Form(description="Comma-separated, e.g. dog,cat,car.")],
                     templates: Templates = "ensemble") -> dict:
     """Zero-shot classification of an uploaded image against the given labels."""
-    return service.classify(upload, labels.split(","), templates=templates).as_dict()
+    return service.classify(upload, _labels(service, labels), templates=templates).as_dict()
 
 
 @api.get("/match/{media_id}", response_model=schemas.Match, tags=["image to text"])
 def match(service: Service, media_id: ImageId,
           text: Annotated[str, Query(description="The text to score against the image.")]) -> dict:
     """Image-text consistency score of an indexed image and a text."""
+    _check_length(text, service.settings.max_query_chars, "text")
     return service.match(media_id, text)
 
 
@@ -235,6 +274,7 @@ def match_upload(
     text: Annotated[str, Form(description="The text to score against the image.")],
 ) -> dict:
     """Image-text consistency score of an uploaded image and a text."""
+    _check_length(text, service.settings.max_query_chars, "text")
     return service.match(upload, text)
 
 

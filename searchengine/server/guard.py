@@ -1,7 +1,9 @@
 """The outermost layer of the app: Host check, request-body limit and security headers.
 
-Written as plain ASGI so that an oversize body is refused while it streams in (before the
-multipart parser spools it anywhere), whether or not the client sent a Content-Length.
+The Host check is Starlette's `TrustedHostMiddleware` (its refusal is re-worded as this API's
+JSON error). The body limit is plain ASGI, so that an oversize body is refused while it streams in
+(before the multipart parser spools it anywhere), whether or not the client sent a Content-Length;
+Starlette has no such middleware.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -28,6 +32,10 @@ SECURITY_HEADERS = [
 ]
 
 
+HOST_REFUSED = "this server answers only to its own host name (localhost)"
+_ADMITTED = "searchengine.host_admitted"  # set in the scope once the Host check let it through
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -38,16 +46,32 @@ class Guard:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, allowed_hosts: tuple[str, ...] | None):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        self.host_check = None if allowed_hosts is None else TrustedHostMiddleware(
+            self._admitted, allowed_hosts=list(allowed_hosts), www_redirect=False)
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        if not self._host_allowed(headers.get(b"host", b"").decode("latin-1")):
-            await _send_json(send, 400, "this server answers only to its own host name (localhost)")
+        if self.host_check is None:
+            await self._limited(scope, receive, send)
             return
+
+        async def send_or_refuse(message: Message) -> None:
+            if scope.get(_ADMITTED):
+                await send(message)
+            elif message["type"] == "http.response.start":  # Starlette's plain-text refusal
+                await _send_json(send, message["status"], HOST_REFUSED)
+
+        await self.host_check(scope, receive, send_or_refuse)
+
+    async def _admitted(self, scope: Message, receive: Receive, send: Send) -> None:
+        scope[_ADMITTED] = True
+        await self._limited(scope, receive, send)
+
+    async def _limited(self, scope: Message, receive: Receive, send: Send) -> None:
+        """The app, with the body limit and the security headers."""
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await _send_json(send, 413, self._too_large_message())
@@ -79,13 +103,6 @@ class Guard:
             if not state["answered"]:
                 state["answered"] = True
                 await _send_json(send, 413, self._too_large_message())
-
-    def _host_allowed(self, host: str) -> bool:
-        if self.allowed_hosts is None:
-            return True
-        # drop the port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "[::1]"
-        name = host.split("]")[0] + "]" if host.startswith("[") else host.split(":")[0]
-        return name.lower() in self.allowed_hosts
 
     def _too_large_message(self) -> str:
         return f"request body is over the limit of {self.max_body_bytes} bytes"

@@ -72,14 +72,33 @@ class ImageInfo(BaseModel):
     width: int = Field(description="Pixels, after EXIF rotation.")
     height: int
     format: str
-    taken_at: datetime | None = Field(None, description="EXIF capture time, when recorded.")
+    taken_at: str | None = Field(
+        None, description="EXIF capture time as the camera recorded it, when recorded: ISO 8601 "
+        "local time of the camera, without a time zone (EXIF 2.2 stores none), e.g. "
+        "2024-07-01T14:03:22.")
     camera: str | None = Field(None, description="EXIF camera model, when recorded.")
-    indexed_at: datetime
+    indexed_at: datetime = Field(description="When the file was indexed, in UTC (ISO 8601 with "
+                                             "offset).")
 
 
 class Error(BaseModel):
     detail: str = Field(description="What went wrong and, where possible, what to do.")
 
 
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. [\"query\", \"k\"].")
+    msg: str
+    type: str
+
+
+class Unprocessable(BaseModel):
+    """The 422 body: a request that does not match the spec, or an image that cannot be decoded.
+    (It replaces FastAPI's own 422 schema, whose `detail` is a list: not what this server sends.)"""
+
+    detail: str = Field(description="Every problem in one readable sentence.")
+    errors: list[Problem] = Field(default_factory=list, description="A request that does not "
+                                  "match the spec: the same problems, one object each.")
+
+
 class TokenBody(BaseModel):
-    token: str
+    token: str = Field(max_length=1024)

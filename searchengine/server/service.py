@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from datetime import timezone
+
+from PIL import Image
 
 from searchengine.engine import Classification, Engine, SearchResult
 from searchengine.errors import NotIndexedError
@@ -56,9 +56,8 @@ class SearchService:
 
     def search_upload(self, upload: Upload, *, limit: int, offset: int) -> SearchResult:
         with self._lock:
-            vector = self.engine.embed_image(upload.image, model=self.model)  # (1, d) float32
-            return self.engine.search_by_vector(vector, k=limit, model=self.model, offset=offset,
-                                                label=upload.name)
+            result = self.engine.similar(upload.image, k=limit, model=self.model, offset=offset)
+        return dataclasses.replace(result, query=upload.name)
 
     def similar(self, media_id: int, *, limit: int, offset: int) -> SearchResult:
         self.require_media(media_id)
@@ -71,7 +70,8 @@ class SearchService:
             raise NotIndexedError(
                 f"no texts are indexed for model {self.model} in {self.engine.home}; run "
                 f"`searchengine add-texts FILE.csv --model {self.model}` first")
-        with self._resolved(image) as (source, name), self._lock:
+        source, name = self._resolved(image)
+        with self._lock:
             result = self.engine.lookup(source, k=limit, text_set=text_set, model=self.model,
                                         offset=offset)
         return dataclasses.replace(result, query=name)
@@ -79,12 +79,14 @@ class SearchService:
     # -- single answers ------------------------------------------------------------------
 
     def classify(self, image: ImageRef, labels: list[str], *, templates: str) -> Classification:
-        with self._resolved(image) as (source, name), self._lock:
+        source, name = self._resolved(image)
+        with self._lock:
             result = self.engine.classify(source, labels, templates=templates, model=self.model)
         return dataclasses.replace(result, image=name)
 
     def match(self, image: ImageRef, text: str) -> dict:
-        with self._resolved(image) as (source, name), self._lock:
+        source, name = self._resolved(image)
+        with self._lock:
             score = self.engine.match(source, text, model=self.model)
         return {"image": name, "text": text, "model": self.model, "score": round(score, 6)}
 
@@ -95,10 +97,13 @@ class SearchService:
 
     def info(self, media_id: int) -> dict:
         row = self.require_media(media_id)
-        fields = (
-            "id", "path", "size", "width", "height", "format", "taken_at", "camera", "indexed_at",
-        )
-        return {name: getattr(row, name) for name in fields}
+        fields = ("id", "path", "size", "width", "height", "format", "camera")
+        return {
+            **{name: getattr(row, name) for name in fields},
+            # EXIF time has no zone: shown as recorded; the catalog keeps local time, sent as UTC
+            "taken_at": row.taken_at.isoformat() if row.taken_at else None,
+            "indexed_at": row.indexed_at.astimezone(timezone.utc),
+        }
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -112,13 +117,10 @@ class SearchService:
         row = self.engine.catalog.find_model(self.model)
         return self.engine.catalog.count_vectors(modality, row.id) if row else 0
 
-    @contextmanager
-    def _resolved(self, image: ImageRef) -> Iterator[tuple[int | Path, str]]:
-        """(what the engine takes, a label): an id and its path, or an upload written to a
-        private temporary file (removed afterwards) and its display name."""
+    def _resolved(self, image: ImageRef) -> tuple[int | Image.Image, str]:
+        """(what the engine takes, a label): an id and its path, or an upload's decoded image
+        (decoded once, in `read_upload`) and its display name."""
         if isinstance(image, Upload):
-            with image.as_file() as path:
-                yield path, image.name
-            return
+            return image.image, image.name
         row = self.require_media(image)
-        yield image, row.path
+        return image, row.path

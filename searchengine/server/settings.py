@@ -25,6 +25,18 @@ class ServerSettings:
     """Largest accepted uploaded image in pixels (decompression-bomb guard); larger is HTTP 413."""
     max_k: int = 200
     """Largest page size (`k`/`limit`) a search may ask for."""
+    max_offset: int = 10_000
+    """Largest `offset` a search may ask for (the engine fetches `offset + k` neighbours)."""
+    max_query_chars: int = 1_000
+    """Longest search sentence or `match` text, in characters (the model reads 77 tokens)."""
+    max_labels: int = 50
+    """Most labels one `classify` request may give (each label costs one text encoding per
+    prompt template, and every other request waits meanwhile). The library's own cap is
+    `engine.MAX_LABELS`."""
+    max_label_chars: int = 100
+    """Longest `classify` label, in characters."""
+    max_set_name_chars: int = 200
+    """Longest text-set name (`set=`) a request may give."""
     thumbnail_sizes: tuple[int, ...] = (128, 256, 512, 1024)
     """Thumbnail edge lengths the server renders (a fixed set keeps the cache small)."""
     thumbnail_cache_bytes: int = 64 * 1024 * 1024

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,19 +21,11 @@ _ACCEPTED = ", ".join(sorted(ACCEPTED_FORMATS))
 
 @dataclass(frozen=True)
 class Upload:
-    """A checked upload: its bytes, the decoded upright RGB image, and a display name."""
+    """A checked upload: the decoded upright RGB image (the engine takes it as it is, nothing is
+    written to disk or decoded twice), and a display name."""
 
     name: str
-    data: bytes
     image: Image.Image
-
-    @contextmanager
-    def as_file(self) -> Iterator[Path]:
-        """The bytes in a private temporary file, removed afterwards (for path-taking methods)."""
-        with tempfile.TemporaryDirectory(prefix="searchengine-upload-") as folder:
-            path = Path(folder) / "upload"
-            path.write_bytes(self.data)
-            yield path
 
 
 def read_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int,
@@ -53,7 +42,7 @@ def read_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int,
         image, _ = load_image(data, max_pixels=max_pixels)
     except ImageDecodeError as error:
         raise ApiError(422, f"the upload is not a usable image: {error}") from None
-    return Upload(display_name(filename), data, image)
+    return Upload(display_name(filename), image)
 
 
 def _check_header(data: bytes, max_pixels: int) -> None:
