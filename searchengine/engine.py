@@ -401,14 +401,15 @@ class Engine:
         encoder = self.encoder(model)
         try:
             image, _ = load_image(path)
+            pixels = encoder.pixels(image)  # (3, H, W), every intermediate bounded
         except ImageDecodeError as error:
             raise InvalidInputError(f"{path}: {error}") from error
-        return encoder.encode_images(encoder.preprocess(image).unsqueeze(0))
+        return encoder.encode_images(pixels.unsqueeze(0))
 
     def embed_image(self, image, model: str | None = None) -> np.ndarray:
         """(1, d) float32 unit vector of a PIL image (uploads, tests)."""
         encoder = self.encoder(model)
-        return encoder.encode_images(encoder.preprocess(image.convert("RGB")).unsqueeze(0))
+        return encoder.encode_images(encoder.pixels(image.convert("RGB")).unsqueeze(0))
 
     def search_by_vector(
         self,
