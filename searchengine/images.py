@@ -32,9 +32,10 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"
 # decoding; Pillow's own limit (1 MB) skips valid photos whose ICC profile is larger.
 MAX_METADATA_CHUNK = 16 * 1024 * 1024
 MAX_ASPECT_RATIO = 100
-"""The most elongated picture (long side / short side) given whole to a model transform other
-than a shortest-side resize and centre crop (`fit_for_model`): a squashed 100:1 strip shows
-nothing recognisable, and a resize of its short side would build a picture 100 times the input."""
+"""The most elongated picture (long side / short side) a model transform is given whole
+(`fit_for_model`): beyond it a shortest-side resize and centre crop gets only the centre square,
+cut out before it is scaled, and any other transform skips the file (a squashed 100:1 strip
+shows nothing recognisable)."""
 
 
 def _register_heif() -> bool:
@@ -110,39 +111,42 @@ def load_image(
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (content not recognised)") from None
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"possible decompression bomb: {error}") from None
+    except Image.DecompressionBombError as error:  # Pillow's ceiling is at least max_pixels
+        raise ImageDecodeError(
+            f"over the limit of {max_pixels} pixels (possible decompression bomb): {error}"
+        ) from None
     except (OSError, SyntaxError, ValueError, IndexError, EOFError) as error:
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
 
 
 def fit_for_model(image: Image.Image, size: int, *, crop: bool) -> Image.Image:
     """`image`, ready for a model transform with input side `size`, such that no image that
-    transform builds holds more than a few `size` x `size` pictures' pixels, whatever the aspect.
+    transform builds holds more than `MAX_ASPECT_RATIO` x `size` x `size` pixels (15 MB at 224),
+    whatever the picture's aspect ratio.
 
-    With `crop` (the transform is a bicubic shortest-side resize to `size`, then a centre crop of
-    that square: `Encoder.draft_crop`), only the centred square the crop keeps is resized, from
-    the source pixels and at the resize's own scale (`_finish_draft` over the whole picture): the
-    transform then has nothing left to resize or crop, and its tensor moves by one 8-bit level at
-    most (tested). A 200000x1 strip costs a `size` x `size` image instead of the
-    (`size` * 200000) x `size` one the transform would build first (38 GB at 224).
+    Up to `MAX_ASPECT_RATIO`:1, `image` is returned as it is: the transform's own intermediate
+    stays within that bound and its tensor is open_clip's own, exactly. A more elongated picture
+    would cost a shortest-side resize of its whole length first (a 200000x1 strip: 38 GB at
+    224 px), so:
 
-    Without `crop`, the transform needs the whole picture (a squash or a longest-side resize
-    with padding, or one this module does not know): a picture more elongated than
-    `MAX_ASPECT_RATIO`:1 raises `ImageDecodeError` instead. `image` is returned as it is when
-    nothing needs doing.
+    - with `crop` (the transform is a bicubic shortest-side resize to `size`, then a centre crop
+      of that square: `Encoder.draft_crop`) only the centred square the crop keeps is resized,
+      from the source pixels and at the resize's own scale (`_finish_draft` over the whole
+      picture). The transform then has nothing left to resize or crop; the pixels differ from
+      the reference's only by the rounding of Pillow's two 8-bit passes, which it may run in the
+      other order for the smaller output (bound tested in tests/test_image_bounds.py);
+    - without `crop` (a squash, a longest-side resize with padding, or a transform this module
+      does not know: they need the whole picture) it raises `ImageDecodeError`.
     """
     width, height = image.size
+    if max(width, height) <= MAX_ASPECT_RATIO * min(width, height):
+        return image
     if crop:
-        if image.size == (size, size):
-            return image
         return _finish_draft(image, (0, 0, width, height), size, crop=True)
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ImageDecodeError(
-            f"{width}x{height} pixels is more elongated than {MAX_ASPECT_RATIO}:1, which this "
-            "model's preprocessing (it scales the whole picture) cannot take"
-        )
-    return image
+    raise ImageDecodeError(
+        f"{width}x{height} pixels is more elongated than {MAX_ASPECT_RATIO}:1, which this "
+        "model's preprocessing (it scales the whole picture) cannot take"
+    )
 
 
 class _PillowLimits:
