@@ -11,7 +11,7 @@ import io
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -204,7 +204,7 @@ class _PillowLimits:
 _PILLOW_LIMITS = _PillowLimits()
 
 
-def pillow_limits(max_pixels: int):
+def pillow_limits(max_pixels: int) -> AbstractContextManager[None]:
     """A context in which Pillow opens and decodes any image of up to `max_pixels` pixels and
     PNG metadata chunks (ICC profiles) of up to `MAX_METADATA_CHUNK` bytes (`_PillowLimits`).
     For code that opens images itself before `load_image` (the server's upload check)."""
