@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from searchengine.errors import InvalidInputError
+from searchengine.images import fit_for_model
 from searchengine.models import ModelSpec, build_model, parse_model_spec
 from searchengine.settings import EncoderSettings
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,13 @@ class Encoder:
     def load(cls, spec: str | ModelSpec, settings: EncoderSettings = EncoderSettings()) -> Encoder:
         """Parse `spec` (a `--model` value) and load it."""
         return cls(parse_model_spec(spec) if isinstance(spec, str) else spec, settings)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """Upright RGB PIL image -> (3, H, W) float32 tensor: `preprocess(image)`, with every
+        intermediate image bounded whatever the aspect ratio (`images.fit_for_model`: the centre
+        square is cropped before it is scaled). Raises `ImageDecodeError` for a picture more
+        elongated than `images.MAX_ASPECT_RATIO` when the transform needs the whole of it."""
+        return self.preprocess(fit_for_model(image, self.image_size, crop=self.draft_crop))
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """(n, 3, H, W) preprocessed float tensor -> (n, d) float32 unit vectors."""

@@ -22,7 +22,12 @@ from searchengine import ingest
 from searchengine.catalog import Catalog
 from searchengine.catalog.store import ModelRow
 from searchengine.encoder import Encoder
-from searchengine.errors import IndexMismatchError, InvalidInputError, NotIndexedError
+from searchengine.errors import (
+    ImageDecodeError,
+    IndexMismatchError,
+    InvalidInputError,
+    NotIndexedError,
+)
 from searchengine.models import parse_model_spec
 from searchengine.queries import (
     ImageQuery,
@@ -432,8 +437,11 @@ class Engine:
         """(1, d) float32 unit vector of a PIL image: the one place a query image becomes the
         model's pixels."""
         encoder = self.encoder(model)
-        pixels = encoder.preprocess(image.convert("RGB")).unsqueeze(0)  # (1, 3, H, W) float
-        return encoder.encode_images(pixels)
+        try:
+            pixels = encoder.pixels(image.convert("RGB"))  # (3, H, W), every intermediate bounded
+        except ImageDecodeError as error:  # e.g. too elongated for a squash or padding model
+            raise InvalidInputError(f"this image cannot be embedded: {error}") from error
+        return encoder.encode_images(pixels.unsqueeze(0))
 
     def embed_image(self, image, model: str | None = None) -> np.ndarray:
         """(1, d) float32 unit vector of a PIL image (uploads, tests)."""

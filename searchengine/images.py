@@ -8,13 +8,16 @@ anything but `ImageDecodeError` for a bad file.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from searchengine.errors import ImageDecodeError
 
@@ -25,6 +28,14 @@ _MODEL = 0x0110
 _ORIENTATION = 0x0112
 # Formats we accept after sniffing the content (the file name is never trusted).
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "HEIF", "AVIF"})
+# Largest decompressed PNG metadata chunk (iCCP colour profile, zTXt/iTXt text) read while
+# decoding; Pillow's own limit (1 MB) skips valid photos whose ICC profile is larger.
+MAX_METADATA_CHUNK = 16 * 1024 * 1024
+MAX_ASPECT_RATIO = 100
+"""The most elongated picture (long side / short side) a model transform is given whole
+(`fit_for_model`): beyond it a shortest-side resize and centre crop gets only the centre square,
+cut out before it is scaled, and any other transform skips the file (a squashed 100:1 strip
+shows nothing recognisable)."""
 
 
 def _register_heif() -> bool:
@@ -65,14 +76,17 @@ def load_image(
     pixels at a fraction of the cost (the bound is tested in tests/test_images.py). With `crop`
     as well, that resize yields only the centred `target_size` square a centre crop would keep,
     for models whose preprocessing is exactly that resize and crop (`Encoder.draft_crop`); it
-    skips a quarter of the resize work on a 4:3 photo. Other images are returned whole either way.
-    Alpha is composited over white. Raises `ImageDecodeError` with the reason for any bad file.
+    skips a quarter of the resize work on a 4:3 photo. Other images are returned whole either way
+    (`fit_for_model` then bounds what the model's transform makes of them).
+    Alpha is composited over white. `max_pixels` alone decides what is too large: Pillow's own
+    process-wide ceiling (179 MP by default) is raised to it meanwhile (`pillow_limits`).
+    Raises `ImageDecodeError` with the reason for any bad file.
     """
     data = _read_bytes(source) if isinstance(source, Path) else source
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with pillow_limits(max_pixels), warnings.catch_warnings():
             # `max_pixels` is checked below, before any pixel is decoded. Pillow's own warning
             # (at a fixed 89 MP) must not skip a 100 MP camera photo that the setting allows.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -97,10 +111,104 @@ def load_image(
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (content not recognised)") from None
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"possible decompression bomb: {error}") from None
+    except Image.DecompressionBombError as error:  # Pillow's ceiling is at least max_pixels
+        raise ImageDecodeError(
+            f"over the limit of {max_pixels} pixels (possible decompression bomb): {error}"
+        ) from None
     except (OSError, SyntaxError, ValueError, IndexError, EOFError) as error:
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
+
+
+def fit_for_model(image: Image.Image, size: int, *, crop: bool) -> Image.Image:
+    """`image`, ready for a model transform with input side `size`, such that no image that
+    transform builds holds more than `MAX_ASPECT_RATIO` x `size` x `size` pixels (15 MB at 224),
+    whatever the picture's aspect ratio.
+
+    Up to `MAX_ASPECT_RATIO`:1, `image` is returned as it is: the transform's own intermediate
+    stays within that bound and its tensor is open_clip's own, exactly. A more elongated picture
+    would cost a shortest-side resize of its whole length first (a 200000x1 strip: 38 GB at
+    224 px), so:
+
+    - with `crop` (the transform is a bicubic shortest-side resize to `size`, then a centre crop
+      of that square: `Encoder.draft_crop`) only the centred square the crop keeps is resized,
+      from the source pixels and at the resize's own scale (`_finish_draft` over the whole
+      picture). The transform then has nothing left to resize or crop; the pixels differ from
+      the reference's only by the rounding of Pillow's two 8-bit passes, which it may run in the
+      other order for the smaller output (bound tested in tests/test_image_bounds.py);
+    - without `crop` (a squash, a longest-side resize with padding, or a transform this module
+      does not know: they need the whole picture) it raises `ImageDecodeError`.
+    """
+    width, height = image.size
+    if max(width, height) <= MAX_ASPECT_RATIO * min(width, height):
+        return image
+    if crop:
+        return _finish_draft(image, (0, 0, width, height), size, crop=True)
+    raise ImageDecodeError(
+        f"{width}x{height} pixels is more elongated than {MAX_ASPECT_RATIO}:1, which this "
+        "model's preprocessing (it scales the whole picture) cannot take"
+    )
+
+
+class _PillowLimits:
+    """Pillow's process-wide limits, raised while any `load_image` call runs and put back after
+    the last one ends, so that outside our decoding they are whatever the program set.
+
+    `Image.MAX_IMAGE_PIXELS`: Pillow refuses images over twice this (178,956,970 pixels by
+    default) on its own, in `Image.open` and while loading GIF frames, TIFF tiles, WebP and MPO,
+    before `max_pixels` is checked. It is raised to half the largest `max_pixels` in use, so that
+    `max_pixels` alone decides (`load_image` checks it from the header). Another thread's
+    Pillow calls see the raised value while a decode runs; never a lower one.
+
+    `PngImagePlugin.MAX_TEXT_CHUNK` (1 MB): raised to `MAX_METADATA_CHUNK`, so that a PNG with a
+    2 MB ICC profile decodes; a larger chunk is still refused, and `MAX_TEXT_MEMORY` (64 MB by
+    default, never lowered) still bounds all text chunks of a file together.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: list[int] = []  # max_pixels of every call in progress
+        self._saved: tuple[int | None, int, int] = (None, 0, 0)
+
+    @contextmanager
+    def scope(self, max_pixels: int) -> Iterator[None]:
+        with self._lock:
+            if not self._active:
+                self._saved = (
+                    Image.MAX_IMAGE_PIXELS,
+                    PngImagePlugin.MAX_TEXT_CHUNK,
+                    PngImagePlugin.MAX_TEXT_MEMORY,
+                )
+            self._active.append(max_pixels)
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.remove(max_pixels)
+                if self._active:
+                    self._apply()
+                else:
+                    pixels, chunk, memory = self._saved
+                    Image.MAX_IMAGE_PIXELS = pixels
+                    PngImagePlugin.MAX_TEXT_CHUNK = chunk
+                    PngImagePlugin.MAX_TEXT_MEMORY = memory
+
+    def _apply(self) -> None:
+        pixels, chunk, memory = self._saved
+        if pixels is not None:  # None: the program turned Pillow's check off; keep it off
+            Image.MAX_IMAGE_PIXELS = max(pixels, -(-max(self._active) // 2))
+        PngImagePlugin.MAX_TEXT_CHUNK = max(chunk, MAX_METADATA_CHUNK)
+        PngImagePlugin.MAX_TEXT_MEMORY = max(memory, MAX_METADATA_CHUNK)
+
+
+_PILLOW_LIMITS = _PillowLimits()
+
+
+def pillow_limits(max_pixels: int) -> AbstractContextManager[None]:
+    """A context in which Pillow opens and decodes any image of up to `max_pixels` pixels and
+    PNG metadata chunks (ICC profiles) of up to `MAX_METADATA_CHUNK` bytes (`_PillowLimits`).
+    For code that opens images itself before `load_image` (the server's upload check)."""
+    return _PILLOW_LIMITS.scope(max_pixels)
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -22,7 +22,7 @@ import numpy as np
 from searchengine.catalog import Catalog, NewImage, Skip, StoredFile
 from searchengine.errors import ImageDecodeError, InvalidInputError
 from searchengine.hashing import content_hash
-from searchengine.images import ImageInfo, load_image
+from searchengine.images import ImageInfo, fit_for_model, load_image
 from searchengine.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ class DecodeDataset:
     ):
         self.files = files
         self.preprocess = preprocess
+        self.model_size = target_size
         self.target_size = target_size if settings.draft else None
         self.crop = crop  # `preprocess` centre-crops to target_size: drafts may be resized to it
         self.max_pixels = settings.max_pixels
@@ -178,7 +179,7 @@ class DecodeDataset:
             image, info = load_image(
                 data, target_size=self.target_size, crop=self.crop, max_pixels=self.max_pixels
             )
-            pixels = self.preprocess(image)
+            pixels = self.preprocess(fit_for_model(image, self.model_size, crop=self.crop))
         except ImageDecodeError as error:
             return Decoded(stat, digest, None, None, str(error))
         return Decoded(stat, digest, info, pixels, None)

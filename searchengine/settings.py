@@ -50,7 +50,8 @@ class IngestSettings:
     """Decode JPEGs at a reduced DCT scale (libjpeg, 1/2 to 1/8) when they are much larger than the
     model's input; pixels move by a bounded amount (see docs/preprocessing.md)."""
     max_pixels: int = 200_000_000
-    """Images with more pixels than this are skipped as possible decompression bombs."""
+    """Images with more pixels than this are skipped as possible decompression bombs (this limit
+    decides, also above Pillow's own 179 MP ceiling: `images.pillow_limits`)."""
     save_every: int = 20
     """Batches between atomic saves of the vector index during a run (the catalog commits every
     batch, so a crash never loses finished batches; the index is re-synced from it on open)."""

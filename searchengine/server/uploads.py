@@ -12,7 +12,7 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from searchengine.errors import ImageDecodeError
-from searchengine.images import ACCEPTED_FORMATS, load_image
+from searchengine.images import ACCEPTED_FORMATS, load_image, pillow_limits
 from searchengine.server.errors import ApiError
 
 _UNSAFE = re.compile(r"[^\w .,()+-]")
@@ -48,7 +48,7 @@ def read_upload(stream: BinaryIO, filename: str | None, *, max_bytes: int,
 def _check_header(data: bytes, max_pixels: int) -> None:
     """Format and size from the header alone, before any pixel is decoded."""
     try:
-        with warnings.catch_warnings():
+        with pillow_limits(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 found, (width, height) = image.format, image.size
