@@ -1,7 +1,7 @@
 """Ingestion: folders -> changed files -> decode (worker processes) -> encoder -> catalog + index.
 
 `scan` and `plan` decide what to do without touching the model; `DecodeDataset` runs in
-DataLoader workers so that decoding hides behind the model; `Ingester.run` writes each batch to
+DataLoader workers so that decoding hides behind the model; `embed_files` writes each batch to
 the catalog in one transaction (so an interrupted run resumes after its last finished batch) and
 to the vector index.
 """
@@ -303,15 +303,6 @@ def check_roots(paths: list[Path]) -> list[Path]:
             raise InvalidInputError(f"{path} does not exist; give an existing file or folder")
         roots.append(resolved)
     return roots
-
-
-def vectors_from_blobs(blobs: list[bytes]) -> np.ndarray:
-    """(n, d) float32 from stored vector bytes."""
-    return np.vstack([np.frombuffer(b, dtype=np.float32) for b in blobs])
-
-
-def elapsed_since(start: float) -> float:
-    return time.perf_counter() - start
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
 )
-
-
-def default_home() -> Path:
-    """`$SEARCHENGINE_HOME` when set, else `./indexes` (the checkout's git-ignored folder)."""
-    return Path(os.environ.get("SEARCHENGINE_HOME") or "indexes")
 
 
 @dataclass(frozen=True)
@@ -58,14 +52,6 @@ class IngestSettings:
     """File name endings that are treated as images (case-insensitive)."""
     follow_symlinks: bool = False
     """Walk into symbolic links to folders (off: avoids cycles and escapes)."""
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    k: int = 10
-    """Number of hits returned."""
-    templates: str = "ensemble"
-    """Zero-shot prompts: `single` ("a photo of a {label}.") or `ensemble` (several, averaged)."""
 
 
 def passive_openmp_waits() -> bool:
