@@ -235,15 +235,15 @@ def run_demo(
     home = Path(home)
     folder = home / "demo"
     if not (folder / "scenes.csv").is_file() or len(read_scene_attributes(folder)) != n:
-        write_collection(folder, n, seed=seed, split="heldout", workers=2)
+        write_collection(folder, n, seed=seed, split="heldout", workers=2, progress=progress)
     with Engine.open(home) as engine:
         indexed = engine.index([folder / "images"], model=model, progress=progress)
         engine.add_texts(folder / "captions.csv", column="caption", text_set=DEMO_TEXT_SET,
-                         model=model)
+                         model=model, progress=progress)
         queries = _example_queries(engine, folder, model)
         data = read_caption_dataset(folder)
         recall = benchmark.measure_recall(engine, data, model=model,
-                                          settings=benchmark.RecallSettings())
+                                          settings=benchmark.RecallSettings(), progress=progress)
     return DemoReport(folder=folder, model=model, indexed=indexed, queries=queries,
                       recall=recall)
 

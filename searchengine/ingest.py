@@ -23,6 +23,7 @@ from searchengine.catalog import Catalog, NewImage, Skip, StoredFile
 from searchengine.errors import ImageDecodeError, InvalidInputError
 from searchengine.hashing import content_hash
 from searchengine.images import ImageInfo, load_image
+from searchengine.progress import progress_bar
 from searchengine.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -329,13 +330,11 @@ def embed_files(
     A file whose content hash already has a vector of this model reuses it (renames, moves,
     duplicates) instead of running the model.
     """
-    from tqdm import tqdm
-
     dataset = DecodeDataset(
         files, encoder.preprocess, encoder.image_size, settings, crop=encoder.draft_crop
     )
     totals = np.zeros(3, dtype=np.int64)  # embedded, reused, skipped
-    bar = tqdm(total=len(files), unit="img", disable=not progress, dynamic_ncols=True, desc="index")
+    bar = progress_bar(len(files), desc="index", unit="img", enabled=progress)
     try:
         for number, batch in enumerate(decoded_batches(dataset, settings), start=1):
             result = _store_batch(catalog, encoder, space, batch)

@@ -7,6 +7,9 @@ import sys
 from dataclasses import dataclass, field
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+DEFAULT_HOME = "indexes"
+"""The home folder (catalog + vector indexes) when neither --home nor $SEARCHENGINE_HOME names one:
+relative to the working directory (the checkout's git-ignored `indexes/`)."""
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
 )
