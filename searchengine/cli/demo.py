@@ -74,7 +74,7 @@ def scene_recall_command(folder: Path, model: str, as_json: bool) -> None:
     """
     from searchengine.demo import evaluate_scenes
 
-    report = evaluate_scenes(model, folder)
+    report = evaluate_scenes(model, folder, progress=show_progress(as_json))
     if as_json:
         echo_json(report.as_dict())
         return
