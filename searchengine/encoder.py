@@ -96,8 +96,15 @@ class Encoder:
             return
         wider = self.tokenizer([texts[i] for i in full], context_length=context + 1)
         cut = [texts[i] for i, row in zip(full, wider, strict=True) if row[-1] != pad]
-        if cut:
-            example = cut[0] if len(cut[0]) <= 80 else cut[0][:77] + "..."
+        if not cut:
+            return
+        example = cut[0] if len(cut[0]) <= 80 else cut[0][:77] + "..."
+        if len(texts) == 1:
+            log.warning(
+                "the text is longer than the model's context of %d tokens and was cut to it "
+                "(the end is not searched): %r", context, example,
+            )
+        else:
             log.warning(
                 "%d of %d texts are longer than the model's context of %d tokens and were cut "
                 "to it (the end is not searched), e.g. %r",

@@ -61,9 +61,11 @@ def test_a_text_cut_to_the_context_is_a_warning(tiny_encoder, caplog):
         tiny_encoder.encode_texts([fits, "a red circle"])
         assert not caplog.records
         tiny_encoder.encode_texts([fits, cut, "a red circle"])
-    assert len(caplog.records) == 1
+        tiny_encoder.encode_texts([cut])  # a query
+    assert len(caplog.records) == 2
     message = caplog.records[0].getMessage()
     assert f"1 of 3 texts are longer than the model's context of {context} tokens" in message
+    assert "the text is longer than the model's context" in caplog.records[1].getMessage()
 
 
 def test_random_weights_are_seeded(tiny_encoder):
