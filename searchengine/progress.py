@@ -7,6 +7,7 @@ and pipes get the one-line summary alone.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -39,3 +40,18 @@ def terminal_size(stream) -> tuple[int, int]:
     except (AttributeError, OSError, ValueError):
         return 0, 0
     return size.columns, size.lines
+
+
+class LogAboveBars(logging.StreamHandler):
+    """A stderr log handler that prints each line above the progress bars on screen (tqdm's
+    `write`: clear the bars, print, redraw them) instead of through the middle of a bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_module = sys.modules.get("tqdm")
+        if tqdm_module is None:  # no bar can be on screen yet
+            super().emit(record)
+            return
+        try:
+            tqdm_module.tqdm.write(self.format(record), file=self.stream)
+        except (OSError, ValueError):  # a closed or broken stream, as StreamHandler tolerates
+            self.handleError(record)

@@ -231,3 +231,24 @@ def _command(name: str) -> click.Command:
     for part in name.split():
         target = target.commands[part]
     return target
+
+
+def test_log_lines_print_above_a_running_bar_not_through_it():
+    import io
+
+    from tqdm import tqdm
+
+    from searchengine.progress import LogAboveBars
+
+    screen = io.StringIO()
+    bar = tqdm(total=10, file=screen, ncols=60, desc="index", mininterval=0)
+    bar.update(3)
+    handler = LogAboveBars(screen)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.emit(logging.LogRecord("searchengine.x", logging.WARNING, __file__, 1, "a file was "
+                                   "skipped", None, None))
+    bar.close()
+    before, _, after = screen.getvalue().partition("WARNING searchengine.x: a file was skipped\n")
+    assert after, screen.getvalue()  # the line ends where the bar was, on a line of its own
+    assert re.search(r"\r +\r$", before), repr(before)  # the bar's line blanked first
+    assert "3/10" in after  # the bar is drawn again below the line

@@ -38,7 +38,9 @@ def configure_logging(verbose: int) -> None:
     """Warnings only by default. -v shows the engine's own INFO log (`searchengine.*`), -vv its
     DEBUG log; other libraries (Alembic's migration notes, FAISS's loader, open_clip) stay at
     WARNING until -vvv (INFO) and -vvvv (DEBUG)."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    from searchengine.progress import LogAboveBars
+
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", handlers=[LogAboveBars()])
     if not verbose:
         return  # the root logger's own default, WARNING, holds for everything
     own = max(logging.WARNING - 10 * verbose, logging.DEBUG)
