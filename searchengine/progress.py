@@ -12,8 +12,8 @@ import os
 import sys
 
 FALLBACK_SIZE = (80, 24)
-"""Columns and rows assumed on a terminal that reports a size of 0 (a fresh pty, `script`, some
-CI runners, `docker exec -t`): tqdm would take that size and draw nothing at all."""
+"""Columns and rows assumed on a terminal that reports a size of 0 (a fresh pty that nobody sized,
+as under `script` or a test harness): tqdm would take that size and draw nothing at all."""
 
 
 def progress_bar(total: int, *, desc: str, unit: str, enabled: bool, initial: int = 0):
