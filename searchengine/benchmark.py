@@ -164,21 +164,27 @@ def curve(text_ranks: np.ndarray, image_ranks_: np.ndarray, max_k: int) -> Recal
 
 
 def measure_recall(
-    engine, dataset: CaptionDataset, *, model: str | None = None, settings: RecallSettings
+    engine,
+    dataset: CaptionDataset,
+    *,
+    model: str | None = None,
+    settings: RecallSettings,
+    progress: bool = False,
 ) -> RecallReport:
     """Index `dataset` with `engine` (incrementally), then measure exact and index recall.
+    With `progress`, indexing and caption embedding draw bars on stderr.
 
     Images the engine cannot read are left out with their captions (counted in the report). The
     engine's home must hold no other images for this model: they would compete in the search.
     """
     if not settings.ks or min(settings.ks) < 1:
         raise InvalidInputError(f"k values must be positive integers, got {settings.ks}")
-    images, text_to_image, rows = _index_images(engine, dataset, model, settings)
+    images, text_to_image, rows = _index_images(engine, dataset, model, settings, progress)
     captions = [dataset.captions[i] for i in rows]
     # Open the text space (with the asked kind) before adding texts: the index is then loaded
     # before the first vectors reach the catalog, so none is added to it twice.
     engine.space(model, "text", create=True, kind=settings.index_kind).index  # noqa: B018
-    text_set, text_ids = _add_captions(engine, captions, model)  # (n_texts,) catalog text ids
+    text_set, text_ids = _add_captions(engine, captions, model, progress)  # (n_texts,) text ids
     unique_text_ids, text_column = np.unique(text_ids, return_inverse=True)
     image_vectors = _vectors_for(engine, "image", images, model)
     unique_text_vectors = _vectors_for(engine, "text", unique_text_ids, model)
@@ -212,14 +218,15 @@ def measure_recall(
 
 
 def _index_images(
-    engine, dataset: CaptionDataset, model: str | None, settings: RecallSettings
+    engine, dataset: CaptionDataset, model: str | None, settings: RecallSettings,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index the images; (image ids (n,), caption owners (t,) into them, caption rows (t,)).
 
     Captions of images the engine could not read are dropped (`rows` are the kept caption rows).
     """
     image_ids, kept = _indexed_ids(engine, dataset.images, model, settings.ingest,
-                                   index_kind=settings.index_kind)
+                                   index_kind=settings.index_kind, progress=progress)
     stored, _ = engine.vectors("image", model=model)
     if len(np.setdiff1d(stored, image_ids)):
         raise InvalidInputError(
@@ -239,12 +246,15 @@ def _indexed_ids(
     ingest: IngestSettings,
     *,
     index_kind: str | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """Index `images` (files); (catalog ids (n,) int64, positions in `images` they belong to).
 
     Files the engine skips (unreadable, not images) are left out; none readable is an error.
     """
-    engine.index(list(images), model=model, settings=ingest, index_kind=index_kind)
+    engine.index(
+        list(images), model=model, settings=ingest, index_kind=index_kind, progress=progress
+    )
     media = engine.media_ids_by_path(list(images))
     keys = [str(Path(path).expanduser().absolute()) for path in images]
     kept = [i for i, key in enumerate(keys) if key in media]
@@ -271,7 +281,9 @@ def _to_columns(hit_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[where], -1).astype(np.int64)
 
 
-def _add_captions(engine, captions: list[str], model: str | None) -> tuple[str, np.ndarray]:
+def _add_captions(
+    engine, captions: list[str], model: str | None, progress: bool = False
+) -> tuple[str, np.ndarray]:
     """Store the distinct captions as a text set named by their content (so a reused home holds
     exactly these in it); returns (set name, (n,) int64 text id per caption)."""
     distinct = list(dict.fromkeys(captions))
@@ -283,7 +295,9 @@ def _add_captions(engine, captions: list[str], model: str | None) -> tuple[str, 
             writer = csv.writer(handle)
             writer.writerow(["caption"])
             writer.writerows([caption] for caption in distinct)
-        engine.add_texts(table, column="caption", text_set=text_set, model=model)
+        engine.add_texts(
+            table, column="caption", text_set=text_set, model=model, progress=progress
+        )
     ids = engine.text_ids(text_set)
     missing = [caption for caption in distinct if caption not in ids]
     if missing:
@@ -376,9 +390,12 @@ def measure_zero_shot(
     template_sets: Sequence[str] = ("single", "ensemble"),
     ks: Sequence[int] = (1, 5),
     ingest: IngestSettings | None = None,
+    progress: bool = False,
 ) -> ZeroShotReport:
-    """Index the folder's images with `engine`, classify each by its labels, per template set."""
-    ids, kept = _indexed_ids(engine, folder.images, model, ingest or IngestSettings())
+    """Index the folder's images with `engine`, classify each by its labels, per template set
+    (with `progress`, indexing draws a bar on stderr)."""
+    ids, kept = _indexed_ids(engine, folder.images, model, ingest or IngestSettings(),
+                             progress=progress)
     image_vectors = _vectors_for(engine, "image", ids, model)
     targets = folder.image_labels[kept]
     encoder = engine.encoder(model=model)

@@ -64,9 +64,11 @@ class SceneRecall:
 
 def evaluate_scenes(
     model: str, folder: str | Path, *, ks: tuple[int, ...] = (1, 5, 10), batch_size: int = 256,
+    progress: bool = False,
 ) -> SceneRecall:
     """Exact recall@k of `model` (a `--model` spec) on the scene collection in `folder`
-    (images/, captions.csv, scenes.csv as written by `scenes.write_collection`)."""
+    (images/, captions.csv, scenes.csv as written by `scenes.write_collection`); with `progress`,
+    a bar on stderr counts the images embedded."""
     from searchengine.encoder import Encoder
 
     folder = Path(folder)
@@ -75,7 +77,7 @@ def evaluate_scenes(
     captions, text_to_image = read_scene_captions(folder / "captions.csv", names)
     encoder = Encoder.load(model)
     paths = [folder / "images" / n for n in names]
-    image_embeddings = encode_image_files(encoder, paths, batch_size)
+    image_embeddings = encode_image_files(encoder, paths, batch_size, progress=progress)
     text_embeddings = np.concatenate([  # (n_texts, d)
         encoder.encode_texts(captions[i:i + batch_size])
         for i in range(0, len(captions), batch_size)
@@ -137,18 +139,25 @@ def read_scene_captions(
     return captions, np.array(owners, dtype=np.int64)
 
 
-def encode_image_files(encoder, paths: list[Path], batch_size: int) -> np.ndarray:
+def encode_image_files(
+    encoder, paths: list[Path], batch_size: int, *, progress: bool = False
+) -> np.ndarray:
     """(n, d) float32 unit vectors of the image files, through the encoder's own preprocess."""
     import torch
     from PIL import Image
 
+    from searchengine.progress import progress_bar
+
     chunks = []
+    bar = progress_bar(len(paths), desc="embed", unit="img", enabled=progress)
     for start in range(0, len(paths), batch_size):
         pixels = []
         for path in paths[start:start + batch_size]:
             with Image.open(path) as image:
                 pixels.append(encoder.preprocess(image.convert("RGB")))
         chunks.append(encoder.encode_images(torch.stack(pixels)))
+        bar.update(len(pixels))
+    bar.close()
     return np.concatenate(chunks)
 
 
@@ -235,15 +244,15 @@ def run_demo(
     home = Path(home)
     folder = home / "demo"
     if not (folder / "scenes.csv").is_file() or len(read_scene_attributes(folder)) != n:
-        write_collection(folder, n, seed=seed, split="heldout", workers=2)
+        write_collection(folder, n, seed=seed, split="heldout", workers=2, progress=progress)
     with Engine.open(home) as engine:
         indexed = engine.index([folder / "images"], model=model, progress=progress)
         engine.add_texts(folder / "captions.csv", column="caption", text_set=DEMO_TEXT_SET,
-                         model=model)
+                         model=model, progress=progress)
         queries = _example_queries(engine, folder, model)
         data = read_caption_dataset(folder)
         recall = benchmark.measure_recall(engine, data, model=model,
-                                          settings=benchmark.RecallSettings())
+                                          settings=benchmark.RecallSettings(), progress=progress)
     return DemoReport(folder=folder, model=model, indexed=indexed, queries=queries,
                       recall=recall)
 

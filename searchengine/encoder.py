@@ -79,16 +79,46 @@ class Encoder:
         Sentences are tokenised to the model's context (77 tokens for CLIP) but encoded only up to
         the longest one in the batch: the text tower's attention is causal and it pools at the
         end-of-text token, so padding after it cannot change the result (tested against the full
-        context), and a 10-token query costs a seventh of the full context.
+        context), and a 10-token query costs a seventh of the full context. Longer sentences are
+        cut to the context, with a warning through logging.
         """
         import torch
 
         if not texts or any(not text.strip() for text in texts):
             raise InvalidInputError("empty text: give at least one non-blank sentence")
-        tokens = self.tokenizer(texts).to(self.device)
+        tokens = self.tokenizer(texts)
+        self._warn_if_cut(texts, tokens)
+        tokens = tokens.to(self.device)
         with torch.inference_mode():
             features = self._encode_tokens(tokens)
         return features.float().cpu().numpy()
+
+    def _warn_if_cut(self, texts: list[str], tokens: torch.Tensor) -> None:
+        """Log a warning when a text of (n, context) int64 `tokens` was cut to the context.
+
+        A row is full (no padding at its end) when the text fits exactly or was cut; only those
+        rows are tokenised again one token wider to tell which."""
+        context = tokens.shape[1]
+        pad = int(self.tokenizer(["a"])[0, -1])  # what follows a short text: 0 for CLIP's BPE
+        full = [i for i in range(len(texts)) if tokens[i, -1] != pad]
+        if not full:
+            return
+        wider = self.tokenizer([texts[i] for i in full], context_length=context + 1)
+        cut = [texts[i] for i, row in zip(full, wider, strict=True) if row[-1] != pad]
+        if not cut:
+            return
+        example = cut[0] if len(cut[0]) <= 80 else cut[0][:77] + "..."
+        if len(texts) == 1:
+            log.warning(
+                "the text is longer than the model's context of %d tokens and was cut to it "
+                "(the end is not searched): %r", context, example,
+            )
+        else:
+            log.warning(
+                "%d of %d texts are longer than the model's context of %d tokens and were cut "
+                "to it (the end is not searched), e.g. %r",
+                len(cut), len(texts), context, example,
+            )
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(n, context) int64 tokens -> (n, d) unit vectors, truncating trailing padding."""

@@ -175,6 +175,14 @@ class Engine:
         log.info(
             "%d files found, %d to embed, %d gone", scanned, len(work.to_embed), len(work.vanished)
         )
+        if scanned == 0:
+            log.warning(
+                "no image files under %s: an image is a file named *%s (any case); hidden files "
+                "and folders (names starting with '.') are skipped%s",
+                ", ".join(map(str, roots)),
+                ", *".join(settings.extensions),
+                "" if settings.follow_symlinks else ", links to folders are not followed",
+            )
         result = ingest.BatchResult(0, 0, 0)
         if work.to_embed:
             encoder = self.encoder(model)
@@ -251,8 +259,10 @@ class Engine:
         text_set: str = "default",
         model: str | None = None,
         batch_size: int = 64,
+        progress: bool = False,
     ) -> AddTextsReport:
-        """Add texts to a named set and embed every text that lacks a vector of `model`.
+        """Add texts to a named set and embed every text that lacks a vector of `model` (a bar on
+        stderr with `progress`).
 
         `texts`: the texts themselves (any iterable of str; blanks dropped); or `source`: a
         CSV/TSV or Parquet file (its `column`) or a .txt file (one text per line). A str or Path
@@ -266,11 +276,17 @@ class Engine:
             raise InvalidInputError("give either the texts or source=FILE, not both or neither")
         rows = clean_texts(texts) if texts is not None else read_texts(Path(source), column=column)
         added = self.catalog.add_texts(text_set, rows)
-        embedded = self.embed_texts(model, batch_size=batch_size)
+        embedded = self.embed_texts(model, batch_size=batch_size, progress=progress)
         return AddTextsReport(text_set, len(rows), added, embedded, self.model_id_of(model))
 
-    def embed_texts(self, model: str | None = None, *, batch_size: int = 64) -> int:
-        """Embed all catalogued texts that have no vector of `model` yet; returns how many."""
+    def embed_texts(
+        self, model: str | None = None, *, batch_size: int = 64, progress: bool = False
+    ) -> int:
+        """Embed all catalogued texts that have no vector of `model` yet; returns how many.
+
+        With `progress`, a bar on stderr counts the texts, with their rate and the time left."""
+        from searchengine.progress import progress_bar
+
         space = self.space(model, "text", create=True)
         pending = self.catalog.texts_without_vector(space.model.id)
         if not pending:
@@ -278,12 +294,15 @@ class Engine:
                 space.save()
             return 0
         encoder = self.encoder(model)
+        bar = progress_bar(len(pending), desc="add-texts", unit="text", enabled=progress)
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             ids = np.array([i for i, _ in chunk], dtype=np.int64)
             vectors = encoder.encode_texts([t for _, t in chunk])  # (b, d) float32 unit
             self.catalog.write_text_vectors(space.model.id, ids, vectors)
             space.add(ids, vectors)
+            bar.update(len(chunk))
+        bar.close()
         space.retrain_if_needed()
         space.save()
         return len(pending)
@@ -332,7 +351,19 @@ class Engine:
         model: str | None = None,
         offset: int = 0,
     ) -> SearchResult:
-        """Image -> text: the `k` texts (of one set, or all) that best describe the image."""
+        """Image -> text: the `k` texts (of one set, or all) that best describe the image.
+
+        A home without texts, or without text vectors of `model`, is an error that names
+        `add-texts` (never an empty answer)."""
+        if not self.catalog.text_sets():
+            raise NotIndexedError(
+                f"{self.home} holds no texts to look up; add a text set first with "
+                f"`searchengine add-texts FILE.csv --column caption --set NAME --home {self.home}`"
+            )
+        spec_id = self.model_id_of(model)
+        row = self.catalog.find_model(spec_id)
+        if row is None or not self.catalog.count_vectors("text", row.id):
+            raise NotIndexedError(self._not_indexed_message(spec_id, "text"))
         space = self.space(model, "text")
         allowed = None
         if text_set is not None:
@@ -535,22 +566,33 @@ class Engine:
             skipped=[(s.path, s.reason) for s in self.catalog.skipped()],
         )
 
-    def check(self, *, repair: bool = False) -> CheckReport:
-        """Does every index file agree with the catalog? With `repair`, rebuild those that don't."""
+    def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:
+        """Does every index file agree with the catalog? With `repair`, rebuild those that don't.
+
+        With `progress`, a bar on stderr counts the catalog's vectors of the spaces checked."""
+        from searchengine.progress import progress_bar
+
         checks = []
-        for row in self.catalog.models():
-            for modality in ("image", "text"):
-                if self.catalog.get_setting(_kind_key(row.spec, modality)) is None:
-                    continue
-                space = VectorSpace(
-                    self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
-                )
+        spaces = [
+            (row, modality)
+            for row in self.catalog.models()
+            for modality in ("image", "text")
+            if self.catalog.get_setting(_kind_key(row.spec, modality)) is not None
+        ]
+        counts = [self.catalog.count_vectors(modality, row.id) for row, modality in spaces]
+        bar = progress_bar(sum(counts), desc="check", unit="vector", enabled=progress)
+        for (row, modality), count in zip(spaces, counts, strict=True):
+            space = VectorSpace(
+                self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
+            )
+            result = space.check()
+            if repair and not result.ok:
+                space.index = space.rebuild(reason=result.problem or "out of sync")
+                self._spaces.pop((row.spec, modality), None)
                 result = space.check()
-                if repair and not result.ok:
-                    space.index = space.rebuild(reason=result.problem or "out of sync")
-                    self._spaces.pop((row.spec, modality), None)
-                    result = space.check()
-                checks.append(result)
+            checks.append(result)
+            bar.update(count)
+        bar.close()
         return CheckReport(checks, repaired=repair)
 
     def models(self) -> list[ModelRow]:

@@ -1,7 +1,7 @@
 """Ingestion: folders -> changed files -> decode (worker processes) -> encoder -> catalog + index.
 
 `scan` and `plan` decide what to do without touching the model; `DecodeDataset` runs in
-DataLoader workers so that decoding hides behind the model; `Ingester.run` writes each batch to
+DataLoader workers so that decoding hides behind the model; `embed_files` writes each batch to
 the catalog in one transaction (so an interrupted run resumes after its last finished batch) and
 to the vector index.
 """
@@ -23,6 +23,7 @@ from searchengine.catalog import Catalog, NewImage, Skip, StoredFile
 from searchengine.errors import ImageDecodeError, InvalidInputError
 from searchengine.hashing import content_hash
 from searchengine.images import ImageInfo, fit_for_model, load_image
+from searchengine.progress import progress_bar
 from searchengine.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -306,15 +307,6 @@ def check_roots(paths: list[Path]) -> list[Path]:
     return roots
 
 
-def vectors_from_blobs(blobs: list[bytes]) -> np.ndarray:
-    """(n, d) float32 from stored vector bytes."""
-    return np.vstack([np.frombuffer(b, dtype=np.float32) for b in blobs])
-
-
-def elapsed_since(start: float) -> float:
-    return time.perf_counter() - start
-
-
 @dataclass(frozen=True)
 class BatchResult:
     embedded: int
@@ -339,13 +331,11 @@ def embed_files(
     A file whose content hash already has a vector of this model reuses it (renames, moves,
     duplicates) instead of running the model.
     """
-    from tqdm import tqdm
-
     dataset = DecodeDataset(
         files, encoder.preprocess, encoder.image_size, settings, crop=encoder.draft_crop
     )
     totals = np.zeros(3, dtype=np.int64)  # embedded, reused, skipped
-    bar = tqdm(total=len(files), unit="img", disable=not progress, dynamic_ncols=True, desc="index")
+    bar = progress_bar(len(files), desc="index", unit="img", enabled=progress)
     try:
         for number, batch in enumerate(decoded_batches(dataset, settings), start=1):
             result = _store_batch(catalog, encoder, space, batch)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from searchengine.errors import InvalidInputError
+from searchengine.progress import progress_bar
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -502,8 +503,9 @@ def write_collection(
     captions_per_scene: int = 5,
     image_format: str = "jpg",
     workers: int = 1,
+    progress: bool = False,
 ) -> Path:
-    """Write `n` scenes as a collection and return `folder`.
+    """Write `n` scenes as a collection and return `folder` (a bar on stderr with `progress`).
 
     Layout (as /work/shared's flickr8k-1k): `folder/images/scene-00000.jpg`, ...;
     `folder/captions.csv` with columns `image,caption` (one row per caption, image names relative
@@ -520,6 +522,7 @@ def write_collection(
     )
     names = [f"scene-{i:05d}.{image_format}" for i in range(n)]
     jobs = [(folder / "images" / name, scene) for name, scene in zip(names, scenes, strict=True)]
+    bar = progress_bar(n, desc="scenes", unit="scene", enabled=progress)
     if workers > 1 and n > 1:
         import multiprocessing
 
@@ -527,10 +530,12 @@ def write_collection(
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with context.Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_image, jobs, chunksize=64):
-                pass
+                bar.update(1)
     else:
         for job in jobs:
             _write_image(job)
+            bar.update(1)
+    bar.close()
     with open(folder / "captions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "caption"])

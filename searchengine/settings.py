@@ -5,17 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+DEFAULT_HOME = "indexes"
+"""The home folder (catalog + vector indexes) when neither --home nor $SEARCHENGINE_HOME names one:
+relative to the working directory (the checkout's git-ignored `indexes/`)."""
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
 )
-
-
-def default_home() -> Path:
-    """`$SEARCHENGINE_HOME` when set, else `./indexes` (the checkout's git-ignored folder)."""
-    return Path(os.environ.get("SEARCHENGINE_HOME") or "indexes")
 
 
 @dataclass(frozen=True)
@@ -59,14 +56,6 @@ class IngestSettings:
     """File name endings that are treated as images (case-insensitive)."""
     follow_symlinks: bool = False
     """Walk into symbolic links to folders (off: avoids cycles and escapes)."""
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    k: int = 10
-    """Number of hits returned."""
-    templates: str = "ensemble"
-    """Zero-shot prompts: `single` ("a photo of a {label}.") or `ensemble` (several, averaged)."""
 
 
 def passive_openmp_waits() -> bool:

@@ -54,6 +54,20 @@ def test_blank_texts_are_refused(tiny_encoder, texts):
         tiny_encoder.encode_texts(texts)
 
 
+def test_a_text_cut_to_the_context_is_a_warning(tiny_encoder, caplog):
+    context = tiny_encoder.tokenizer.context_length  # 32 for se-tiny: sot + 30 words + eot
+    fits, cut = "word " * (context - 2), "word " * (context - 1)
+    with caplog.at_level("WARNING", logger="searchengine.encoder"):
+        tiny_encoder.encode_texts([fits, "a red circle"])
+        assert not caplog.records
+        tiny_encoder.encode_texts([fits, cut, "a red circle"])
+        tiny_encoder.encode_texts([cut])  # a query
+    assert len(caplog.records) == 2
+    message = caplog.records[0].getMessage()
+    assert f"1 of 3 texts are longer than the model's context of {context} tokens" in message
+    assert "the text is longer than the model's context" in caplog.records[1].getMessage()
+
+
 def test_random_weights_are_seeded(tiny_encoder):
     again = Encoder.load(TINY_MODEL, EncoderSettings(device="cpu", seed=0))
     other = Encoder.load(TINY_MODEL, EncoderSettings(device="cpu", seed=1))

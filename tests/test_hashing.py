@@ -1,4 +1,4 @@
-"""Content hashes: BLAKE3 for new rows, BLAKE2b digests from older catalogs still verified."""
+"""Content hashes: BLAKE3, the one hash of the catalog."""
 
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ def test_a_digest_matches_its_own_content_only():
     assert not content_matches(data + b"\x00", stored)
 
 
-def test_legacy_blake2b_digests_still_verify():
-    data = b"indexed before the switch to BLAKE3"
-    legacy = hashlib.blake2b(data, digest_size=20).hexdigest()
-    assert content_matches(data, legacy)
-    assert not content_matches(data + b"!", legacy)
-    assert content_hash(data) != legacy
+def test_a_blake2b_digest_of_the_same_content_does_not_match():
+    """One hash: the unreleased schema never held BLAKE2b digests, so none is recognised."""
+    data = b"indexed with BLAKE3 only"
+    assert not content_matches(data, hashlib.blake2b(data, digest_size=20).hexdigest())

@@ -22,3 +22,15 @@ def test_ruff_finds_nothing():
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_data_pattern_names_a_file():
+    """pyproject's package-data promises files (py.typed, configs, weights): each must exist."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = setuptools.get("package-dir", {})
+    for package, patterns in setuptools["package-data"].items():
+        folder = ROOT / folders.get(package, package.replace(".", "/"))
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"{package}: nothing matches {pattern!r}"

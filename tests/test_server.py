@@ -443,30 +443,6 @@ def test_files_swapped_after_indexing_are_not_served(private_home, tmp_path):
     assert_error(client.get(f"/api/images/{ids['photo_3.jpg']}"), 404, "no longer on disk")
 
 
-def test_rows_hashed_with_blake2b_before_blake3_are_still_served(private_home):
-    """Catalogs from before the BLAKE3 switch keep 40-character digests; those still verify."""
-    import hashlib
-
-    from sqlalchemy import update
-
-    from searchengine.catalog.schema import Media
-
-    engine, photos = private_home
-    kept, edited = photos / "photo_0.jpg", photos / "photo_1.jpg"
-    with engine.catalog.session() as session, session.begin():
-        for path in (kept, edited):
-            legacy = hashlib.blake2b(path.read_bytes(), digest_size=20).hexdigest()
-            session.execute(update(Media).where(Media.path == str(path))
-                            .values(content_hash=legacy))
-    data = bytearray(edited.read_bytes())
-    data[len(data) // 2] ^= 0x01  # same size, one bit flipped in the scan data
-    edited.write_bytes(bytes(data))
-    client = app_client(engine)
-    response = client.get(f"/api/images/{media_id(engine, kept)}")
-    assert response.status_code == 200 and response.content == kept.read_bytes()
-    assert_error(client.get(f"/api/images/{media_id(engine, edited)}"), 409, "changed on disk")
-
-
 def test_a_symlinked_folder_holding_the_catalogued_file_is_served(private_home, tmp_path):
     """A link in the path is fine while the bytes are still the ones indexed."""
     engine, photos = private_home

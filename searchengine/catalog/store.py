@@ -150,7 +150,8 @@ class Catalog:
             elif row.dim != dim:
                 raise CatalogError(
                     f"model {spec} was indexed with dimension {row.dim} but now gives {dim}; "
-                    f"index it under another name, or `searchengine remove-model {spec}` first"
+                    "save the new weights under another path (a new model), or index into a "
+                    "new home with --home"
                 )
             return ModelRow(row.id, row.spec, row.dim)
 
@@ -275,14 +276,6 @@ class Catalog:
     def media_by_path(self, path: str) -> Media | None:
         with self.session() as session:
             return session.scalar(select(Media).where(Media.path == path))
-
-    def media_without_vector(self, model_id: int, ids: Iterable[int]) -> list[StoredFile]:
-        """Of the given media ids, those that have no vector of `model_id` yet."""
-        wanted = [int(i) for i in ids]
-        have = set(self.vector_ids("image", model_id).tolist())
-        missing = [i for i in wanted if i not in have]
-        rows = self.media(missing)
-        return [StoredFile(m.id, m.path, m.size, m.mtime_ns, m.content_hash) for m in rows.values()]
 
     # -- texts ----------------------------------------------------------------------------
 

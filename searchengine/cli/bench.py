@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from searchengine.cli.options import echo_json, echo_table, handle_errors, json_option
+from searchengine.cli.options import (
+    echo_json,
+    echo_table,
+    handle_errors,
+    json_option,
+    show_progress,
+)
 
 
 def _parse_ks(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -85,7 +91,8 @@ def recall(dataset: Path, model: str, ks: tuple[int, ...], split: str | None,
         engine = benchmark.open_bench_engine(stack, home)
         data = read_caption_dataset(dataset, split=split, image_folder=engine.home / "bench-images")
         settings = benchmark.RecallSettings(ks=ks, index_kind=index_kind)
-        report = benchmark.measure_recall(engine, data, model=model, settings=settings)
+        report = benchmark.measure_recall(engine, data, model=model, settings=settings,
+                                          progress=show_progress(as_json))
     if plot_path is not None:
         benchmark.plot_recall(report, plot_path)
     if as_json:
@@ -142,7 +149,8 @@ def zero_shot(folder: Path, model: str, template_sets: tuple[str, ...], home: Pa
     with ExitStack() as stack:
         engine = benchmark.open_bench_engine(stack, home)
         report = benchmark.measure_zero_shot(
-            engine, classes, model=model, template_sets=template_sets or ("single", "ensemble")
+            engine, classes, model=model, template_sets=template_sets or ("single", "ensemble"),
+            progress=show_progress(as_json),
         )
     if as_json:
         echo_json(report.as_dict())

@@ -3,7 +3,6 @@ status, check, remove, use-model, models."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -11,14 +10,16 @@ import click
 from searchengine.cli.options import (
     echo_json,
     echo_table,
+    field_default,
     handle_errors,
     home_option,
     image_argument,
     json_option,
     k_option,
     model_option,
+    show_progress,
 )
-from searchengine.settings import DECODE_PRIORITIES
+from searchengine.settings import DECODE_PRIORITIES, IngestSettings
 
 
 def _engine(home: Path):
@@ -56,7 +57,7 @@ offset_option = click.option(
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=16,
+    default=field_default(IngestSettings, "batch_size"),
     show_default=True,
     help="Images per model call.",
 )
@@ -69,7 +70,7 @@ offset_option = click.option(
 @click.option(
     "--decode-priority",
     type=click.Choice(DECODE_PRIORITIES),
-    default="idle",
+    default=field_default(IngestSettings, "decode_priority"),
     show_default=True,
     help="idle: decode workers use only CPU time the model leaves (Linux); normal: they share.",
 )
@@ -91,7 +92,7 @@ def index(paths, home, model, batch_size, workers, decode_priority, no_draft, in
 
         searchengine index ~/Pictures --model ViT-B-32/laion2b_s34b_b79k
     """
-    from searchengine.settings import IngestSettings, passive_openmp_waits
+    from searchengine.settings import passive_openmp_waits
 
     passive_openmp_waits()  # before torch loads: decode workers and the model share the cores
     chosen = {"workers": workers} if workers is not None else {}
@@ -104,7 +105,7 @@ def index(paths, home, model, batch_size, workers, decode_priority, no_draft, in
             model=model,
             settings=settings,
             index_kind=index_kind,
-            progress=sys.stderr.isatty() and not as_json,
+            progress=show_progress(as_json),
         )
     payload = {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
     if as_json:
@@ -179,7 +180,9 @@ def add_texts(source, column, text_set, home, model, as_json):
         searchengine add-texts captions.csv --column caption --set captions
     """
     with _engine(home) as engine:
-        report = engine.add_texts(source, column=column, text_set=text_set, model=model)
+        report = engine.add_texts(
+            source, column=column, text_set=text_set, model=model, progress=show_progress(as_json)
+        )
     if as_json:
         echo_json(report.__dict__)
     else:
@@ -317,7 +320,7 @@ def check(home, repair, as_json):
         searchengine check --repair
     """
     with _engine(home) as engine:
-        report = engine.check(repair=repair)
+        report = engine.check(repair=repair, progress=show_progress(as_json))
     if as_json:
         echo_json(
             {

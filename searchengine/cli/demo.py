@@ -12,6 +12,7 @@ from searchengine.cli.options import (
     handle_errors,
     home_option,
     json_option,
+    show_progress,
 )
 
 
@@ -45,7 +46,8 @@ def scenes_command(folder: Path, as_json: bool, **options) -> None:
     """
     from searchengine.scenes import write_collection
 
-    written = write_collection(folder, options.pop("n"), **options)
+    written = write_collection(folder, options.pop("n"), progress=show_progress(as_json),
+                               **options)
     if as_json:
         echo_json({"folder": str(written)})
         return
@@ -72,7 +74,7 @@ def scene_recall_command(folder: Path, model: str, as_json: bool) -> None:
     """
     from searchengine.demo import evaluate_scenes
 
-    report = evaluate_scenes(model, folder)
+    report = evaluate_scenes(model, folder, progress=show_progress(as_json))
     if as_json:
         echo_json(report.as_dict())
         return
@@ -110,7 +112,7 @@ def demo_command(home: Path, model: str, n: int, as_json: bool) -> None:
     """
     from searchengine.demo import run_demo
 
-    report = run_demo(home, model=model, n=n, progress=not as_json)
+    report = run_demo(home, model=model, n=n, progress=show_progress(as_json))
     if as_json:
         echo_json({"folder": str(report.folder), "model": report.model,
                    "queries": [{"kind": q.kind, "query": q.query, "hits": q.hits}

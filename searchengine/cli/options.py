@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -11,6 +12,16 @@ from typing import Any
 import click
 
 from searchengine.errors import SearchEngineError
+from searchengine.settings import DEFAULT_HOME
+
+
+def field_default(settings_class: type, name: str) -> Any:
+    """The default of field `name` of a settings dataclass (its factory's value where it has one):
+    an option takes its default from here, so the CLI and the library cannot drift apart."""
+    field = next(f for f in dataclasses.fields(settings_class) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
 
 
 def home_option(function: Callable) -> Callable:
@@ -18,8 +29,8 @@ def home_option(function: Callable) -> Callable:
         "--home",
         type=click.Path(file_okay=False, path_type=Path),
         envvar="SEARCHENGINE_HOME",
-        default="indexes",
-        show_default="$SEARCHENGINE_HOME, else ./indexes",
+        default=DEFAULT_HOME,
+        show_default=f"$SEARCHENGINE_HOME, else ./{DEFAULT_HOME}",
         help="Folder holding the catalog and vector indexes.",
     )(function)
 
@@ -63,6 +74,16 @@ def k_option(function: Callable) -> Callable:
     return click.option(
         "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Number of hits."
     )(function)
+
+
+def show_progress(as_json: bool) -> bool:
+    """Draw progress bars only for a person: stderr is a terminal and the output is no JSON.
+
+    Piped or scripted runs get the command's one-line summary alone.
+    """
+    import sys
+
+    return not as_json and sys.stderr.isatty()
 
 
 def handle_errors(function: Callable) -> Callable:

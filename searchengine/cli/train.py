@@ -6,51 +6,71 @@ from pathlib import Path
 
 import click
 
-from searchengine.cli.options import echo_json, echo_table, handle_errors, json_option
+from searchengine.cli.options import (
+    echo_json,
+    echo_table,
+    field_default,
+    handle_errors,
+    json_option,
+    show_progress,
+)
+from searchengine.training.settings import TrainSettings
+
+
+def _default(name: str):
+    return field_default(TrainSettings, name)  # TrainSettings' own default: the two cannot drift
+
 
 
 @click.command("train")
 @click.argument("pairs", type=click.Path(exists=True, path_type=Path))
-@click.option("--model", default="ViT-B-32/laion2b_s34b_b79k", show_default=True, metavar="SPEC",
+@click.option("--model", default=_default("model"), show_default=True, metavar="SPEC",
               help="Starting model: ARCH/PRETRAINED, ARCH/path/to/checkpoint.pt or ARCH/random.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoints, metrics.jsonl, summary.json, plots.")
 @click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
               help="Validation PAIRS (default: hold out --val-fraction of the images).")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+@click.option("--val-fraction", type=float, default=_default("val_fraction"), show_default=True,
               help="Share of the images held out for validation when --val is not given.")
 @click.option("--split", default=None, help="Train on this split of a dataset folder (e.g. train).")
 @click.option("--val-split", default=None,
               help="Validate on this split (of --val, else of PAIRS), e.g. test.")
 @click.option("--image-column", default=None, help="Image column of a CSV/TSV/Parquet PAIRS.")
 @click.option("--caption-column", default=None, help="Caption column of a CSV/TSV/Parquet PAIRS.")
-@click.option("--loss", type=click.Choice(["clip", "siglip"]), default="clip", show_default=True,
-              help="Contrastive objective.")
+@click.option("--loss", type=click.Choice(["clip", "siglip"]), default=_default("loss"),
+              show_default=True, help="Contrastive objective.")
 @click.option("--lock", type=click.Choice(["image", "text"]), default=None,
               help="Freeze one tower (image: locked-image tuning).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Optimiser steps (default: --epochs passes).")
-@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=_default("epochs"), show_default=True,
               help="Passes over the pairs when --steps is not given.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=_default("batch_size"), show_default=True,
               help="Pairs per contrastive batch.")
 @click.option("--micro-batch", type=click.IntRange(min=1), default=None,
               help="Pairs held in memory at a time (gradient caching; same gradients).")
-@click.option("--lr", type=float, default=1e-5, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=float, default=_default("lr"), show_default=True,
+              help="Peak learning rate.")
 @click.option("--warmup", type=click.IntRange(min=0), default=None,
               help="Warmup steps [default: a tenth of the run, at most 500].")
-@click.option("--weight-decay", type=float, default=0.2, show_default=True,
+@click.option("--weight-decay", type=float, default=_default("weight_decay"), show_default=True,
               help="AdamW weight decay of weight matrices.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
+              default=_default("precision"),
               show_default=True, help="fp16 needs a GPU.")
 @click.option("--grad-checkpointing", is_flag=True, help="Trade compute for activation memory.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Image decode processes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
-@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Image decode processes [default: min(2, CPUs)].")
+@click.option("--seed", type=int, default=_default("seed"), show_default=True,
+              help="Seed of everything random.")
+@click.option("--device", default=_default("device"), show_default=True,
+              help="auto, cpu or cuda[:n].")
+@click.option("--eval-every", type=click.IntRange(min=1),
+              default=_default("eval_every"), show_default=True,
               help="Steps between validation passes.")
-@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--save-every", type=click.IntRange(min=1),
+              default=_default("save_every"), show_default=True,
               help="Steps between checkpoints (last.pt).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many validation passes without a better recall.")
@@ -76,9 +96,9 @@ def train_command(pairs: Path, out: Path, val: Path | None, split: str | None,
             --model se-tiny/random --lr 5e-4 --steps 500 --out runs/tiny
     """
     from searchengine.training.loop import train
-    from searchengine.training.settings import TrainSettings
 
-    settings = TrainSettings(progress=not as_json, **options)
+    chosen = {name: value for name, value in options.items() if value is not None}  # None: its own
+    settings = TrainSettings(progress=show_progress(as_json), **chosen)
     summary = train(out, settings, pairs=pairs, val=val, resume=resume, split=split,
                     val_split=val_split, image_column=image_column,
                     caption_column=caption_column)

@@ -212,7 +212,8 @@ class _Run:
     # -- the loop -------------------------------------------------------------------------------
     def loop(self, state: _State) -> _State:
         import torch
-        from tqdm import tqdm
+
+        from searchengine.progress import progress_bar
 
         batches = StepBatches(len(self.train_set), self.settings.batch_size,
                               seed=self.settings.seed, start=state.step, total=self.total)
@@ -222,8 +223,8 @@ class _Run:
             collate_fn=Collate(self.tokenizer), pin_memory=bool(self.cuda_devices),
             persistent_workers=False,
         )
-        bar = tqdm(total=self.total, initial=state.step, disable=not self.settings.progress,
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = progress_bar(self.total, initial=state.step, enabled=self.settings.progress,
+                           desc="train", unit="step")
         tick, first = time.perf_counter(), True
         for batch in loader:
             loss = self._step(state.step, batch)
