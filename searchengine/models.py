@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import pickle
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +36,27 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 BUNDLED_ALIASES: dict[str, tuple[str, str]] = {"demo": ("se-scenes", "demo.pt")}
 
 
+# A checkpoint's weights are named by their content: `ARCH/path#<first 12 hex of its digest>`.
+DIGEST_SUFFIX = re.compile(r"#([0-9a-f]{12})$")
+SHORT_DIGEST = 12
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed `--model` value. `id` is the canonical string the catalog and indexes key on."""
+    """A parsed `--model` value.
+
+    `id` is the readable spec (`ARCH/TAG`, `ARCH/path`, `demo`); `key` adds, for a checkpoint, the
+    short content digest of the file (`ARCH/path#1f2e3d4c5b6a`), so that other weights written to
+    the same path are another model. The engine keys a home's catalog on `id` for the first
+    content it indexed under it and on `key` for any later content (see `Engine.model_id_of`).
+    """
 
     arch: str
     source: str  # "pretrained" | "checkpoint" | "random"
     tag: str | None = None
     checkpoint: Path | None = None
     alias: str | None = None
+    digest: str | None = None  # BLAKE3 hex of the checkpoint file (checkpoint specs only)
 
     @property
     def id(self) -> str:
@@ -52,6 +65,11 @@ class ModelSpec:
         if self.source == "checkpoint":
             return f"{self.arch}/{self.checkpoint}"
         return f"{self.arch}/{self.tag or 'random'}"
+
+    @property
+    def key(self) -> str:
+        """`id`, with `#` and the short content digest for a checkpoint."""
+        return f"{self.id}#{self.digest[:SHORT_DIGEST]}" if self.digest else self.id
 
     def __str__(self) -> str:
         return self.id
@@ -75,15 +93,25 @@ def parse_model_spec(text: str) -> ModelSpec:
     """Parse and validate a `--model` value without loading any weights.
 
     Raises `ModelError` naming the valid choices when the architecture or tag is unknown, and when a
-    checkpoint path does not exist.
+    checkpoint path does not exist. A checkpoint's content digest is computed here (cached by path,
+    size and mtime); a `#digest` suffix as `ModelSpec.key` writes it is accepted and ignored: the
+    file's present content decides.
     """
     import open_clip
 
     text = (text or "").strip()
+    suffix = DIGEST_SUFFIX.search(text)
+    if suffix and not Path(text.split("/", 1)[-1]).expanduser().is_file():
+        text = text[: suffix.start()]
     if text in BUNDLED_ALIASES:
         arch, filename = BUNDLED_ALIASES[text]
+        path = WEIGHTS_DIR / filename
         return ModelSpec(
-            arch=arch, source="checkpoint", checkpoint=WEIGHTS_DIR / filename, alias=text
+            arch=arch,
+            source="checkpoint",
+            checkpoint=path,
+            alias=text,
+            digest=_digest_or_none(path),
         )
     if "/" not in text:
         raise ModelError(
@@ -108,7 +136,12 @@ def parse_model_spec(text: str) -> ModelSpec:
     if path.suffix in CHECKPOINT_SUFFIXES or "/" in rest or path.exists():
         if not path.is_file():
             raise ModelError(f"checkpoint {rest!r} for model {arch} does not exist")
-        return ModelSpec(arch=arch, source="checkpoint", checkpoint=path.resolve())
+        return ModelSpec(
+            arch=arch,
+            source="checkpoint",
+            checkpoint=path.resolve(),
+            digest=checkpoint_digest(path.resolve()),
+        )
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if rest not in tags:
         choices = ", ".join(tags) if tags else "none published"
@@ -117,6 +150,34 @@ def parse_model_spec(text: str) -> ModelSpec:
             f"{arch}/random or {arch}/path/to/checkpoint.pt"
         )
     return ModelSpec(arch=arch, source="pretrained", tag=rest)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_digest(path: Path) -> str:
+    """BLAKE3 hex digest of a checkpoint file's bytes, cached in this process by (path, size,
+    mtime): a checkpoint of hundreds of MB is read once (BLAKE3 reads ~4 GB/s on one core)."""
+    from blake3 import blake3
+
+    try:
+        stat = path.stat()
+        cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if cache_key not in _DIGESTS:
+            hasher = blake3()
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    hasher.update(block)
+            _DIGESTS[cache_key] = hasher.hexdigest()
+    except OSError as error:
+        raise ModelError(f"cannot read checkpoint {path}: {error}") from error
+    return _DIGESTS[cache_key]
+
+
+def _digest_or_none(path: Path) -> str | None:
+    """The digest of a bundled file, None while it is missing (loading it then says how to make
+    it)."""
+    return checkpoint_digest(path) if path.is_file() else None
 
 
 def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", seed: int = 0):

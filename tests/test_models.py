@@ -1,0 +1,112 @@
+"""Model specs: a checkpoint is its content, the hub check, and what loading a model logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from conftest import TINY_MODEL, fast_ingest
+
+# --- a checkpoint is identified by its content ------------------------------------------------
+
+
+def write_checkpoint(path: Path, seed: int) -> Path:
+    """A `se-tiny` checkpoint in this project's format with the random weights of `seed`."""
+    import torch
+
+    from searchengine.models import CHECKPOINT_FORMAT, CONFIG_DIR, build_model, parse_model_spec
+
+    model, _, _ = build_model(parse_model_spec(TINY_MODEL), seed=seed)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": "se-tiny",
+            "model_config": json.loads((CONFIG_DIR / "se-tiny.json").read_text()),
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two (n, d) float32 arrays."""
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_a_retrained_checkpoint_is_a_new_space_and_the_user_is_told(
+    tmp_path, photo_folder, open_engine, cli_run, caplog
+):
+    from searchengine.encoder import Encoder
+    from searchengine.images import load_image
+    from searchengine.models import parse_model_spec
+    from searchengine.settings import EncoderSettings
+
+    (tmp_path / "run").mkdir()
+    checkpoint = write_checkpoint(tmp_path / "run" / "last.pt", seed=1)
+    spec = f"se-tiny/{checkpoint}"
+    home = tmp_path / "home"
+    engine = open_engine(home)
+    engine.index([photo_folder], model=spec, settings=fast_ingest())
+    first_ids, first = engine.vectors("image", model=spec)
+    engine.close()
+
+    write_checkpoint(checkpoint, seed=2)  # `train --out run` again: other weights, same path
+    caplog.set_level(logging.WARNING)
+    engine = open_engine(home)
+    report = engine.index([photo_folder], model=spec, settings=fast_ingest())
+    assert report.embedded == len(first_ids) and report.unchanged == 0  # nothing reused
+    rows = {row.spec: row for row in engine.models()}
+    new_key = parse_model_spec(spec).key
+    assert set(rows) == {spec, new_key} and new_key.startswith(f"{spec}#")
+    assert rows[spec].content_hash != rows[new_key].content_hash
+    assert "changed since this home indexed it" in caplog.text and new_key in caplog.text
+
+    # no mixing: the old space kept the old vectors, the new one holds only the new weights'
+    old_ids, old = engine.catalog.vectors("image", rows[spec].id)
+    np.testing.assert_array_equal(old_ids, first_ids)
+    np.testing.assert_array_equal(old, first)
+    new_ids, new = engine.vectors("image", model=spec)
+    np.testing.assert_array_equal(new_ids, first_ids)
+    fresh = Encoder(parse_model_spec(spec), EncoderSettings(device="cpu"))
+    paths = engine.catalog.media(new_ids.tolist())
+    expected = np.concatenate([
+        fresh.encode_images(fresh.preprocess(load_image(Path(paths[i].path))[0]).unsqueeze(0))
+        for i in new_ids.tolist()
+    ])
+    assert cosines(new, expected).min() > 0.999  # made by the present weights
+    assert cosines(new, old).max() < 0.99  # and not by the earlier ones
+    assert engine.search("a dog", model=spec).model == new_key
+    engine.close()
+
+    status = cli_run.json("status", "--home", home)
+    assert any(spec in line and "changed" in line for line in status["warnings"])
+    assert {s["model"] for s in status["spaces"]} == {spec, new_key}
+    plain = cli_run("status", "--home", home).stdout
+    assert "warning:" in plain and "changed since" in plain
+
+
+def test_the_same_content_keeps_the_readable_spec_and_its_space(tmp_path, photo_folder,
+                                                                 open_engine):
+    checkpoint = write_checkpoint(tmp_path / "last.pt", seed=1)
+    spec = f"se-tiny/{checkpoint}"
+    engine = open_engine(tmp_path / "home")
+    engine.index([photo_folder], model=spec, settings=fast_ingest())
+    checkpoint.write_bytes(checkpoint.read_bytes())  # rewritten, same bytes: a new mtime only
+    report = engine.index([photo_folder], model=spec, settings=fast_ingest())
+    assert report.embedded == 0
+    assert [row.spec for row in engine.models()] == [spec]
+    assert engine.model_id_of(spec) == spec and engine.status().warnings == []
+    assert engine.model_id_of(f"{spec}#{'0' * 12}") == spec  # a stale digest suffix is ignored
+
+
+def test_the_demo_alias_keeps_its_name_and_records_its_content(tmp_path, photo_folder,
+                                                               open_engine):
+    from searchengine.models import WEIGHTS_DIR, checkpoint_digest, parse_model_spec
+
+    spec = parse_model_spec("demo")
+    assert spec.id == "demo" and spec.digest == checkpoint_digest(WEIGHTS_DIR / "demo.pt")
+    engine = open_engine(tmp_path / "home")
+    assert engine.model_id_of("demo") == "demo"
