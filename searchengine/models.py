@@ -199,6 +199,12 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
         )
     torch.manual_seed(seed)
     pretrained = spec.tag if spec.source == "pretrained" else None
+    # open_clip warns that the model "initialized randomly" whenever no hub weights are asked for:
+    # false for a checkpoint (loaded next), and said in our own words for `ARCH/random` above.
+    quiet = _DropRecords(_OPEN_CLIP_NO_WEIGHTS) if pretrained is None else None
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.arch, pretrained=pretrained, precision=precision, device=device
@@ -208,11 +214,28 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
             f"could not load weights for {spec.id}: {error}. Alternatives: a local checkpoint "
             f"({spec.arch}/path/to/file.pt), {spec.arch}/random, or the bundled `demo` model"
         ) from error
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
     if spec.source == "checkpoint":
         load_checkpoint_weights(model, spec)
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.arch)
     return model, preprocess, tokenizer
+
+
+_OPEN_CLIP_NO_WEIGHTS = "No pretrained weights loaded for model "
+
+
+class _DropRecords(logging.Filter):
+    """Drops log records whose message starts with `prefix`; every other record passes."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import TINY_MODEL, fast_ingest
 
 # --- a checkpoint is identified by its content ------------------------------------------------
@@ -110,3 +111,23 @@ def test_the_demo_alias_keeps_its_name_and_records_its_content(tmp_path, photo_f
     assert spec.id == "demo" and spec.digest == checkpoint_digest(WEIGHTS_DIR / "demo.pt")
     engine = open_engine(tmp_path / "home")
     assert engine.model_id_of("demo") == "demo"
+
+
+# --- what loading a model logs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "random"])
+def test_no_false_random_initialisation_warning(which, tiny_checkpoint, caplog):
+    """open_clip says "No pretrained weights loaded ... initialized randomly" before a checkpoint
+    is loaded into the model; that line is dropped for checkpoint and random specs, nothing else."""
+    from searchengine.models import build_model, parse_model_spec
+
+    spec = f"se-tiny/{tiny_checkpoint}" if which == "checkpoint" else TINY_MODEL
+    filters = list(logging.getLogger().filters)
+    caplog.set_level(logging.INFO)
+    build_model(parse_model_spec(spec))
+    assert "No pretrained weights loaded" not in caplog.text
+    assert ("has random weights" in caplog.text) == (which == "random")  # our own warning stays
+    assert logging.getLogger().filters == filters  # nothing stays silenced after the load
+    logging.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
+    assert "No pretrained weights loaded for model 'x'" in caplog.text
