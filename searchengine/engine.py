@@ -28,7 +28,12 @@ from searchengine.errors import (
     NotIndexedError,
 )
 from searchengine.images import load_image
-from searchengine.models import DIGEST_SUFFIX, ModelSpec, parse_model_spec
+from searchengine.models import (
+    DIGEST_SUFFIX,
+    ModelSpec,
+    ensure_weights_available,
+    parse_model_spec,
+)
 from searchengine.results import (
     AddTextsReport,
     CheckReport,
@@ -180,6 +185,7 @@ class Engine:
     ) -> ingest.IngestReport:
         """Embed every image file under `paths` that is new or changed; forget vanished ones."""
         start = time.perf_counter()
+        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         roots = ingest.check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")

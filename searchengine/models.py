@@ -11,15 +11,17 @@ A spec is one of
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
+import importlib.util
 import logging
-import os
 import pickle
 import re
-import socket
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from searchengine.errors import ModelError, ModelUnavailableError
 
@@ -191,7 +193,7 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
 
     register_bundled_configs()
     if spec.source == "pretrained":
-        _ensure_weights_reachable(spec)
+        ensure_weights_available(spec.id)
     if spec.source == "random":
         log.warning(
             "model %s has random weights: results are meaningless (tests and speed figures only)",
@@ -278,42 +280,141 @@ def _strip_module_prefix(key: str) -> str:
     return key[len("module.") :] if key.startswith("module.") else key
 
 
-def _ensure_weights_reachable(spec: ModelSpec) -> None:
-    """Fail at once, not after a minute of retries, when hub weights can't be had."""
-    import open_clip
+HUB_TIMEOUT = 5.0
+"""Seconds the model-hub check waits for an answer (huggingface_hub's client, proxies honoured)."""
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
-    cfg: dict[str, Any] = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
-    if cfg.get("file") and Path(cfg["file"]).exists():
+
+def ensure_weights_available(text: str) -> None:
+    """Fail at once, before anything heavy is imported, when `text` names hub weights
+    (`ARCH/TAG`) that are neither in the local cache nor downloadable now.
+
+    Downloadable means: `HF_HUB_OFFLINE` is not set and the hub answers a HEAD request for the
+    weights within `HUB_TIMEOUT` seconds through huggingface_hub's own HTTP client (so
+    `HTTPS_PROXY`, `HF_ENDPOINT` and the rest of its configuration apply). Any other spec passes
+    (aliases, checkpoints, random weights, unknown names: `parse_model_spec` judges those). Raises
+    `ModelUnavailableError` naming the alternatives.
+    """
+    arch, _, tag = (text or "").strip().partition("/")
+    if not tag or tag == "random" or DIGEST_SUFFIX.search(tag):
         return
-    hub_id = cfg.get("hf_hub", "")
-    if hub_id and _cached_on_hub(hub_id.rstrip("/")):
+    config = _published_weights(arch, tag)
+    if config:
+        _ensure_weights_reachable(arch, tag, config)
+
+
+def _ensure_weights_reachable(arch: str, tag: str, config: dict[str, Any]) -> None:
+    if config.get("file") and Path(config["file"]).exists():
         return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if offline or not _host_reachable(endpoint):
+    hub_id = config.get("hf_hub", "").rstrip("/")
+    if not hub_id:  # a plain URL: open_clip downloads (or fails) with its own messages
+        return
+    if _cached_on_hub(hub_id):
+        return
+    problem = _hub_problem(hub_id)
+    if problem:
         raise ModelUnavailableError(
-            f"weights for {spec.id} are not in the local cache and the model hub ({endpoint}) "
-            f"cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}. Alternatives: the "
-            f"bundled `demo` model, a local checkpoint ({spec.arch}/path/to/file.pt), or "
-            f"{spec.arch}/random for speed tests; or fetch the weights once on a connected machine"
+            f"weights for {arch}/{tag} are not in the local cache and cannot be downloaded now "
+            f"({problem}). Alternatives: the bundled `demo` model, a local checkpoint "
+            f"({arch}/path/to/file.pt), or {arch}/random for speed tests; or fetch the weights "
+            f"once on a connected machine (they are then found in the Hugging Face cache)"
         )
 
 
 def _cached_on_hub(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names)
+    return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in HUB_WEIGHT_FILES)
 
 
-def _host_reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+def _hub_problem(repo_id: str) -> str | None:
+    """Why the hub cannot serve `repo_id`'s weights now, or None when it answers."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = hf_hub_url(repo_id, HUB_WEIGHT_FILES[0])
     try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        get_hf_file_metadata(url, timeout=HUB_TIMEOUT)
+    except OfflineModeIsEnabled:
+        return "HF_HUB_OFFLINE is set"
+    except HfHubHTTPError:
+        return None  # the hub answered (a missing file, an auth error): the download will say
+    except _connection_errors() as error:
+        return f"the model hub {constants.ENDPOINT} cannot be reached{_via_proxy(url)}: {error}"
+    return None
+
+
+def _via_proxy(url: str) -> str:
+    """' through the proxy P' when the environment sends `url` through one, else ''."""
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if not proxy or urllib.request.proxy_bypass(parsed.hostname or ""):
+        return ""
+    return f" through the proxy {proxy}"
+
+
+def _connection_errors() -> tuple[type[Exception], ...]:
+    """The errors of huggingface_hub's HTTP client when no answer comes: OSError (requests' are
+    OSErrors) and the transport errors of httpx2 (huggingface_hub 2) or httpx (1.x)."""
+    errors: list[type[Exception]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+_ABSENT = object()
+
+
+@functools.cache
+def _published_weights_table() -> Any:
+    """open_clip's table of published weights (`open_clip/pretrained.py`), read as a private module
+    without importing the `open_clip` package, whose import (torch, transformers) takes seconds:
+    the offline check must answer before that. Falls back to the real package."""
+    found = importlib.util.find_spec("open_clip")
+    locations = list(found.submodule_search_locations or []) if found else []
+    name = "_searchengine_open_clip_table"
+    blocked = {"safetensors.torch": sys.modules.get("safetensors.torch", _ABSENT)}
+    try:
+        if not locations:
+            raise ImportError("open_clip is not a package")
+        package = types.ModuleType(name)
+        package.__path__ = locations
+        sys.modules[name] = package
+        spec = importlib.util.spec_from_file_location(
+            f"{name}.pretrained", Path(locations[0]) / "pretrained.py"
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError("open_clip/pretrained.py not found")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        sys.modules["safetensors.torch"] = None  # type: ignore[assignment] -- no torch for a table
+        spec.loader.exec_module(module)
+        module.get_pretrained_cfg  # noqa: B018 -- the one function used
+        return module
+    except (ImportError, OSError, AttributeError, SyntaxError) as error:
+        log.debug("reading open_clip's weights table through the package: %s", error)
+        import open_clip
+
+        return open_clip.pretrained
+    finally:
+        for key, value in blocked.items():
+            if value is _ABSENT:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+
+
+def _published_weights(arch: str, tag: str) -> dict[str, Any]:
+    """open_clip's download config of (arch, tag): `hf_hub`, `url`, ...; {} when unpublished."""
+    return dict(_published_weights_table().get_pretrained_cfg(arch, tag) or {})
 
 
 def available_models(*, pretrained: bool = False) -> list[str]:

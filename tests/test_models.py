@@ -131,3 +131,107 @@ def test_no_false_random_initialisation_warning(which, tiny_checkpoint, caplog):
     assert logging.getLogger().filters == filters  # nothing stays silenced after the load
     logging.warning("No pretrained weights loaded for model 'x'. Model initialized randomly.")
     assert "No pretrained weights loaded for model 'x'" in caplog.text
+
+
+# --- the model-hub check ----------------------------------------------------------------------
+
+HUB_SPEC = "ViT-B-32/laion2b_s34b_b79k"
+CHECK = """
+import sys
+from searchengine.errors import ModelUnavailableError
+from searchengine.models import ensure_weights_available
+try:
+    ensure_weights_available(sys.argv[1])
+    print("AVAILABLE")
+except ModelUnavailableError as error:
+    print("UNAVAILABLE", error)
+print("heavy imports:", sorted(m for m in ("torch", "open_clip") if m in sys.modules))
+"""
+
+
+def run_check(tmp_path: Path, **env: str) -> str:
+    """Run the hub check for HUB_SPEC in a fresh interpreter with an empty Hugging Face cache."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items()
+             if k.upper() not in ("HF_HUB_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                  "NO_PROXY", "HF_ENDPOINT")}
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, HUB_SPEC],
+        env={**clean, "HF_HOME": str(tmp_path / "hf"), **env},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_offline_hub_weights_fail_at_once_with_the_alternatives(tmp_path):
+    out = run_check(tmp_path, HF_HUB_OFFLINE="1")
+    assert out.startswith("UNAVAILABLE") and "HF_HUB_OFFLINE is set" in out
+    assert "`demo`" in out and "ViT-B-32/random" in out and "ViT-B-32/path/to/file.pt" in out
+    assert "heavy imports: []" in out  # decided before torch and open_clip load (seconds)
+
+
+def test_offline_index_fails_with_the_alternatives(tmp_path, photo_folder, cli_run):
+    result = cli_run("index", photo_folder, "--model", HUB_SPEC, "--home", tmp_path / "home",
+                     expect=1)
+    assert "HF_HUB_OFFLINE is set" in result.output and "`demo`" in result.output
+
+
+class HubProxy:
+    """A local HTTP proxy that answers every request itself, as a proxy in front of a hub would:
+    200 and file metadata for HEAD. Records the request lines it saw."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self):  # noqa: N802 -- http.server's naming
+                seen.append(self.requestline)
+                self.send_response(200)
+                self.send_header("ETag", '"0123456789abcdef"')
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_hub_check_goes_through_the_configured_proxy(tmp_path):
+    """A machine whose only way out is a proxy is online: the check asks through the proxy
+    (a raw TCP probe of the hub's host, which cannot even be resolved here, called it offline)."""
+    proxy = HubProxy()
+    try:
+        out = run_check(tmp_path, HF_ENDPOINT="http://hub.invalid", HTTP_PROXY=proxy.url,
+                        http_proxy=proxy.url)
+    finally:
+        proxy.close()
+    assert out.startswith("AVAILABLE"), out
+    assert any("http://hub.invalid/laion/" in line for line in proxy.seen), proxy.seen
+
+
+def test_a_refusing_proxy_is_named_as_the_reason(tmp_path):
+    import socket
+
+    with socket.socket() as closed:  # a port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    out = run_check(tmp_path, HTTPS_PROXY=f"http://127.0.0.1:{port}",
+                    https_proxy=f"http://127.0.0.1:{port}")
+    assert out.startswith("UNAVAILABLE")
+    assert f"cannot be reached through the proxy http://127.0.0.1:{port}" in out
+    assert "HF_HUB_OFFLINE" not in out and "`demo`" in out
