@@ -296,3 +296,51 @@ def test_cli_train_end_to_end(pairs_csv: Path, tmp_path: Path) -> None:
                                    "--model", "se-tiny/random", "--device", "cpu",
                                    "--precision", "fp16"])
     assert bad.exit_code == 1 and "fp16 training needs a GPU" in bad.output
+
+
+def test_a_rerun_after_ctrl_c_never_overwrites_the_run_and_names_resume(
+    pairs_csv: Path, tmp_path: Path, cli_run
+) -> None:
+    """Ctrl-C (a real SIGINT) a CLI run, then run the same command again: without --resume it is
+    refused and last.pt is untouched; with --resume it continues from the saved step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = ["train", str(pairs_csv), "--model", "se-tiny/random", "--out", str(out),
+               "--batch-size", "8", "--lr", "1e-3", "--eval-every", "1000", "--save-every", "1",
+               "--workers", "0", "--device", "cpu", "--val-fraction", "0.25"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from searchengine.cli import cli; cli()", *command,
+         "--steps", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "last.pt").is_file() and process.poll() is None:
+        assert time.monotonic() < deadline, "no last.pt written"
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few more steps
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    saved = (out / "last.pt").read_bytes()
+    metrics = (out / "metrics.jsonl").read_text()
+    step = torch.load(out / "last.pt", weights_only=True)["run_state"]["step"]
+
+    again = cli_run(*command, "--steps", "100000", expect=1)
+    assert "unfinished run" in again.output and "--resume" in again.output
+    assert (out / "last.pt").read_bytes() == saved  # nothing overwritten
+    assert (out / "metrics.jsonl").read_text() == metrics
+
+    resumed = cli_run.json(*command, "--steps", step + 2, "--resume")
+    assert resumed["steps"] == step + 2
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "train"]
+    assert steps == list(range(1, step + 3))  # continued from the saved step, not from 0
+    finished = cli_run(*command, "--steps", step + 2, expect=1)
+    assert "finished run" in finished.output
