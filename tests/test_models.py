@@ -113,6 +113,36 @@ def test_the_demo_alias_keeps_its_name_and_records_its_content(tmp_path, photo_f
     assert engine.model_id_of("demo") == "demo"
 
 
+def test_a_home_from_before_content_hashes_keeps_its_checkpoint_space(tmp_path, photo_folder,
+                                                                     open_engine):
+    """Revision 0002 adds models.content_hash as NULL: such a row keeps its readable spec, and
+    the next index records the checkpoint's digest (later changes are then caught)."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from searchengine.catalog.store import _alembic_config, head_revision
+    from searchengine.models import parse_model_spec
+
+    checkpoint = write_checkpoint(tmp_path / "last.pt", seed=1)
+    spec = f"se-tiny/{checkpoint}"
+    home = tmp_path / "home"
+    home.mkdir()
+    url = f"sqlite:///{home / 'catalog.sqlite'}"
+    command.upgrade(_alembic_config(url), "0001")
+    database = create_engine(url)
+    with database.begin() as connection:
+        connection.execute(text("INSERT INTO models (spec, dim, created_at) "
+                                "VALUES (:spec, 64, '2026-11-01 10:00:00')"), {"spec": spec})
+    database.dispose()
+
+    engine = open_engine(home)
+    assert engine.catalog.revision() == head_revision()
+    assert engine.model_id_of(spec) == spec  # the old row, not a new space
+    engine.index([photo_folder], model=spec, settings=fast_ingest())
+    [row] = engine.models()
+    assert row.spec == spec and row.content_hash == parse_model_spec(spec).digest
+
+
 # --- what loading a model logs ----------------------------------------------------------------
 
 
