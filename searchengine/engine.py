@@ -286,6 +286,7 @@ class Engine:
         embed every text that lacks a vector of `model`."""
         if not text_set.strip():
             raise InvalidInputError("the text set needs a name (--set)")
+        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         texts = read_texts(Path(source), column=column)
         added = self.catalog.add_texts(text_set, texts)
         embedded = self.embed_texts(model, batch_size=batch_size)

@@ -210,6 +210,16 @@ def test_offline_index_fails_with_the_alternatives(tmp_path, photo_folder, cli_r
     assert "HF_HUB_OFFLINE is set" in result.output and "`demo`" in result.output
 
 
+def test_offline_train_and_add_texts_fail_before_any_work(tmp_path, photo_folder,
+                                                          captions_csv, cli_run):
+    result = cli_run("train", photo_folder, "--model", HUB_SPEC, "--out", tmp_path / "run",
+                     expect=1)
+    assert "HF_HUB_OFFLINE is set" in result.output and not (tmp_path / "run").exists()
+    result = cli_run("add-texts", captions_csv, "--model", HUB_SPEC, "--home", tmp_path / "home",
+                     expect=1)
+    assert "HF_HUB_OFFLINE is set" in result.output and "`demo`" in result.output
+
+
 class HubProxy:
     """A local HTTP proxy that answers every request itself, as a proxy in front of a hub would:
     200 and file metadata for HEAD. Records the request lines it saw."""

@@ -87,6 +87,9 @@ def train(
     `settings.val_fraction` of the images; write checkpoints, metrics.jsonl, summary.json and
     plots into `out`. `split`/`val_split` select a split of a dataset folder (`--val` defaults to
     the training source when only `val_split` is given)."""
+    from searchengine.models import ensure_weights_available
+
+    ensure_weights_available(settings.model)  # offline hub weights: fail before torch loads
     import torch
 
     out = Path(out)
