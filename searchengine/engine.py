@@ -185,7 +185,6 @@ class Engine:
     ) -> ingest.IngestReport:
         """Embed every image file under `paths` that is new or changed; forget vanished ones."""
         start = time.perf_counter()
-        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         roots = ingest.check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")
@@ -194,6 +193,7 @@ class Engine:
                 f"unknown decode priority {settings.decode_priority!r}; "
                 f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
+        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         space = self.space(model, "image", create=True, kind=index_kind)
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
@@ -286,8 +286,8 @@ class Engine:
         embed every text that lacks a vector of `model`."""
         if not text_set.strip():
             raise InvalidInputError("the text set needs a name (--set)")
-        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         texts = read_texts(Path(source), column=column)
+        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         added = self.catalog.add_texts(text_set, texts)
         embedded = self.embed_texts(model, batch_size=batch_size)
         return AddTextsReport(text_set, len(texts), added, embedded, self.model_id_of(model))
