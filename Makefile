@@ -42,6 +42,7 @@ docs: install
 
 # Reproduces the bundled demo model (searchengine/weights/demo.pt) from generated scenes.
 demo-model: install
+	rm -rf runs/demo-model/run runs/demo-model/run2  # train never starts over a run folder
 	$(BIN)/searchengine scenes runs/demo-model/train -n 20000 --split train --seed 0
 	$(BIN)/searchengine scenes runs/demo-model/val -n 500 --split heldout --seed 1
 	$(BIN)/searchengine train runs/demo-model/train --val runs/demo-model/val \

@@ -49,6 +49,7 @@ def main() -> None:
         save_every=args.steps, workers=args.workers, seed=args.seed, device="cpu",
         progress=False,
     )
+    shutil.rmtree(args.out, ignore_errors=True)  # a scratch folder: train never starts over a run
     load_before, started = os.getloadavg(), time.perf_counter()
     summary = train(args.out, settings, pairs=DATA, split="train", val_split="test")
     wall = time.perf_counter() - started

@@ -26,9 +26,15 @@ from searchengine.errors import (
     ImageDecodeError,
     IndexMismatchError,
     InvalidInputError,
+    ModelError,
     NotIndexedError,
 )
-from searchengine.models import parse_model_spec
+from searchengine.models import (
+    DIGEST_SUFFIX,
+    ModelSpec,
+    ensure_weights_available,
+    parse_model_spec,
+)
 from searchengine.queries import (
     ImageQuery,
     check_media_id,
@@ -70,6 +76,7 @@ class Engine:
     encoder_settings: EncoderSettings = EncoderSettings()
     _encoders: dict[str, Encoder] = field(default_factory=dict)
     _spaces: dict[tuple[str, str], VectorSpace] = field(default_factory=dict)
+    _told_changed: set[str] = field(default_factory=set)
 
     @classmethod
     def open(
@@ -103,21 +110,46 @@ class Engine:
         return self.catalog.get_setting(DEFAULT_MODEL_KEY) or DEFAULT_MODEL
 
     def model_id_of(self, model: str | None) -> str:
-        """The canonical id of a `--model` value (or the default), validated, nothing loaded."""
-        return parse_model_spec(model or self.default_model()).id
+        """The canonical id of a `--model` value (or the default), validated, nothing loaded.
+
+        A checkpoint is its content: the readable `ARCH/path` names the first content this home
+        indexed from that path; other weights later written there are `ARCH/path#<digest>`, a
+        space of their own (the user is warned once), so two sets of weights never share one.
+        """
+        return self._model_key(parse_model_spec(model or self.default_model()))
+
+    def _model_key(self, spec: ModelSpec, *, tell: bool = True) -> str:
+        if spec.digest is None:
+            return spec.id
+        row = self.catalog.find_model(spec.id)
+        if row is None or row.content_hash in (None, spec.digest):
+            return spec.id
+        if tell and spec.key not in self._told_changed:
+            self._told_changed.add(spec.key)
+            log.warning(
+                "checkpoint %s changed since this home indexed it as %s: its present weights are "
+                "the model %s, a space of their own; the vectors of the earlier weights stay "
+                "under %s",
+                spec.checkpoint,
+                spec.id,
+                spec.key,
+                spec.id,
+            )
+        return spec.key
 
     def encoder(self, model: str | None = None) -> Encoder:
-        """The loaded encoder for `model` (default model when None), cached."""
+        """The loaded encoder for `model` (default model when None), cached by content."""
         spec = parse_model_spec(model or self.default_model())
-        if spec.id not in self._encoders:
-            self._encoders[spec.id] = Encoder(spec, self.encoder_settings)
-        return self._encoders[spec.id]
+        if spec.key not in self._encoders:
+            self._encoders[spec.key] = Encoder(spec, self.encoder_settings)
+        return self._encoders[spec.key]
 
     def space(
         self, model: str | None, modality: str, *, create: bool = False, kind: str | None = None
     ) -> VectorSpace:
         """The vector space of (model, modality). Without `create`, a missing one is an error."""
-        spec_id = self.model_id_of(model)
+        spec = parse_model_spec(model or self.default_model())
+        spec_id = self._model_key(spec)
         key = (spec_id, modality)
         if key in self._spaces and (kind is None or self._spaces[key].kind == kind):
             return self._spaces[key]
@@ -126,7 +158,9 @@ class Engine:
         if row is None:
             if not create:
                 raise NotIndexedError(self._not_indexed_message(spec_id, modality))
-            row = self.catalog.ensure_model(spec_id, self.encoder(model).dim)
+            row = self.catalog.ensure_model(spec_id, self.encoder(model).dim, spec.digest)
+        elif create and spec.digest and row.content_hash is None:  # a row from before 0002
+            row = self.catalog.ensure_model(spec_id, row.dim, spec.digest)
         self.catalog.set_setting(_kind_key(spec_id, modality), kind)
         space = VectorSpace(self.catalog, self.home, row, modality, kind)
         space.index  # noqa: B018 -- open (and re-sync) before any write, so no batch lands twice
@@ -168,6 +202,7 @@ class Engine:
                 f"unknown decode priority {settings.decode_priority!r}; "
                 f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
+        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         space = self.space(model, "image", create=True, kind=index_kind)
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
@@ -245,7 +280,12 @@ class Engine:
         for row in self.catalog.models():
             if self.catalog.get_setting(_kind_key(row.spec, "image")) is None:
                 continue
-            space = self.space(row.spec, "image")
+            space = self._spaces.get((row.spec, "image"))
+            if space is None:  # by its row: `row.spec` may name a checkpoint that changed since
+                space = VectorSpace(
+                    self.catalog, self.home, row, "image", self._stored_kind(row.spec, "image")
+                )
+                self._spaces[(row.spec, "image")] = space
             space.remove(removed)
             space.save()
         return len(removed)
@@ -275,6 +315,7 @@ class Engine:
         if (texts is None) == (source is None):
             raise InvalidInputError("give either the texts or source=FILE, not both or neither")
         rows = clean_texts(texts) if texts is not None else read_texts(Path(source), column=column)
+        ensure_weights_available(model or self.default_model())  # offline: fail in a second
         added = self.catalog.add_texts(text_set, rows)
         embedded = self.embed_texts(model, batch_size=batch_size, progress=progress)
         return AddTextsReport(text_set, len(rows), added, embedded, self.model_id_of(model))
@@ -564,7 +605,29 @@ class Engine:
             spaces=spaces,
             text_sets=self.catalog.text_sets(),
             skipped=[(s.path, s.reason) for s in self.catalog.skipped()],
+            warnings=self._changed_checkpoints(),
         )
+
+    def _changed_checkpoints(self) -> list[str]:
+        """A line for each model whose checkpoint file no longer holds the weights that made its
+        vectors (the file was retrained or replaced since, or is gone)."""
+        lines = []
+        for row in self.catalog.models():
+            if row.content_hash is None:
+                continue
+            display = DIGEST_SUFFIX.sub("", row.spec)
+            try:
+                spec = parse_model_spec(display)
+            except ModelError as error:
+                lines.append(f"model {row.spec}: its checkpoint cannot be read ({error})")
+                continue
+            if spec.digest != row.content_hash:
+                lines.append(
+                    f"model {row.spec}: its vectors were made by earlier weights of "
+                    f"{spec.checkpoint}, which has changed since; --model {display} now means "
+                    f"{self._model_key(spec, tell=False)}"
+                )
+        return lines
 
     def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:
         """Does every index file agree with the catalog? With `repair`, rebuild those that don't.

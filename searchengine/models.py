@@ -11,14 +11,17 @@ A spec is one of
 from __future__ import annotations
 
 import difflib
+import functools
+import importlib
+import importlib.util
 import logging
-import os
 import pickle
-import socket
+import re
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 from searchengine.errors import ModelError, ModelUnavailableError
 
@@ -35,15 +38,27 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 BUNDLED_ALIASES: dict[str, tuple[str, str]] = {"demo": ("se-scenes", "demo.pt")}
 
 
+# A checkpoint's weights are named by their content: `ARCH/path#<first 12 hex of its digest>`.
+DIGEST_SUFFIX = re.compile(r"#([0-9a-f]{12})$")
+SHORT_DIGEST = 12
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed `--model` value. `id` is the canonical string the catalog and indexes key on."""
+    """A parsed `--model` value.
+
+    `id` is the readable spec (`ARCH/TAG`, `ARCH/path`, `demo`); `key` adds, for a checkpoint, the
+    short content digest of the file (`ARCH/path#1f2e3d4c5b6a`), so that other weights written to
+    the same path are another model. The engine keys a home's catalog on `id` for the first
+    content it indexed under it and on `key` for any later content (see `Engine.model_id_of`).
+    """
 
     arch: str
     source: str  # "pretrained" | "checkpoint" | "random"
     tag: str | None = None
     checkpoint: Path | None = None
     alias: str | None = None
+    digest: str | None = None  # BLAKE3 hex of the checkpoint file (checkpoint specs only)
 
     @property
     def id(self) -> str:
@@ -52,6 +67,11 @@ class ModelSpec:
         if self.source == "checkpoint":
             return f"{self.arch}/{self.checkpoint}"
         return f"{self.arch}/{self.tag or 'random'}"
+
+    @property
+    def key(self) -> str:
+        """`id`, with `#` and the short content digest for a checkpoint."""
+        return f"{self.id}#{self.digest[:SHORT_DIGEST]}" if self.digest else self.id
 
     def __str__(self) -> str:
         return self.id
@@ -75,15 +95,25 @@ def parse_model_spec(text: str) -> ModelSpec:
     """Parse and validate a `--model` value without loading any weights.
 
     Raises `ModelError` naming the valid choices when the architecture or tag is unknown, and when a
-    checkpoint path does not exist.
+    checkpoint path does not exist. A checkpoint's content digest is computed here (cached by path,
+    size and mtime); a `#digest` suffix as `ModelSpec.key` writes it is accepted and ignored: the
+    file's present content decides.
     """
     import open_clip
 
     text = (text or "").strip()
+    suffix = DIGEST_SUFFIX.search(text)
+    if suffix and not Path(text.split("/", 1)[-1]).expanduser().is_file():
+        text = text[: suffix.start()]
     if text in BUNDLED_ALIASES:
         arch, filename = BUNDLED_ALIASES[text]
+        path = WEIGHTS_DIR / filename
         return ModelSpec(
-            arch=arch, source="checkpoint", checkpoint=WEIGHTS_DIR / filename, alias=text
+            arch=arch,
+            source="checkpoint",
+            checkpoint=path,
+            alias=text,
+            digest=_digest_or_none(path),
         )
     if "/" not in text:
         raise ModelError(
@@ -108,7 +138,12 @@ def parse_model_spec(text: str) -> ModelSpec:
     if path.suffix in CHECKPOINT_SUFFIXES or "/" in rest or path.exists():
         if not path.is_file():
             raise ModelError(f"checkpoint {rest!r} for model {arch} does not exist")
-        return ModelSpec(arch=arch, source="checkpoint", checkpoint=path.resolve())
+        return ModelSpec(
+            arch=arch,
+            source="checkpoint",
+            checkpoint=path.resolve(),
+            digest=checkpoint_digest(path.resolve()),
+        )
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if rest not in tags:
         choices = ", ".join(tags) if tags else "none published"
@@ -117,6 +152,34 @@ def parse_model_spec(text: str) -> ModelSpec:
             f"{arch}/random or {arch}/path/to/checkpoint.pt"
         )
     return ModelSpec(arch=arch, source="pretrained", tag=rest)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def checkpoint_digest(path: Path) -> str:
+    """BLAKE3 hex digest of a checkpoint file's bytes, cached in this process by (path, size,
+    mtime): a checkpoint of hundreds of MB is read once (BLAKE3 reads ~4 GB/s on one core)."""
+    from blake3 import blake3
+
+    try:
+        stat = path.stat()
+        cache_key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if cache_key not in _DIGESTS:
+            hasher = blake3()
+            with path.open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    hasher.update(block)
+            _DIGESTS[cache_key] = hasher.hexdigest()
+    except OSError as error:
+        raise ModelError(f"cannot read checkpoint {path}: {error}") from error
+    return _DIGESTS[cache_key]
+
+
+def _digest_or_none(path: Path) -> str | None:
+    """The digest of a bundled file, None while it is missing (loading it then says how to make
+    it)."""
+    return checkpoint_digest(path) if path.is_file() else None
 
 
 def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32", seed: int = 0):
@@ -130,7 +193,7 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
 
     register_bundled_configs()
     if spec.source == "pretrained":
-        _ensure_weights_reachable(spec)
+        ensure_weights_available(spec.id)
     if spec.source == "random":
         log.warning(
             "model %s has random weights: results are meaningless (tests and speed figures only)",
@@ -138,6 +201,12 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
         )
     torch.manual_seed(seed)
     pretrained = spec.tag if spec.source == "pretrained" else None
+    # open_clip warns that the model "initialized randomly" whenever no hub weights are asked for:
+    # false for a checkpoint (loaded next), and said in our own words for `ARCH/random` above.
+    quiet = _DropRecords(_OPEN_CLIP_NO_WEIGHTS) if pretrained is None else None
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.arch, pretrained=pretrained, precision=precision, device=device
@@ -147,11 +216,28 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
             f"could not load weights for {spec.id}: {error}. Alternatives: a local checkpoint "
             f"({spec.arch}/path/to/file.pt), {spec.arch}/random, or the bundled `demo` model"
         ) from error
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
     if spec.source == "checkpoint":
         load_checkpoint_weights(model, spec)
     model.eval()
     tokenizer = open_clip.get_tokenizer(spec.arch)
     return model, preprocess, tokenizer
+
+
+_OPEN_CLIP_NO_WEIGHTS = "No pretrained weights loaded for model "
+
+
+class _DropRecords(logging.Filter):
+    """Drops log records whose message starts with `prefix`; every other record passes."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
@@ -194,42 +280,141 @@ def _strip_module_prefix(key: str) -> str:
     return key[len("module.") :] if key.startswith("module.") else key
 
 
-def _ensure_weights_reachable(spec: ModelSpec) -> None:
-    """Fail at once, not after a minute of retries, when hub weights can't be had."""
-    import open_clip
+HUB_TIMEOUT = 5.0
+"""Seconds the model-hub check waits for an answer (huggingface_hub's client, proxies honoured)."""
+HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
-    cfg: dict[str, Any] = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
-    if cfg.get("file") and Path(cfg["file"]).exists():
+
+def ensure_weights_available(text: str) -> None:
+    """Fail at once, before anything heavy is imported, when `text` names hub weights
+    (`ARCH/TAG`) that are neither in the local cache nor downloadable now.
+
+    Downloadable means: `HF_HUB_OFFLINE` is not set and the hub answers a HEAD request for the
+    weights within `HUB_TIMEOUT` seconds through huggingface_hub's own HTTP client (so
+    `HTTPS_PROXY`, `HF_ENDPOINT` and the rest of its configuration apply). Any other spec passes
+    (aliases, checkpoints, random weights, unknown names: `parse_model_spec` judges those). Raises
+    `ModelUnavailableError` naming the alternatives.
+    """
+    arch, _, tag = (text or "").strip().partition("/")
+    if not tag or tag == "random" or DIGEST_SUFFIX.search(tag):
         return
-    hub_id = cfg.get("hf_hub", "")
-    if hub_id and _cached_on_hub(hub_id.rstrip("/")):
+    config = _published_weights(arch, tag)
+    if config:
+        _ensure_weights_reachable(arch, tag, config)
+
+
+def _ensure_weights_reachable(arch: str, tag: str, config: dict[str, Any]) -> None:
+    if config.get("file") and Path(config["file"]).exists():
         return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if offline or not _host_reachable(endpoint):
+    hub_id = config.get("hf_hub", "").rstrip("/")
+    if not hub_id:  # a plain URL: open_clip downloads (or fails) with its own messages
+        return
+    if _cached_on_hub(hub_id):
+        return
+    problem = _hub_problem(hub_id)
+    if problem:
         raise ModelUnavailableError(
-            f"weights for {spec.id} are not in the local cache and the model hub ({endpoint}) "
-            f"cannot be reached{' (HF_HUB_OFFLINE is set)' if offline else ''}. Alternatives: the "
-            f"bundled `demo` model, a local checkpoint ({spec.arch}/path/to/file.pt), or "
-            f"{spec.arch}/random for speed tests; or fetch the weights once on a connected machine"
+            f"weights for {arch}/{tag} are not in the local cache and cannot be downloaded now "
+            f"({problem}). Alternatives: the bundled `demo` model, a local checkpoint "
+            f"({arch}/path/to/file.pt), or {arch}/random for speed tests; or fetch the weights "
+            f"once on a connected machine (they are then found in the Hugging Face cache)"
         )
 
 
 def _cached_on_hub(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names)
+    return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in HUB_WEIGHT_FILES)
 
 
-def _host_reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+def _hub_problem(repo_id: str) -> str | None:
+    """Why the hub cannot serve `repo_id`'s weights now, or None when it answers."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = hf_hub_url(repo_id, HUB_WEIGHT_FILES[0])
     try:
-        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        get_hf_file_metadata(url, timeout=HUB_TIMEOUT)
+    except OfflineModeIsEnabled:
+        return "HF_HUB_OFFLINE is set"
+    except HfHubHTTPError:
+        return None  # the hub answered (a missing file, an auth error): the download will say
+    except _connection_errors() as error:
+        return f"the model hub {constants.ENDPOINT} cannot be reached{_via_proxy(url)}: {error}"
+    return None
+
+
+def _via_proxy(url: str) -> str:
+    """' through the proxy P' when the environment sends `url` through one, else ''."""
+    import urllib.request
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if not proxy or urllib.request.proxy_bypass(parsed.hostname or ""):
+        return ""
+    return f" through the proxy {proxy}"
+
+
+def _connection_errors() -> tuple[type[Exception], ...]:
+    """The errors of huggingface_hub's HTTP client when no answer comes: OSError (requests' are
+    OSErrors) and the transport errors of httpx2 (huggingface_hub 2) or httpx (1.x)."""
+    errors: list[type[Exception]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+_ABSENT = object()
+
+
+@functools.cache
+def _published_weights_table() -> Any:
+    """open_clip's table of published weights (`open_clip/pretrained.py`), read as a private module
+    without importing the `open_clip` package, whose import (torch, transformers) takes seconds:
+    the offline check must answer before that. Falls back to the real package."""
+    found = importlib.util.find_spec("open_clip")
+    locations = list(found.submodule_search_locations or []) if found else []
+    name = "_searchengine_open_clip_table"
+    blocked = {"safetensors.torch": sys.modules.get("safetensors.torch", _ABSENT)}
+    try:
+        if not locations:
+            raise ImportError("open_clip is not a package")
+        package = types.ModuleType(name)
+        package.__path__ = locations
+        sys.modules[name] = package
+        spec = importlib.util.spec_from_file_location(
+            f"{name}.pretrained", Path(locations[0]) / "pretrained.py"
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError("open_clip/pretrained.py not found")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        sys.modules["safetensors.torch"] = None  # type: ignore[assignment] -- no torch for a table
+        spec.loader.exec_module(module)
+        module.get_pretrained_cfg  # noqa: B018 -- the one function used
+        return module
+    except (ImportError, OSError, AttributeError, SyntaxError) as error:
+        log.debug("reading open_clip's weights table through the package: %s", error)
+        import open_clip
+
+        return open_clip.pretrained
+    finally:
+        for key, value in blocked.items():
+            if value is _ABSENT:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+
+
+def _published_weights(arch: str, tag: str) -> dict[str, Any]:
+    """open_clip's download config of (arch, tag): `hf_hub`, `url`, ...; {} when unpublished."""
+    return dict(_published_weights_table().get_pretrained_cfg(arch, tag) or {})
 
 
 def available_models(*, pretrained: bool = False) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from searchengine.spaces import SpaceCheck
 
@@ -80,6 +80,7 @@ class Status:
     spaces: list[SpaceStatus]
     text_sets: dict[str, int]
     skipped: list[tuple[str, str]]  # (path, reason)
+    warnings: list[str] = field(default_factory=list)  # e.g. a checkpoint changed since indexed
 
     def as_dict(self) -> dict:
         return {
@@ -89,6 +90,7 @@ class Status:
             "spaces": [s.__dict__ for s in self.spaces],
             "text_sets": self.text_sets,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "warnings": list(self.warnings),
         }
 
 

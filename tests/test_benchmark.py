@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from float_noise import assert_recall_close, recall_slack
 from PIL import Image
 
 from searchengine import benchmark
@@ -123,28 +124,56 @@ def captioned(tmp_path_factory) -> Path:
     return make_captioned(tmp_path_factory.mktemp("captioned"))
 
 
-def test_flat_index_recall_equals_exact_recall(captioned, tmp_path):
+def stored_vectors(engine, data) -> tuple[np.ndarray, np.ndarray]:
+    """The durable (image_vectors (n_images, d), text_vectors (n_captions, d)) of a dataset."""
+    ids = engine.media_ids_by_path(list(data.images))
+    _, image_vectors = engine.vectors("image", model=MODEL,
+                                      ids=[ids[str(p.absolute())] for p in data.images])
+    text_ids = engine.text_ids()
+    got_ids, vectors = engine.vectors("text", model=MODEL)
+    row = {int(i): r for r, i in enumerate(got_ids.tolist())}
+    return image_vectors, vectors[[row[text_ids[c]] for c in data.captions]]
+
+
+@pytest.fixture(scope="module")
+def slack(captioned, tmp_path_factory) -> tuple[float, float]:
+    """How far exact and flat-index recall may differ on `captioned` through float noise alone:
+    (text->image, image->text) share of queries with a near-tie at their first hit (0 when
+    none: then the figures must be equal)."""
+    data = read_caption_dataset(captioned)
+    with ExitStack() as stack:
+        engine = benchmark.open_bench_engine(stack, tmp_path_factory.mktemp("slack"))
+        benchmark.measure_recall(engine, data, model=MODEL,
+                                 settings=benchmark.RecallSettings(ingest=FAST))
+        image_vectors, text_vectors = stored_vectors(engine, data)
+    return recall_slack(image_vectors, text_vectors, data.text_to_image)
+
+
+def test_flat_index_recall_equals_exact_recall(captioned, tmp_path, slack):
     data = read_caption_dataset(captioned)
     settings = benchmark.RecallSettings(ks=(1, 3, 5, 40), curve_max_k=20, ingest=FAST)
     with ExitStack() as stack:
         engine = benchmark.open_bench_engine(stack, tmp_path / "home")
         report = benchmark.measure_recall(engine, data, model=MODEL, settings=settings)
-        # exact figures equal the plain metric on the durable vectors
-        ids = engine.media_ids_by_path(list(data.images))
-        _, image_vectors = engine.vectors("image", model=MODEL,
-                                          ids=[ids[str(p.absolute())] for p in data.images])
+        image_vectors, _ = stored_vectors(engine, data)
     assert report.index_kind == "flat"
     assert report.dataset["images"] == 10 and report.dataset["captions"] == 30
     assert report.dataset["duplicate_captions"] == 1
     assert report.dataset["images_without_captions"] == 1
-    assert report.index_text_to_image == report.exact.text_to_image
-    assert report.index_image_to_text == report.exact.image_to_text
-    assert report.index_curve == report.exact_curve
+    # FAISS and numpy compute the scores in other orders: equal up to near-ties of float noise
+    assert_recall_close(report.index_text_to_image, report.exact.text_to_image, slack[0])
+    assert_recall_close(report.index_image_to_text, report.exact.image_to_text, slack[1])
+    ks = range(1, len(report.exact_curve.text_to_image) + 1)
+    for direction, share in (("text_to_image", slack[0]), ("image_to_text", slack[1])):
+        assert_recall_close(dict(zip(ks, getattr(report.index_curve, direction), strict=True)),
+                            dict(zip(ks, getattr(report.exact_curve, direction), strict=True)),
+                            share)
     assert report.exact.text_to_image[40] == 1.0  # k above the image count
     assert image_vectors.shape == (10, 64)
 
 
-def test_hnsw_kind_is_measured_and_a_reused_home_gives_the_same_figures(captioned, tmp_path):
+def test_hnsw_kind_is_measured_and_a_reused_home_gives_the_same_figures(captioned, tmp_path,
+                                                                       slack):
     data = read_caption_dataset(captioned)
     home = tmp_path / "home"
     results = []
@@ -157,7 +186,7 @@ def test_hnsw_kind_is_measured_and_a_reused_home_gives_the_same_figures(captione
     assert results[0].exact == results[1].exact == results[2].exact
     assert results[0].index_text_to_image == results[1].index_text_to_image
     # HNSW on 10 points is exhaustive in practice; the flat index must be exact in any case
-    assert results[2].index_image_to_text == results[2].exact.image_to_text
+    assert_recall_close(results[2].index_image_to_text, results[2].exact.image_to_text, slack[1])
 
 
 def test_a_home_with_other_images_is_refused(captioned, tmp_path):
@@ -172,7 +201,7 @@ def test_a_home_with_other_images_is_refused(captioned, tmp_path):
                                      settings=benchmark.RecallSettings(ingest=FAST))
 
 
-def test_bench_recall_cli_json_and_table(captioned, tmp_path):
+def test_bench_recall_cli_json_and_table(captioned, tmp_path, slack):
     runner = CliRunner()
     plot = tmp_path / "recall.png"
     result = runner.invoke(cli, ["bench", "recall", str(captioned), "--model", MODEL,
@@ -180,7 +209,8 @@ def test_bench_recall_cli_json_and_table(captioned, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output[result.output.index("{"):])
     assert set(payload["exact"]["image_to_text"]) == {"R@1", "R@5"}
-    assert payload["index"]["text_to_image"] == payload["exact"]["text_to_image"]
+    assert_recall_close(payload["index"]["text_to_image"], payload["exact"]["text_to_image"],
+                        slack[0])
     assert payload["plot"] == str(plot) and plot.is_file()
     result = runner.invoke(cli, ["bench", "recall", str(captioned), "--model", MODEL])
     assert result.exit_code == 0, result.output

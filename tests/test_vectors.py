@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from float_noise import assert_top_k, score_noise
 
 from searchengine.errors import IndexMismatchError, InvalidInputError
 from searchengine.vectors import INDEX_KINDS, Manifest, VectorIndex, manifest_path, read_manifest
@@ -53,9 +54,9 @@ def test_flat_hits_equal_brute_force(data):
     xb, ids, xq = data
     index = VectorIndex.build("flat", DIM, ids, xb)
     D, I = index.search(xq, 10)
-    D_ref, I_ref = brute_force(xb, ids, xq, 10)
-    np.testing.assert_array_equal(I_ref, I)
-    np.testing.assert_allclose(D_ref, D, atol=1e-5)
+    D_ref, _ = brute_force(xb, ids, xq, 10)
+    assert_top_k(I, xq, xb, ids)  # the same ids, up to order among float-noise ties
+    np.testing.assert_allclose(D_ref, D, rtol=0, atol=score_noise(DIM))
     assert D.dtype == np.float32 and I.dtype == np.int64 and D.shape == (50, 10)
 
 
@@ -81,9 +82,10 @@ def test_filtered_search_equals_brute_force_over_the_subset(data, kind):
     _, I_ref = brute_force(xb[rows], allowed, xq, 5)
     assert set(I.ravel().tolist()) - {-1} <= set(allowed.tolist())
     if kind == "flat":
-        np.testing.assert_array_equal(I_ref, I)
-    else:
-        assert recall(I_ref, I) >= 0.8
+        assert_top_k(I, xq, xb[rows], allowed)
+    else:  # 0.996 (hnsw) and 0.816 (ivf) here; IVF's k-means centroids follow each CPU's float
+        # rounding, so its recall moves a few points between machines (a broken filter gives ~0)
+        assert recall(I_ref, I) >= (0.9 if kind == "hnsw" else 0.7)
 
 
 def test_filter_smaller_than_k_pads_with_minus_one(data):
@@ -115,8 +117,7 @@ def test_add_remove_and_ids(data):
     kept = np.r_[10:110]
     assert sorted(index.ids().tolist()) == sorted(ids[kept].tolist())
     D, I = index.search(xq, 4)
-    _, I_ref = brute_force(xb[kept], ids[kept], xq, 4)
-    np.testing.assert_array_equal(I_ref, I)
+    assert_top_k(I, xq, xb[kept], ids[kept])
     np.testing.assert_allclose(index.reconstruct(ids[50]), xb[50])
 
 
@@ -146,7 +147,8 @@ def test_flat_removal_keeps_every_id_on_its_own_vector(data):
     D, I = index.search(xq, 20)
     by_id = dict(zip(ids.tolist(), xb, strict=True))
     for scores, row, query in zip(D, I, xq, strict=True):
-        np.testing.assert_allclose(scores, [by_id[i] @ query for i in row], atol=1e-5)
+        np.testing.assert_allclose(scores, [by_id[i] @ query for i in row], rtol=0,
+                                   atol=score_noise(DIM))
 
 
 def test_wrong_shapes_and_kinds_are_errors():

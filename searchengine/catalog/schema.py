@@ -62,13 +62,19 @@ class SkippedFile(Base):
 
 
 class EmbeddingModel(Base):
-    """A model whose vectors live in this home; one vector space per (model, modality)."""
+    """A model whose vectors live in this home; one vector space per (model, modality).
+
+    `spec` is the model's key (`ModelSpec.id`, or `ModelSpec.key` for later contents of a
+    checkpoint path); `content_hash` the BLAKE3 digest of the checkpoint file whose weights made
+    the vectors (None for hub and random weights, and for rows written before revision 0002).
+    """
 
     __tablename__ = "models"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     spec: Mapped[str] = mapped_column(Text, unique=True)
     dim: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 

@@ -80,6 +80,7 @@ class ModelRow:
     id: int
     spec: str
     dim: int
+    content_hash: str | None = None  # the checkpoint file's digest; None for hub/random weights
 
 
 def head_revision() -> str:
@@ -139,26 +140,34 @@ class Catalog:
 
     # -- models ---------------------------------------------------------------------------
 
-    def ensure_model(self, spec: str, dim: int) -> ModelRow:
-        """The row of `spec`, created on first use; a dimension change is refused."""
+    def ensure_model(self, spec: str, dim: int, content_hash: str | None = None) -> ModelRow:
+        """The row of `spec`, created on first use; a dimension change is refused.
+
+        `content_hash` (a checkpoint's digest) is stored with a new row, and recorded on a row that
+        has none yet (written before checkpoints were identified by content).
+        """
         with self.session() as session, session.begin():
             row = session.scalar(select(EmbeddingModel).where(EmbeddingModel.spec == spec))
             if row is None:
-                row = EmbeddingModel(spec=spec, dim=dim, created_at=datetime.now())
+                row = EmbeddingModel(
+                    spec=spec, dim=dim, content_hash=content_hash, created_at=datetime.now()
+                )
                 session.add(row)
                 session.flush()
-            elif row.dim != dim:
+            elif row.content_hash is None and content_hash is not None:
+                row.content_hash = content_hash
+            if row.dim != dim:
                 raise CatalogError(
                     f"model {spec} was indexed with dimension {row.dim} but now gives {dim}; "
                     "save the new weights under another path (a new model), or index into a "
                     "new home with --home"
                 )
-            return ModelRow(row.id, row.spec, row.dim)
+            return ModelRow(row.id, row.spec, row.dim, row.content_hash)
 
     def models(self) -> list[ModelRow]:
         with self.session() as session:
             rows = session.scalars(select(EmbeddingModel).order_by(EmbeddingModel.id))
-            return [ModelRow(r.id, r.spec, r.dim) for r in rows]
+            return [ModelRow(r.id, r.spec, r.dim, r.content_hash) for r in rows]
 
     def find_model(self, spec: str) -> ModelRow | None:
         return next((m for m in self.models() if m.spec == spec), None)

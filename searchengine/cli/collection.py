@@ -303,6 +303,8 @@ def status(home, as_json):
         click.echo(f"{len(report.skipped)} skipped files:")
         for path, reason in report.skipped:
             click.echo(f"  {path}: {reason}")
+    for line in report.warnings:
+        click.echo(f"warning: {line}")
 
 
 @click.command()

@@ -86,6 +86,17 @@ def show_progress(as_json: bool) -> bool:
     return not as_json and sys.stderr.isatty()
 
 
+# What Ctrl-C leaves behind, by command; a command not named here keeps nothing worth naming.
+ON_INTERRUPT = {
+    "index": "interrupted; the batches already written are kept: run the command again to "
+    "continue",
+    "add-texts": "interrupted; the texts already embedded are kept: run the command again to "
+    "continue",
+    "train": "interrupted; --out keeps the run as of its last save (--save-every steps): run the "
+    "same command with --resume to continue it",
+}
+
+
 def handle_errors(function: Callable) -> Callable:
     """Turn library errors into a one-line message and exit status 1 (never a traceback)."""
 
@@ -96,9 +107,9 @@ def handle_errors(function: Callable) -> Callable:
         except SearchEngineError as error:
             raise click.ClickException(str(error)) from error
         except KeyboardInterrupt:
-            click.echo(
-                "interrupted; finished work is kept, run the command again to resume", err=True
-            )
+            context = click.get_current_context(silent=True)
+            name = context.info_name if context else None
+            click.echo(ON_INTERRUPT.get(name or "", "interrupted"), err=True)
             raise SystemExit(130) from None
 
     return wrapper

@@ -62,6 +62,9 @@ class Status(BaseModel):
     spaces: list[Space]
     text_sets: dict[str, int]
     skipped: list[Skipped]
+    warnings: list[str] = Field(
+        default_factory=list, description="E.g. a checkpoint that changed since it was indexed."
+    )
     serving_model: str = Field(description="The model this server answers with.")
 
 

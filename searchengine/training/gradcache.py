@@ -42,7 +42,9 @@ def contrastive_backward(
         with autocast():
             image_embeddings = _encode(model.encode_image, model.visual, images)
             text_embeddings = _encode(model.encode_text, _text_tower(model), tokens)
-        loss = loss_function(image_embeddings.float(), text_embeddings.float())
+        loss = loss_function(
+            _at_least_float32(image_embeddings), _at_least_float32(text_embeddings)
+        )
         if loss.requires_grad:
             scale_loss(loss).backward()
         return loss.detach()
@@ -58,8 +60,12 @@ def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast
         for chunk in chunks:
             states.append(_rng_state(images.device))
             with autocast():
-                image_parts.append(model.encode_image(images[chunk], normalize=True).float())
-                text_parts.append(model.encode_text(tokens[chunk], normalize=True).float())
+                image_parts.append(
+                    _at_least_float32(model.encode_image(images[chunk], normalize=True))
+                )
+                text_parts.append(
+                    _at_least_float32(model.encode_text(tokens[chunk], normalize=True))
+                )
     image_embeddings = torch.cat(image_parts).requires_grad_()  # (N, D) leaf
     text_embeddings = torch.cat(text_parts).requires_grad_()  # (N, D) leaf
     loss = loss_function(image_embeddings, text_embeddings)
@@ -81,6 +87,13 @@ def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast
             gradients = [g.to(o.dtype) for o, g in zip(outputs, gradients, strict=True)]
             torch.autograd.backward(outputs, gradients)
     return loss.detach()
+
+
+def _at_least_float32(embeddings: torch.Tensor) -> torch.Tensor:
+    """Autocast's fp16/bf16 embeddings up to float32 for the loss; a float64 model stays float64."""
+    import torch
+
+    return embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
 
 
 def _encode(encode: Callable, tower: torch.nn.Module | None, inputs: torch.Tensor) -> torch.Tensor:

@@ -87,9 +87,14 @@ def train(
     `settings.val_fraction` of the images; write checkpoints, metrics.jsonl, summary.json and
     plots into `out`. `split`/`val_split` select a split of a dataset folder (`--val` defaults to
     the training source when only `val_split` is given)."""
+    from searchengine.models import ensure_weights_available
+
+    ensure_weights_available(settings.model)  # offline hub weights: fail before torch loads
     import torch
 
     out = Path(out)
+    if not resume:
+        _refuse_to_overwrite(out)
     out.mkdir(parents=True, exist_ok=True)
     train_set, val_set = _read_sets(pairs, val, settings, image_column, caption_column, split,
                                     val_split)
@@ -99,6 +104,23 @@ def train(
         with torch.random.fork_rng(devices=run.cuda_devices):
             state = run.loop(state)
         return run.finish(state)
+
+
+def _refuse_to_overwrite(out: Path) -> None:
+    """A run folder that holds a run is never started over: its last.pt (the interrupted run's
+    only copy of its optimiser and step) would be overwritten at the first save."""
+    last, summary = out / "last.pt", out / "summary.json"
+    if not last.is_file():
+        return
+    if summary.is_file() and summary.stat().st_mtime_ns >= last.stat().st_mtime_ns:
+        raise InvalidInputError(
+            f"{out} holds a finished run (summary.json, last.pt, best.pt); give another --out to "
+            "train again, or continue this run for more steps with --resume and a larger --steps"
+        )
+    raise InvalidInputError(
+        f"{out} holds an unfinished run (last.pt); continue it with --resume and the same "
+        "settings, or give another --out to start a new one"
+    )
 
 
 def intra_op_threads(workers: int, cpus: int | None = None) -> int | None:
