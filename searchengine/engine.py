@@ -10,7 +10,6 @@ Every CLI command is one method here; the CLI only formats what comes back.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from searchengine.encoder import Encoder
 from searchengine.errors import IndexMismatchError, InvalidInputError, NotIndexedError
 from searchengine.images import load_image
 from searchengine.models import parse_model_spec
+from searchengine.paths import catalog_path
 from searchengine.results import (
     AddTextsReport,
     CheckReport,
@@ -213,7 +213,7 @@ class Engine:
         """
         if not paths:
             raise InvalidInputError("give at least one file or folder to forget")
-        roots = [_absolute(p) for p in paths]
+        roots = [catalog_path(p) for p in paths]
         stored = list(self.catalog.files_under(roots)) + list(self.catalog.skipped_under(roots))
         if not stored:
             raise InvalidInputError(f"nothing catalogued under {', '.join(roots)}")
@@ -375,7 +375,7 @@ class Engine:
             raise InvalidInputError(f"{image} does not exist; give an image file or a catalog id")
         if not path.is_file():
             raise InvalidInputError(f"{image} is not a file")
-        row = self.catalog.media_by_path(_absolute(path))
+        row = self.catalog.media_by_path(catalog_path(path))
         if row is not None:
             model_row = self.catalog.find_model(self.model_id_of(model))
             stat = path.stat()
@@ -468,8 +468,8 @@ class Engine:
         return space.index.search(queries, k, allowed_ids=allowed)
 
     def media_ids_by_path(self, paths: list[str | Path]) -> dict[str, int]:
-        """Absolute path string -> media id, for catalogued paths among `paths`."""
-        wanted = [_absolute(p) for p in paths]
+        """`paths.catalog_path` of each path -> media id, for catalogued paths among `paths`."""
+        wanted = [catalog_path(p) for p in paths]
         stored = self.catalog.files_under(sorted({str(Path(p).parent) for p in wanted}))
         return {p: stored[p].id for p in wanted if p in stored}
 
@@ -518,12 +518,6 @@ class Engine:
 
     def models(self) -> list[ModelRow]:
         return self.catalog.models()
-
-
-def _absolute(path: str | Path) -> str:
-    """The path as the catalog stores it: absolute and normalised (`a/../b` is `b`), links kept,
-    exactly as `ingest.check_roots` makes the roots it walks."""
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def _kind_key(spec_id: str, modality: str) -> str:

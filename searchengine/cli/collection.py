@@ -10,6 +10,7 @@ import click
 
 from searchengine.cli.options import (
     echo_json,
+    echo_line,
     echo_table,
     handle_errors,
     home_option,
@@ -30,7 +31,7 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         echo_json(result.as_dict())
         return
-    click.echo(f"{result.query}  [{result.model}]")
+    echo_line(f"{result.query}  [{result.model}]")
     if not result.hits:
         click.echo("no hits")
         return
@@ -276,7 +277,7 @@ def status(home, as_json):
     if as_json:
         echo_json(report.as_dict())
         return
-    click.echo(f"home {report.home}: {report.images} images; default model {report.default_model}")
+    echo_line(f"home {report.home}: {report.images} images; default model {report.default_model}")
     if report.spaces:
         echo_table(
             ["model", "modality", "vectors", "kind"],
@@ -287,7 +288,7 @@ def status(home, as_json):
     if report.skipped:
         click.echo(f"{len(report.skipped)} skipped files:")
         for path, reason in report.skipped:
-            click.echo(f"  {path}: {reason}")
+            echo_line(f"  {path}: {reason}")
 
 
 @click.command()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from searchengine.engine import Classification, Engine, SearchResult
 from searchengine.errors import NotIndexedError
+from searchengine.paths import display_path, path_fields
 from searchengine.server.errors import ApiError
 from searchengine.server.media import MediaFiles
 from searchengine.server.settings import ServerSettings
@@ -86,7 +87,8 @@ class SearchService:
     def match(self, image: ImageRef, text: str) -> dict:
         with self._resolved(image) as (source, name), self._lock:
             score = self.engine.match(source, text, model=self.model)
-        return {"image": name, "text": text, "model": self.model, "score": round(score, 6)}
+        return {"image": display_path(name), "text": text, "model": self.model,
+                "score": round(score, 6)}
 
     def status(self) -> dict:
         with self._lock:
@@ -98,7 +100,7 @@ class SearchService:
         fields = (
             "id", "path", "size", "width", "height", "format", "taken_at", "camera", "indexed_at",
         )
-        return {name: getattr(row, name) for name in fields}
+        return {name: getattr(row, name) for name in fields} | path_fields(row.path)
 
     # -- helpers -------------------------------------------------------------------------
 
