@@ -27,6 +27,7 @@ import numpy as np
 from searchengine.datasets import CaptionDataset, ClassFolder
 from searchengine.errors import InvalidInputError
 from searchengine.metrics import RetrievalMetrics, caption_ranks, image_ranks, metrics_from_ranks
+from searchengine.paths import catalog_path
 from searchengine.prompts import label_embeddings, templates_named
 from searchengine.settings import IngestSettings
 
@@ -256,7 +257,7 @@ def _indexed_ids(
         list(images), model=model, settings=ingest, index_kind=index_kind, progress=progress
     )
     media = engine.media_ids_by_path(list(images))
-    keys = [str(Path(path).expanduser().absolute()) for path in images]
+    keys = [catalog_path(path) for path in images]  # the names media_ids_by_path answers with
     kept = [i for i, key in enumerate(keys) if key in media]
     if not kept:
         raise InvalidInputError("the engine could read none of the images; see the skipped files")

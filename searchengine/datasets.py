@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from searchengine.errors import InvalidInputError
+from searchengine.paths import catalog_path
 from searchengine.settings import IMAGE_EXTENSIONS
 from searchengine.training.pairs import SPLIT_FILE, Pair, PairSet, read_pairs
 
@@ -124,8 +125,8 @@ def _build(
     owners: dict[str, set[int]] = {}
     for caption, image in zip(captions, text_to_image, strict=True):
         owners.setdefault(caption, set()).add(image)
-    captioned = {path.resolve() for path in paths}
-    without = len({path.resolve() for path in listed} - captioned) if listed is not None else 0
+    captioned = {catalog_path(path) for path in paths}
+    without = len({catalog_path(path) for path in listed} - captioned) if listed is not None else 0
     if duplicates or without:
         log.info("%s: %d repeated captions dropped, %d images without captions left out",
                  source, duplicates, without)

@@ -35,6 +35,7 @@ from searchengine.models import (
     ensure_weights_available,
     parse_model_spec,
 )
+from searchengine.paths import catalog_path
 from searchengine.queries import (
     ImageQuery,
     check_media_id,
@@ -269,7 +270,7 @@ class Engine:
         """
         if not paths:
             raise InvalidInputError("give at least one file or folder to forget")
-        roots = [_absolute(p) for p in paths]
+        roots = [catalog_path(p) for p in paths]
         stored = list(self.catalog.files_under(roots)) + list(self.catalog.skipped_under(roots))
         if not stored:
             raise InvalidInputError(f"nothing catalogued under {', '.join(roots)}")
@@ -485,7 +486,7 @@ class Engine:
         )
 
     def _path_vector(self, path: Path, model: str | None) -> tuple[np.ndarray, str]:
-        row = self.catalog.media_by_path(_absolute(path))
+        row = self.catalog.media_by_path(catalog_path(path))
         if row is not None:
             model_row = self.catalog.find_model(self.model_id_of(model))
             stat = path.stat()
@@ -577,8 +578,8 @@ class Engine:
         return space.index.search(queries, k, allowed_ids=allowed)
 
     def media_ids_by_path(self, paths: list[str | Path]) -> dict[str, int]:
-        """Absolute path string -> media id, for catalogued paths among `paths`."""
-        wanted = [_absolute(p) for p in paths]
+        """`paths.catalog_path` of each path -> media id, for catalogued paths among `paths`."""
+        wanted = [catalog_path(p) for p in paths]
         stored = self.catalog.files_under(sorted({str(Path(p).parent) for p in wanted}))
         return {p: stored[p].id for p in wanted if p in stored}
 
@@ -660,12 +661,6 @@ class Engine:
 
     def models(self) -> list[ModelRow]:
         return self.catalog.models()
-
-
-def _absolute(path: str | Path) -> str:
-    """The path as the catalog stores it: absolute and normalised (`a/../b` is `b`), links kept,
-    exactly as `ingest.check_roots` makes the roots it walks."""
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def _kind_key(spec_id: str, modality: str) -> str:

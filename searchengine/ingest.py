@@ -8,6 +8,7 @@ to the vector index.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from searchengine.catalog import Catalog, NewImage, Skip, StoredFile
 from searchengine.errors import ImageDecodeError, InvalidInputError
 from searchengine.hashing import content_hash
 from searchengine.images import ImageInfo, fit_for_model, load_image
+from searchengine.paths import catalog_path, display_path
 from searchengine.progress import progress_bar
 from searchengine.settings import IngestSettings
 
@@ -67,41 +69,115 @@ def scan(roots: list[Path], settings: IngestSettings) -> tuple[dict[str, FileSta
     """Walk `roots` (files or folders) for image files by extension.
 
     Returns path -> FileStat for every image file found, and Skips for folders or files that
-    could not be read. Symbolic links to folders are followed only when settings say so.
+    could not be read (unreadable folders, broken or looping symbolic links, devices, pipes).
+    Symbolic links to folders are followed only when settings say so, and then each real folder
+    is walked once (no cycles). Folders are walked with an explicit stack, so depth is unbounded.
     """
     found: dict[str, FileStat] = {}
     problems: list[Skip] = []
     extensions = tuple(e.lower() for e in settings.extensions)
     for root in roots:
-        if root.is_file():
-            _add_file(root, found, problems)
+        if not root.is_dir():
+            _add_file(str(root), found, problems)
             continue
-        for dirpath, dirnames, filenames in os.walk(
-            root,
-            followlinks=settings.follow_symlinks,
-            onerror=lambda e: problems.append(
-                Skip(str(e.filename), 0, 0, f"unreadable folder: {e.strerror}")
-            ),
-        ):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.lower().endswith(extensions) and not name.startswith("."):
-                    _add_file(Path(dirpath) / name, found, problems)
+        for path in _image_files(str(root), extensions, settings.follow_symlinks, problems):
+            _add_file(path, found, problems)
     return found, problems
 
 
-def _add_file(path: Path, found: dict[str, FileStat], problems: list[Skip]) -> None:
+def _image_files(
+    root: str, extensions: tuple[str, ...], follow_symlinks: bool, problems: list[Skip]
+) -> Iterator[str]:
+    """Paths of non-hidden files ending in `extensions` under the folder `root`, in the order of
+    a sorted top-down `os.walk` (a folder's files, then each sub-folder in name order); hidden
+    folders are skipped and unreadable ones recorded in `problems`."""
+    walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of folders met, when following links
+    if follow_symlinks:
+        walked.add(_identity(os.stat(root)))
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append(Skip(folder, 0, 0, f"unreadable folder: {error.strerror}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if _is_folder(entry):
+                if _walk_into(entry, follow_symlinks, walked):
+                    subfolders.append(entry.path)
+            elif entry.name.lower().endswith(extensions):
+                yield entry.path
+        stack.extend(reversed(subfolders))  # the first sub-folder is walked next
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
     try:
-        stat = path.stat()
+        return entry.is_dir()  # follows links: a link to a folder is a folder, never a file
+    except OSError:  # a link loop or an unreadable target: looked at as a file
+        return False
+
+
+def _walk_into(entry: os.DirEntry, follow_symlinks: bool, walked: set[tuple[int, int]]) -> bool:
+    if not follow_symlinks:
+        return not entry.is_symlink()
+    try:
+        identity = _identity(entry.stat())
+    except OSError:
+        return False
+    if identity in walked:
+        log.debug("%s: a folder already walked (through a link); not walked again", entry.path)
+        return False
+    walked.add(identity)
+    return True
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def _add_file(path: str, found: dict[str, FileStat], problems: list[Skip]) -> None:
+    try:
+        stat = os.stat(path)
     except FileNotFoundError:
-        return  # vanished between listing and stat: nothing to index, nothing to record
+        target = _link_target(path)
+        if target is not None:
+            problems.append(Skip(path, 0, 0, f"broken symbolic link to {target}"))
+        return  # else vanished between listing and stat: nothing to index, nothing to record
     except OSError as error:
-        problems.append(Skip(str(path), 0, 0, f"unreadable: {error.strerror}"))
+        reason = (
+            f"symbolic link loop (through {_link_target(path)})"
+            if error.errno == errno.ELOOP
+            else f"unreadable: {error.strerror}"
+        )
+        problems.append(Skip(path, 0, 0, reason))
         return
     if not S_ISREG(stat.st_mode):  # a named pipe or device would block the reader forever
-        problems.append(Skip(str(path), 0, stat.st_mtime_ns, "not a regular file"))
+        target = _link_target(path)
+        link = f"symbolic link to {target}, " if target is not None else ""
+        problems.append(
+            Skip(path, 0, stat.st_mtime_ns, f"not a regular file ({link}{_kind(stat.st_mode)})")
+        )
         return
-    found[str(path)] = FileStat(str(path), stat.st_size, stat.st_mtime_ns)
+    found[path] = FileStat(path, stat.st_size, stat.st_mtime_ns)
+
+
+def _link_target(path: str) -> str | None:
+    """Where the symbolic link `path` points (printable), or None when it is not a link."""
+    try:
+        return display_path(os.readlink(path))
+    except OSError:
+        return None
+
+
+def _kind(mode: int) -> str:
+    kinds = ((S_ISDIR, "a folder"), (S_ISFIFO, "a named pipe"), (S_ISCHR, "a character device"),
+             (S_ISBLK, "a block device"), (S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
 
 
 def plan(
@@ -295,12 +371,13 @@ def _decoded_parts(dataset, start: int, settings: IngestSettings, idle: bool) ->
 
 
 def check_roots(paths: list[Path]) -> list[Path]:
-    """Absolute, existing roots; a missing one is an error before anything is touched."""
+    """Absolute, existing roots, named as the catalog names paths (`paths.catalog_path`); a missing
+    one is an error before anything is touched."""
     if not paths:
         raise InvalidInputError("give at least one file or folder to index")
     roots = []
     for path in paths:
-        resolved = Path(os.path.abspath(os.path.expanduser(path)))
+        resolved = Path(catalog_path(path))
         if not resolved.exists():
             raise InvalidInputError(f"{path} does not exist; give an existing file or folder")
         roots.append(resolved)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from searchengine.paths import display_path, path_fields
 from searchengine.spaces import SpaceCheck
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One ranked result: an image (`path`) or a text (`text`), with its catalog id."""
+    """One ranked result: an image (`path`) or a text (`text`), with its catalog id.
+
+    In `as_dict` (JSON), a path that is not valid UTF-8 shows its odd bytes as `\\xNN` and
+    comes with `path_bytes`, its exact bytes in base64 (`searchengine.paths`)."""
 
     rank: int
     score: float
@@ -19,7 +23,10 @@ class SearchHit:
 
     def as_dict(self) -> dict:
         out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
-        out.update({"path": self.path} if self.text is None else {"text": self.text})
+        if self.text is not None:
+            out["text"] = self.text
+        else:
+            out.update(path_fields(self.path) if self.path is not None else {"path": None})
         return out
 
 
@@ -30,7 +37,10 @@ class SearchResult:
     hits: list[SearchHit]
 
     def as_dict(self) -> dict:
-        return {"query": self.query, "model": self.model, "hits": [h.as_dict() for h in self.hits]}
+        return path_fields(self.query, "query") | {  # the query of `similar` is a path
+            "model": self.model,
+            "hits": [h.as_dict() for h in self.hits],
+        }
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,7 @@ class Classification:
     labels: list[LabelScore]  # most probable first
 
     def as_dict(self) -> dict:
-        return {
-            "image": self.image,
+        return path_fields(self.image, "image") | {
             "model": self.model,
             "labels": [
                 {"label": s.label, "probability": round(s.probability, 6)} for s in self.labels
@@ -84,12 +93,12 @@ class Status:
 
     def as_dict(self) -> dict:
         return {
-            "home": self.home,
+            "home": display_path(self.home),
             "images": self.images,
             "default_model": self.default_model,
             "spaces": [s.__dict__ for s in self.spaces],
             "text_sets": self.text_sets,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "skipped": [path_fields(p) | {"reason": display_path(r)} for p, r in self.skipped],
             "warnings": list(self.warnings),
         }
 

@@ -13,9 +13,12 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from searchengine.paths import from_stored, to_stored
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -23,6 +26,21 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class PathText(TypeDecorator):
+    """A file path as TEXT. Bytes of a name that are not UTF-8 (lone surrogates in Python) are
+    stored as reversible stand-ins (`searchengine.paths.to_stored`); equality, IN and prefix
+    queries keep their meaning. The column stays plain TEXT: no schema change."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        return None if value is None else to_stored(value)
+
+    def process_result_value(self, value: str | None, dialect) -> str | None:
+        return None if value is None else from_stored(value)
 
 
 class Base(DeclarativeBase):
@@ -36,7 +54,7 @@ class Media(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(PathText, unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
@@ -54,7 +72,7 @@ class SkippedFile(Base):
     __tablename__ = "skipped_files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(PathText, unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(Text)

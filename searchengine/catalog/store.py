@@ -184,7 +184,8 @@ class Catalog:
                         Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash
                     ).where(_under(Media.path, chunk))
                 )
-                found.update({r.path: StoredFile(*r) for r in rows})
+                folders = _folders(chunk)
+                found.update({r.path: StoredFile(*r) for r in rows if _is_under(r.path, folders)})
         return found
 
     def skipped_under(self, roots: Sequence[str]) -> dict[str, Skip]:
@@ -192,7 +193,12 @@ class Catalog:
         with self.session() as session:
             for chunk in _chunks(list(roots), _ROOTS_PER_QUERY):
                 rows = session.scalars(select(SkippedFile).where(_under(SkippedFile.path, chunk)))
-                found.update({r.path: Skip(r.path, r.size, r.mtime_ns, r.reason) for r in rows})
+                folders = _folders(chunk)
+                found.update({
+                    r.path: Skip(r.path, r.size, r.mtime_ns, r.reason)
+                    for r in rows
+                    if _is_under(r.path, folders)
+                })
         return found
 
     def skipped(self) -> list[Skip]:
@@ -435,6 +441,23 @@ def _under(column, roots: Sequence[str]):
         clauses.append(column == root)
         clauses.append(column.startswith(root.rstrip("/") + "/", autoescape=True))
     return or_(*clauses)
+
+
+def _folders(roots: Sequence[str]) -> frozenset[str]:
+    return frozenset(root.rstrip("/") or "/" for root in roots)
+
+
+def _is_under(path: str, folders: frozenset[str]) -> bool:
+    """`_under` in Python, case-sensitive (`folders` from `_folders`): SQLite's LIKE ignores ASCII
+    case (`/Photos/%` matches `/photos/a.jpg`), which made `index /Photos` forget `/photos`."""
+    if path in folders or "/" in folders:
+        return True
+    cut = path.rfind("/")
+    while cut > 0:  # every folder above `path`, nearest first
+        if path[:cut] in folders:
+            return True
+        cut = path.rfind("/", 0, cut)
+    return False
 
 
 def _existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFile]:

@@ -9,6 +9,7 @@ import click
 
 from searchengine.cli.options import (
     echo_json,
+    echo_line,
     echo_table,
     field_default,
     handle_errors,
@@ -32,7 +33,7 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         echo_json(result.as_dict())
         return
-    click.echo(f"{result.query}  [{result.model}]")
+    echo_line(f"{result.query}  [{result.model}]")
     if not result.hits:
         click.echo("no hits")
         return
@@ -291,7 +292,7 @@ def status(home, as_json):
     if as_json:
         echo_json(report.as_dict())
         return
-    click.echo(f"home {report.home}: {report.images} images; default model {report.default_model}")
+    echo_line(f"home {report.home}: {report.images} images; default model {report.default_model}")
     if report.spaces:
         echo_table(
             ["model", "modality", "vectors", "kind"],
@@ -302,9 +303,9 @@ def status(home, as_json):
     if report.skipped:
         click.echo(f"{len(report.skipped)} skipped files:")
         for path, reason in report.skipped:
-            click.echo(f"  {path}: {reason}")
+            echo_line(f"  {path}: {reason}")
     for line in report.warnings:
-        click.echo(f"warning: {line}")
+        echo_line(f"warning: {line}")
 
 
 @click.command()

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from searchengine.errors import SearchEngineError
+from searchengine.paths import display_path
 from searchengine.settings import DEFAULT_HOME
 
 
@@ -105,7 +106,7 @@ def handle_errors(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except SearchEngineError as error:
-            raise click.ClickException(str(error)) from error
+            raise click.ClickException(display_path(str(error))) from error
         except KeyboardInterrupt:
             context = click.get_current_context(silent=True)
             name = context.info_name if context else None
@@ -116,7 +117,23 @@ def handle_errors(function: Callable) -> Callable:
 
 
 def echo_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+    """One JSON document, valid UTF-8: bytes of file names that are not UTF-8 show as `\\xNN`."""
+    click.echo(json.dumps(_printable(payload), indent=2, ensure_ascii=False, default=str))
+
+
+def echo_line(text: str, *, err: bool = False) -> None:
+    """`click.echo` of a line that may hold file names that are not UTF-8 (shown as `\\xNN`)."""
+    click.echo(display_path(text), err=err)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return display_path(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def echo_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -130,4 +147,4 @@ def echo_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else display_path(str(value))

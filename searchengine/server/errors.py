@@ -18,6 +18,7 @@ from searchengine.errors import (
     NotIndexedError,
     SearchEngineError,
 )
+from searchengine.paths import display_path
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def status_of(error: SearchEngineError) -> int:
 
 def error_response(status: int, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    # a message may name a file whose name is not UTF-8: show its odd bytes as \xNN
+    return JSONResponse({"detail": display_path(message)}, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from searchengine.catalog import Catalog
 from searchengine.errors import ImageDecodeError
 from searchengine.hashing import content_matches
 from searchengine.images import ACCEPTED_FORMATS, load_image
+from searchengine.paths import catalog_path, display_path
 from searchengine.server.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class MediaFiles:
                                 f"of {self.max_original_bytes} for originals; use its thumbnail")
         data, _ = _read_verified(row)
         media_type = MEDIA_TYPES.get(_sniff(data), "application/octet-stream")
-        return ServedImage(data, media_type, f'"{row.content_hash}"', Path(row.path).name)
+        return ServedImage(data, media_type, f'"{row.content_hash}"',
+                           display_path(Path(row.path).name))
 
     def thumbnail(self, media_id: int, size: int) -> ServedImage:
         """A JPEG at most `size` pixels on its long side, upright (EXIF applied), no alpha."""
@@ -89,7 +91,7 @@ class MediaFiles:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=85)
         served = ServedImage(buffer.getvalue(), "image/jpeg", f'"{row.content_hash}-{size}"',
-                             f"{Path(row.path).stem}-{size}.jpg")
+                             f"{display_path(Path(row.path).stem)}-{size}.jpg")
         self._remember(key, _CachedThumbnail(signature, row.content_hash, served))
         return served
 
@@ -126,7 +128,7 @@ def _read_verified(row) -> tuple[bytes, tuple[int, int, int, int]]:
     gone, 409 when it is not the catalogued content any more.
     """
     stored = Path(row.path)
-    if not stored.is_absolute() or os.path.normpath(row.path) != row.path:
+    if not stored.is_absolute() or catalog_path(row.path) != row.path:
         raise ApiError(409, f"catalogued path {row.path!r} is not absolute; re-index its folder")
     try:
         resolved = stored.resolve(strict=True)

@@ -10,17 +10,21 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+BYTES_HELP = "Only where the path is not UTF-8 (then shown with \\xNN escapes): its bytes, base64."
+
 
 class Hit(BaseModel):
     rank: int = Field(description="1-based rank over the whole result (offset included).")
     score: float = Field(description="Cosine similarity, rounded to 6 decimals.")
     id: int = Field(description="Catalog id: of the image (image hits) or the text (text hits).")
     path: str | None = Field(None, description="Image hits: the catalogued file.")
+    path_bytes: str | None = Field(None, description=BYTES_HELP)
     text: str | None = Field(None, description="Text hits: the text.")
 
 
 class SearchResult(BaseModel):
     query: str = Field(description="The query sentence, image path or upload name.")
+    query_bytes: str | None = Field(None, description=BYTES_HELP)
     model: str
     hits: list[Hit]
 
@@ -52,6 +56,7 @@ class Space(BaseModel):
 
 class Skipped(BaseModel):
     path: str
+    path_bytes: str | None = Field(None, description=BYTES_HELP)
     reason: str
 
 
@@ -71,6 +76,7 @@ class Status(BaseModel):
 class ImageInfo(BaseModel):
     id: int
     path: str
+    path_bytes: str | None = Field(None, description=BYTES_HELP)
     size: int = Field(description="Bytes on disk when indexed.")
     width: int = Field(description="Pixels, after EXIF rotation.")
     height: int

@@ -16,6 +16,7 @@ from PIL import Image
 
 from searchengine.engine import Classification, Engine, SearchResult
 from searchengine.errors import NotIndexedError
+from searchengine.paths import display_path, path_fields
 from searchengine.server.errors import ApiError
 from searchengine.server.media import MediaFiles
 from searchengine.server.settings import ServerSettings
@@ -88,7 +89,8 @@ class SearchService:
         source, name = self._resolved(image)
         with self._lock:
             score = self.engine.match(source, text, model=self.model)
-        return {"image": name, "text": text, "model": self.model, "score": round(score, 6)}
+        return {"image": display_path(name), "text": text, "model": self.model,
+                "score": round(score, 6)}
 
     def status(self) -> dict:
         with self._lock:
@@ -103,7 +105,7 @@ class SearchService:
             # EXIF time has no zone: shown as recorded; the catalog keeps local time, sent as UTC
             "taken_at": row.taken_at.isoformat() if row.taken_at else None,
             "indexed_at": row.indexed_at.astimezone(timezone.utc),
-        }
+        } | path_fields(row.path)
 
     # -- helpers -------------------------------------------------------------------------
 
