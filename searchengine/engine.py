@@ -145,7 +145,11 @@ class Engine:
         except (HomeBusyError, CatalogError):
             return  # another process writes to this home now: it is in use, keep it
         try:
-            if not self.catalog.is_empty():
+            try:
+                empty = self.catalog.is_empty()
+            except CatalogError:
+                empty = False  # unreadable now: keep it; the error that matters was raised before
+            if not empty:
                 return
             self.catalog.close()
             catalog_file = self._created[0]

@@ -353,9 +353,15 @@ def test_commands_on_a_missing_home_create_nothing(tmp_path, photo_folder, cli_r
 
 
 def test_a_reader_opening_an_empty_folder_says_no_home(tmp_path, open_engine):
+    from searchengine.engine import Engine
+
     with pytest.raises(NotIndexedError, match="no home at"):
         open_engine(tmp_path, create=False)
     assert list(tmp_path.iterdir()) == []
+    # the API's default may create a home, and takes it back when it stayed empty
+    with Engine.open(tmp_path / "typo") as engine, pytest.raises(NotIndexedError, match="no image"):
+        engine.search("a dog", model=TINY_MODEL)
+    assert not (tmp_path / "typo").exists()
 
 
 FAILING_FIRST_WRITES = [
