@@ -9,10 +9,12 @@ Every CLI command is one method here; the CLI only formats what comes back.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +22,12 @@ import numpy as np
 
 from searchengine import ingest
 from searchengine.catalog import Catalog
-from searchengine.catalog.store import ModelRow
+from searchengine.catalog.lock import LOCK_NAME, HomeLock
+from searchengine.catalog.store import CATALOG_NAME, ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import (
+    CatalogError,
+    HomeBusyError,
     ImageDecodeError,
     IndexMismatchError,
     InvalidInputError,
@@ -68,6 +73,23 @@ DEFAULT_MODEL_KEY = "default_model"
 MAX_LABELS = 1_000  # classify: each label costs one text encoding per prompt template
 
 
+def _writes(command: str, *, only_if: str | None = None) -> Callable:
+    """The decorated Engine method runs holding the home's writer lock (see `Engine._writing`);
+    with `only_if`, only when that keyword argument is true (`check(repair=True)`)."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self: Engine, *args, **kwargs):
+            if only_if is not None and not kwargs.get(only_if):
+                return method(self, *args, **kwargs)
+            with self._writing(command):
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 @dataclass
 class Engine:
     """A home opened for work. Loaded models and indexes are cached for the engine's life."""
@@ -78,25 +100,112 @@ class Engine:
     _encoders: dict[str, Encoder] = field(default_factory=dict)
     _spaces: dict[tuple[str, str], VectorSpace] = field(default_factory=dict)
     _told_changed: set[str] = field(default_factory=set)
+    lock_timeout: float = 0.0  # seconds a write waits for another process writing to the home
+    _lock: HomeLock | None = field(default=None, init=False, repr=False)
+    _created: tuple[Path, ...] = field(default=(), init=False, repr=False)
+    _catalog_file: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(
         cls,
         home: str | Path,
         *,
+        create: bool = True,
         catalog_url: str | None = None,
         encoder_settings: EncoderSettings = EncoderSettings(),
+        lock_timeout: float = 0.0,
     ) -> Engine:
-        """Open (creating if needed) the home folder; the catalog is upgraded to the newest
-        schema."""
+        """Open the home folder; the catalog is upgraded to the newest schema.
+
+        `create`: make the home when it has no catalog yet (the default: a home is built through
+        this API). What this call made is removed again on `close` while it holds nothing (the
+        first write failed before storing anything). Readers pass `create=False`: a missing home
+        is then a NotIndexedError and nothing is made.
+        `lock_timeout`: seconds a write (index, remove, add_texts, use_model, check with repair)
+        waits while another process writes to this home; 0 fails at once with HomeBusyError.
+        """
         home = Path(home).expanduser()
         if home.exists() and not home.is_dir():
             raise InvalidInputError(f"home {home} is a file; give a folder")
+        catalog_file = home / CATALOG_NAME
+        created: tuple[Path, ...] = ()
+        if catalog_url is None and not catalog_file.is_file():
+            if not create:
+                raise NotIndexedError(
+                    f"no home at {home}; run `searchengine index FOLDER --home {home}` first"
+                )
+            created = (catalog_file,) if home.is_dir() else (catalog_file, home)
         catalog = Catalog(catalog_url) if catalog_url else Catalog.in_home(home)
-        return cls(home=home, catalog=catalog, encoder_settings=encoder_settings)
+        engine = cls(
+            home=home,
+            catalog=catalog,
+            encoder_settings=encoder_settings,
+            lock_timeout=lock_timeout,
+        )
+        engine._created = created
+        engine._catalog_file = _file_identity(catalog_file) if catalog_url is None else None
+        return engine
 
     def close(self) -> None:
-        self.catalog.close()
+        try:
+            if self._created and self._lock is None:
+                self._remove_unused_home()
+        finally:
+            self.catalog.close()
+
+    def _remove_unused_home(self) -> None:
+        """Remove what `open` made when nothing was stored; only while no one writes here."""
+        lock = HomeLock(self.home, "index")
+        try:
+            lock.acquire()
+        except (HomeBusyError, CatalogError):
+            return  # another process writes to this home now: it is in use, keep it
+        try:
+            try:
+                empty = self.catalog.is_empty()
+            except CatalogError:
+                empty = False  # unreadable now: keep it; the error that matters was raised before
+            if not empty:
+                return
+            self.catalog.close()
+            catalog_file = self._created[0]
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                catalog_file.with_name(catalog_file.name + suffix).unlink(missing_ok=True)
+            (self.home / LOCK_NAME).unlink(missing_ok=True)  # a waiting writer then sees the
+            # catalog gone (`_writing` compares the file's identity) and stops
+            for folder in (self.home / "vectors", *self._created[1:]):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+            self._created = ()
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
+    def _writing(self, command: str) -> Iterator[None]:
+        """Hold the home's writer lock (reentrant within this engine) while a write runs.
+
+        Spaces cached before are dropped: another process may have written since, and a stale
+        in-memory index saved over its work would lose its vectors.
+        """
+        if self._lock is not None:
+            yield
+            return
+        lock = HomeLock(self.home, command)
+        lock.acquire(self.lock_timeout)
+        self._lock = lock
+        try:
+            if self._catalog_file is not None and (
+                _file_identity(self.home / CATALOG_NAME) != self._catalog_file
+            ):
+                raise CatalogError(
+                    f"the catalog of {self.home} was removed or replaced while this command "
+                    "started; run it again"
+                )
+            self._spaces.clear()
+            yield
+        finally:
+            self._lock = None
+            lock.release()
 
     def __enter__(self) -> Engine:
         return self
@@ -184,6 +293,7 @@ class Engine:
 
     # -- writing --------------------------------------------------------------------------
 
+    @_writes("index")
     def index(
         self,
         paths: list[str | Path],
@@ -263,6 +373,7 @@ class Engine:
                 space.index  # noqa: B018 -- opening re-syncs the ids with the catalog and saves
                 self._spaces[(row.spec, "image")] = space
 
+    @_writes("remove")
     def remove(self, paths: list[str | Path]) -> int:
         """Forget files and folders (catalog rows, vectors of every model). Returns files forgotten.
 
@@ -291,6 +402,7 @@ class Engine:
             space.save()
         return len(removed)
 
+    @_writes("add-texts")
     def add_texts(
         self,
         texts: Iterable[str] | str | Path | None = None,
@@ -317,10 +429,12 @@ class Engine:
             raise InvalidInputError("give either the texts or source=FILE, not both or neither")
         rows = clean_texts(texts) if texts is not None else read_texts(Path(source), column=column)
         ensure_weights_available(model or self.default_model())  # offline: fail in a second
+        self.encoder(model)  # loadable (weights at hand) before anything is stored
         added = self.catalog.add_texts(text_set, rows)
         embedded = self.embed_texts(model, batch_size=batch_size, progress=progress)
         return AddTextsReport(text_set, len(rows), added, embedded, self.model_id_of(model))
 
+    @_writes("add-texts")
     def embed_texts(
         self, model: str | None = None, *, batch_size: int = 64, progress: bool = False
     ) -> int:
@@ -349,6 +463,7 @@ class Engine:
         space.save()
         return len(pending)
 
+    @_writes("use-model")
     def use_model(self, model: str, *, force: bool = False) -> str:
         """Make `model` the home's default. Refused while its image space is incomplete (the old
         one keeps serving) unless `force`."""
@@ -630,6 +745,7 @@ class Engine:
                 )
         return lines
 
+    @_writes("check --repair", only_if="repair")
     def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:
         """Does every index file agree with the catalog? With `repair`, rebuild those that don't.
 
@@ -661,6 +777,15 @@ class Engine:
 
     def models(self) -> list[ModelRow]:
         return self.catalog.models()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when it is missing: tells a replaced file apart."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def _kind_key(spec_id: str, modality: str) -> str:

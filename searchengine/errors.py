@@ -28,7 +28,11 @@ class IndexMismatchError(SearchEngineError):
 
 
 class CatalogError(SearchEngineError):
-    """The catalog cannot be opened or upgraded."""
+    """The catalog cannot be opened, upgraded or written (locked, refused, corrupt)."""
+
+
+class HomeBusyError(SearchEngineError):
+    """Another process is writing to the home (it holds the home's writer lock)."""
 
 
 class ImageDecodeError(SearchEngineError):

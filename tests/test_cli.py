@@ -263,17 +263,14 @@ def test_bad_input_is_a_clear_error_that_changes_nothing(
 
 
 def test_index_errors_leave_a_fresh_home_empty(cli_run, tmp_path, photo_folder, tiny_checkpoint):
-    """A failing first `index` must not register the model or create anything for it."""
+    """A failing first `index` must not register the model or leave a home behind."""
     home = tmp_path / "fresh"
     cli_run("index", photo_folder, "--home", home, "--model", f"se-tiny/{tiny_checkpoint}",
             "--index-kind", "annoy", expect=1)
     cli_run("index", photo_folder, "--home", home, "--model", "ViT-B-32/laion2b_s34b_b79k",
             expect=1)
-    assert cli_run.json("status", "--home", home)["spaces"] == []
-    stored = snapshot(home)
-    assert stored["files"] == {}
-    filled = {t for t, rows in stored["tables"].items() if rows and t != "alembic_version"}
-    assert filled == set()
+    assert not home.exists()
+    assert "no home at" in cli_run("status", "--home", home, expect=1).stderr
 
 
 def test_interrupt_is_a_message_and_exit_130(cli_run, tmp_path, copy_photos, monkeypatch):

@@ -6,19 +6,28 @@ catalog upgrades it to the newest Alembic revision; the schema never changes any
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from searchengine.catalog.dialect import (
+    catalog_error,
+    current_revision,
+    excluded,
+    lock_schema,
+    upsert,
+)
 from searchengine.catalog.schema import (
     EmbeddingModel,
     ImageEmbedding,
@@ -33,6 +42,7 @@ from searchengine.images import ImageInfo
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
+CATALOG_NAME = "catalog.sqlite"  # the SQLite catalog's file in a home
 _CHUNK = 500  # ids per IN (...) clause; SQLite allows 32766 variables, keep statements small
 _ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
 
@@ -83,6 +93,7 @@ class ModelRow:
     content_hash: str | None = None  # the checkpoint file's digest; None for hub/random weights
 
 
+@functools.cache
 def head_revision() -> str:
     """The newest Alembic revision shipped with this package (kept in index manifests)."""
     from alembic.script import ScriptDirectory
@@ -109,31 +120,46 @@ class Catalog:
             self.engine = _create_engine(url)
             self._upgrade()
         except SQLAlchemyError as error:
-            raise CatalogError(f"cannot open the catalog at {url}: {error}") from error
+            raise catalog_error(url, error, opening=True) from error
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
     def in_home(cls, home: Path) -> Catalog:
         """The default SQLite catalog of a home folder, created if missing."""
         home.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{(home / 'catalog.sqlite').resolve()}")
+        return cls(f"sqlite:///{(home / CATALOG_NAME).resolve()}")
 
     def _upgrade(self) -> None:
+        """Bring the schema to head. A catalog already there is only read (a read-only home
+        opens); otherwise the upgrade runs under the database's own write lock, so that two
+        processes opening one new or old catalog at once upgrade it once, one after the other."""
         from alembic import command
 
+        if self.revision() == head_revision():
+            return
         config = _alembic_config(self.url)
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with self.engine.connect() as connection:
+            lock_schema(connection)
+            if current_revision(connection) != head_revision():  # not done meanwhile
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            connection.commit()
 
     def revision(self) -> str:
-        from alembic.runtime.migration import MigrationContext
+        try:
+            with self.engine.connect() as connection:
+                return current_revision(connection)
+        except SQLAlchemyError as error:
+            raise catalog_error(self.url, error) from error
 
-        with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision() or "base"
-
-    def session(self) -> Session:
-        return self._sessions()
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose database errors surface as CatalogError with what to do."""
+        with self._sessions() as session:
+            try:
+                yield session
+            except SQLAlchemyError as error:
+                raise catalog_error(self.url, error) from error
 
     def close(self) -> None:
         self.engine.dispose()
@@ -147,14 +173,13 @@ class Catalog:
         has none yet (written before checkpoints were identified by content).
         """
         with self.session() as session, session.begin():
+            session.execute(
+                upsert(session, EmbeddingModel)
+                .values(spec=spec, dim=dim, content_hash=content_hash, created_at=datetime.now())
+                .on_conflict_do_nothing(index_elements=[EmbeddingModel.spec])
+            )
             row = session.scalar(select(EmbeddingModel).where(EmbeddingModel.spec == spec))
-            if row is None:
-                row = EmbeddingModel(
-                    spec=spec, dim=dim, content_hash=content_hash, created_at=datetime.now()
-                )
-                session.add(row)
-                session.flush()
-            elif row.content_hash is None and content_hash is not None:
+            if row.content_hash is None and content_hash is not None:
                 row.content_hash = content_hash
             if row.dim != dim:
                 raise CatalogError(
@@ -231,25 +256,29 @@ class Catalog:
         now = datetime.now()
         with self.session() as session, session.begin():
             existing = _existing_files(session, [image.path for image in images])
-            fresh = [image for image in images if image.path not in existing]
-            new_ids = _insert_media(session, [_media_values(image, now) for image in fresh])
-            for image in images:
-                old = existing.get(image.path)
-                if old is None:
-                    continue
-                session.execute(
-                    update(Media).where(Media.id == old.id).values(_media_values(image, now))
-                )
-                if old.content_hash != image.content_hash:
-                    session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id == old.id))
-            ids = [existing[i.path].id if i.path in existing else new_ids[i.path] for i in images]
-            _replace_image_vectors(session, model_id, ids, vectors, may_exist=bool(existing))
+            changed = [
+                old.id
+                for image in images
+                if (old := existing.get(image.path)) and old.content_hash != image.content_hash
+            ]
+            for chunk in _chunks(changed):
+                session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
+            id_of = _upsert_media(session, [_media_values(image, now) for image in images])
+            ids = [id_of[image.path] for image in images]
+            _replace_image_vectors(session, model_id, ids, vectors)
             paths = [image.path for image in images] + [skip.path for skip in skips]
             for chunk in _chunks(paths):
                 session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
             removed = self._remove_paths(session, [skip.path for skip in skips])
             if skips:
-                session.execute(insert(SkippedFile), [_skip_values(skip, now) for skip in skips])
+                statement = upsert(session, SkippedFile)
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[SkippedFile.path],
+                        set_=excluded(statement, ("size", "mtime_ns", "reason", "seen_at")),
+                    ),
+                    [_skip_values(skip, now) for skip in skips],
+                )
         return WriteResult(ids, removed)
 
     def add_image_vectors(
@@ -258,7 +287,7 @@ class Catalog:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
         ids = [int(media_id) for media_id in media_ids]
         with self.session() as session, session.begin():
-            _replace_image_vectors(session, model_id, ids, vectors, may_exist=True)
+            _replace_image_vectors(session, model_id, ids, vectors)
 
     def remove_files(self, paths: Sequence[str]) -> list[int]:
         """Forget files (and their vectors); returns the media ids removed."""
@@ -297,17 +326,18 @@ class Catalog:
     def add_texts(self, text_set: str, texts: Sequence[str]) -> int:
         """Add texts to a set, ignoring ones already there; returns how many were new."""
         now = datetime.now()
+        unique = list(dict.fromkeys(texts))
+        added = 0
         with self.session() as session, session.begin():
-            present = set(
-                session.scalars(select(TextItem.text).where(TextItem.text_set == text_set))
+            statement = (
+                upsert(session, TextItem)
+                .on_conflict_do_nothing(index_elements=[TextItem.text_set, TextItem.text])
+                .returning(TextItem.id)
             )
-            fresh = list(dict.fromkeys(t for t in texts if t not in present))
-            if fresh:
-                session.execute(
-                    insert(TextItem),
-                    [{"text_set": text_set, "text": t, "created_at": now} for t in fresh],
-                )
-            return len(fresh)
+            for chunk in _chunks(unique):
+                rows = [{"text_set": text_set, "text": t, "created_at": now} for t in chunk]
+                added += len(session.execute(statement, rows).all())
+        return added
 
     def texts_without_vector(self, model_id: int) -> list[tuple[int, str]]:
         with self.session() as session:
@@ -320,9 +350,15 @@ class Catalog:
             return [(r.id, r.text) for r in rows]
 
     def write_text_vectors(self, model_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
+        if not len(ids):
+            return
         with self.session() as session, session.begin():
+            statement = upsert(session, TextEmbedding)
             session.execute(
-                insert(TextEmbedding),
+                statement.on_conflict_do_update(
+                    index_elements=[TextEmbedding.text_id, TextEmbedding.model_id],
+                    set_=excluded(statement, ("vector",)),
+                ),
                 [
                     {"text_id": int(i), "model_id": model_id, "vector": _blob(v)}
                     for i, v in zip(ids, vectors, strict=True)
@@ -391,7 +427,18 @@ class Catalog:
 
     def set_setting(self, key: str, value: str) -> None:
         with self.session() as session, session.begin():
-            session.merge(Setting(key=key, value=value))
+            statement = upsert(session, Setting).values(key=key, value=value)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[Setting.key], set_=excluded(statement, ("value",))
+                )
+            )
+
+    def is_empty(self) -> bool:
+        """True while nothing was ever stored: no model, file, skip, text or setting."""
+        with self.session() as session:
+            tables = (EmbeddingModel, Media, SkippedFile, TextItem, Setting)
+            return all(session.scalar(select(table).limit(1)) is None for table in tables)
 
     def count_media(self) -> int:
         with self.session() as session:
@@ -411,10 +458,10 @@ def _create_engine(url: str) -> SqlEngine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:
             cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")  # first: WAL needs a lock on a new file
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
     try:
@@ -472,44 +519,36 @@ def _existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredF
     return found
 
 
-def _insert_media(session: Session, rows: list[dict]) -> dict[str, int]:
-    """Insert new media rows in one statement; their ids by path."""
+def _upsert_media(session: Session, rows: list[dict]) -> dict[str, int]:
+    """Insert media rows, updating those whose path is catalogued (ids kept); ids by path."""
     if not rows:
         return {}
-    result = session.execute(
-        insert(Media).returning(Media.id, Media.path, sort_by_parameter_order=True), rows
-    )
-    return {row.path: int(row.id) for row in result}
+    statement = upsert(session, Media)
+    updated = [column for column in rows[0] if column != "path"]
+    statement = statement.on_conflict_do_update(
+        index_elements=[Media.path], set_=excluded(statement, updated)
+    ).returning(Media.id, Media.path)
+    return {row.path: int(row.id) for row in session.execute(statement, rows)}
 
 
 def _replace_image_vectors(
-    session: Session,
-    model_id: int,
-    media_ids: Sequence[int],
-    vectors: np.ndarray,
-    *,
-    may_exist: bool,
+    session: Session, model_id: int, media_ids: Sequence[int], vectors: np.ndarray
 ) -> None:
-    """Store one vector of `model_id` per media id, replacing any it had.
-
-    With `may_exist` False (all media rows were just inserted) the DELETE is skipped. One DELETE
-    and one multi-row INSERT instead of a SELECT and an INSERT per row; portable SQL.
-    """
-    if may_exist:
-        for chunk in _chunks(list(media_ids)):
-            session.execute(
-                delete(ImageEmbedding).where(
-                    ImageEmbedding.model_id == model_id, ImageEmbedding.media_id.in_(chunk)
-                )
-            )
-    if len(media_ids):
-        session.execute(
-            insert(ImageEmbedding),
-            [
-                {"media_id": int(m), "model_id": model_id, "vector": _blob(v)}
-                for m, v in zip(media_ids, vectors, strict=True)
-            ],
-        )
+    """Store one vector of `model_id` per media id, replacing any it had (one multi-row upsert;
+    SQLite and PostgreSQL)."""
+    if not len(media_ids):
+        return
+    statement = upsert(session, ImageEmbedding)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[ImageEmbedding.media_id, ImageEmbedding.model_id],
+            set_=excluded(statement, ("vector",)),
+        ),
+        [
+            {"media_id": int(m), "model_id": model_id, "vector": _blob(v)}
+            for m, v in zip(media_ids, vectors, strict=True)
+        ],
+    )
 
 
 def _media_values(image: NewImage, now: datetime) -> dict:

@@ -23,10 +23,12 @@ from searchengine.cli.options import (
 from searchengine.settings import DECODE_PRIORITIES, IngestSettings
 
 
-def _engine(home: Path):
+def _engine(home: Path, *, create: bool = False):
+    """The engine on `home`; only commands that build a home (index, add-texts) `create` it,
+    a read or a change of a missing home says there is none."""
     from searchengine.engine import Engine
 
-    return Engine.open(home)
+    return Engine.open(home, create=create)
 
 
 def _print_result(result, as_json: bool) -> None:
@@ -100,7 +102,7 @@ def index(paths, home, model, batch_size, workers, decode_priority, no_draft, in
     settings = IngestSettings(
         batch_size=batch_size, draft=not no_draft, decode_priority=decode_priority, **chosen
     )
-    with _engine(home) as engine:
+    with _engine(home, create=True) as engine:
         report = engine.index(
             list(paths),
             model=model,
@@ -180,7 +182,7 @@ def add_texts(source, column, text_set, home, model, as_json):
 
         searchengine add-texts captions.csv --column caption --set captions
     """
-    with _engine(home) as engine:
+    with _engine(home, create=True) as engine:
         report = engine.add_texts(
             source, column=column, text_set=text_set, model=model, progress=show_progress(as_json)
         )

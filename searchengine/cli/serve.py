@@ -34,7 +34,7 @@ def serve(home, host, port, model, token):
     from searchengine.server.runner import run, settings_for
 
     settings = settings_for(host, token=token, model=model)
-    with Engine.open(home) as engine:
+    with Engine.open(home, create=False) as engine:
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"loading {engine.model_id_of(model)} and serving {engine.home} on "
                    f"http://{shown}:{port}/ (Ctrl-C stops)", err=True)
