@@ -21,7 +21,7 @@ from searchengine import ingest
 from searchengine.catalog import Catalog
 from searchengine.catalog.store import ModelRow
 from searchengine.encoder import Encoder
-from searchengine.errors import IndexMismatchError, InvalidInputError, NotIndexedError
+from searchengine.errors import InvalidInputError, NotIndexedError
 from searchengine.images import load_image
 from searchengine.models import parse_model_spec
 from searchengine.results import (
@@ -42,7 +42,7 @@ from searchengine.settings import (
 )
 from searchengine.spaces import VectorSpace
 from searchengine.texts import read_texts
-from searchengine.vectors import check_kind, read_manifest
+from searchengine.vectors import check_kind, remove_stale_temps
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
@@ -103,22 +103,51 @@ class Engine:
     def space(
         self, model: str | None, modality: str, *, create: bool = False, kind: str | None = None
     ) -> VectorSpace:
-        """The vector space of (model, modality). Without `create`, a missing one is an error."""
+        """The vector space of (model, modality); getting and searching it never writes.
+
+        Writers pass `create=True`: a missing model is added to the catalog and the space's index
+        kind recorded (`kind`, else the stored one); they call `VectorSpace.maintain` before their
+        first change. Without `create`, a missing space is an error. A cached space whose file
+        another process saved since (`index`, `remove`, `use-model` while `serve` runs) is read
+        again: one stat of its manifest per call.
+        """
         spec_id = self.model_id_of(model)
         key = (spec_id, modality)
-        if key in self._spaces and (kind is None or self._spaces[key].kind == kind):
-            return self._spaces[key]
+        cached = self._spaces.get(key)
+        if cached is not None and (kind is None or cached.kind == kind):
+            if not cached.changed_on_disk():
+                return cached
+            log.info("%s changed on disk; reading it again", cached.path.name)
         kind = check_kind(kind or self._stored_kind(spec_id, modality))  # before writing anything
         row = self.catalog.find_model(spec_id)
         if row is None:
             if not create:
                 raise NotIndexedError(self._not_indexed_message(spec_id, modality))
             row = self.catalog.ensure_model(spec_id, self.encoder(model).dim)
-        self.catalog.set_setting(_kind_key(spec_id, modality), kind)
+        if create and self.catalog.get_setting(_kind_key(spec_id, modality)) != kind:
+            self.catalog.set_setting(_kind_key(spec_id, modality), kind)
         space = VectorSpace(self.catalog, self.home, row, modality, kind)
-        space.index  # noqa: B018 -- open (and re-sync) before any write, so no batch lands twice
         self._spaces[key] = space
         return space
+
+    def _resync_spaces(self) -> None:
+        """A writer's first step: bring back in step every index file whose manifest disagrees
+        with the catalog (count, id sum, kind), as a crash between a catalog commit and an index
+        save leaves it, and remove temporary files crashed saves left. Reads each manifest and
+        one aggregate query per space; loads only the indexes out of step."""
+        remove_stale_temps(self.home / "vectors")
+        for row in self.catalog.models():
+            for modality in ("image", "text"):
+                if self.catalog.get_setting(_kind_key(row.spec, modality)) is None:
+                    continue
+                space = VectorSpace(
+                    self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
+                )
+                if not space.in_step():
+                    # read from the file, not a cached copy the catalog may have moved past
+                    log.info("%s is out of step with the catalog; re-syncing", space.path.name)
+                    space.save()  # synced (or rebuilt) in memory first
+                    self._spaces[(row.spec, modality)] = space
 
     def _stored_kind(self, spec_id: str, modality: str) -> str:
         return self.catalog.get_setting(_kind_key(spec_id, modality)) or "flat"
@@ -155,7 +184,9 @@ class Engine:
                 f"unknown decode priority {settings.decode_priority!r}; "
                 f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
+        self._resync_spaces()
         space = self.space(model, "image", create=True, kind=index_kind)
+        space.maintain()
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
         work, scanned = ingest.plan(self.catalog, space.model.id, roots, settings)
@@ -175,10 +206,10 @@ class Engine:
                 space.model.id, [], np.zeros((0, space.model.dim)), work.unreadable
             )
             space.remove(written.removed)
-            space.save()
-        self._resync_other_spaces(space.model.id)
-        if not space.path.exists():
-            space.save()
+        space.maintain()
+        # files that changed content or turned bad lost the vectors of every model in the
+        # catalog (re-made when those models index again): drop them from the other index files
+        self._resync_spaces()
         return ingest.IngestReport(
             scanned=scanned,
             unchanged=work.unchanged,
@@ -189,23 +220,6 @@ class Engine:
             seconds=time.perf_counter() - start,
         )
 
-    def _resync_other_spaces(self, model_id: int) -> None:
-        """Files that changed content or turned bad lost the vectors of every model in the catalog
-        (re-made when those models index again); drop them from the other models' index files."""
-        for row in self.catalog.models():
-            if row.id == model_id or self.catalog.get_setting(_kind_key(row.spec, "image")) is None:
-                continue
-            space = VectorSpace(
-                self.catalog, self.home, row, "image", self._stored_kind(row.spec, "image")
-            )
-            try:
-                on_disk = read_manifest(space.path).count
-            except IndexMismatchError:
-                continue  # unusable file: rebuilt from the catalog when next opened
-            if on_disk != self.catalog.count_vectors("image", row.id):
-                space.index  # noqa: B018 -- opening re-syncs the ids with the catalog and saves
-                self._spaces[(row.spec, "image")] = space
-
     def remove(self, paths: list[str | Path]) -> int:
         """Forget files and folders (catalog rows, vectors of every model). Returns files forgotten.
 
@@ -213,6 +227,7 @@ class Engine:
         """
         if not paths:
             raise InvalidInputError("give at least one file or folder to forget")
+        self._resync_spaces()  # also what a crashed `remove` left behind
         roots = [_absolute(p) for p in paths]
         stored = list(self.catalog.files_under(roots)) + list(self.catalog.skipped_under(roots))
         if not stored:
@@ -249,11 +264,11 @@ class Engine:
 
     def embed_texts(self, model: str | None = None, *, batch_size: int = 64) -> int:
         """Embed all catalogued texts that have no vector of `model` yet; returns how many."""
+        self._resync_spaces()
         space = self.space(model, "text", create=True)
+        space.maintain()
         pending = self.catalog.texts_without_vector(space.model.id)
         if not pending:
-            if not space.path.exists():
-                space.save()
             return 0
         encoder = self.encoder(model)
         for start in range(0, len(pending), batch_size):
@@ -270,6 +285,7 @@ class Engine:
         """Make `model` the home's default. Refused while its image space is incomplete (the old
         one keeps serving) unless `force`."""
         spec_id = self.model_id_of(model)
+        self._resync_spaces()
         row = self.catalog.find_model(spec_id)
         images = self.catalog.count_media()
         have = self.catalog.count_vectors("image", row.id) if row else 0
@@ -499,7 +515,10 @@ class Engine:
         )
 
     def check(self, *, repair: bool = False) -> CheckReport:
-        """Does every index file agree with the catalog? With `repair`, rebuild those that don't."""
+        """Does every index file agree with the catalog? With `repair`, rebuild those that don't
+        (and remove temporary files crashed saves left)."""
+        if repair:
+            remove_stale_temps(self.home / "vectors")
         checks = []
         for row in self.catalog.models():
             for modality in ("image", "text"):
@@ -510,7 +529,7 @@ class Engine:
                 )
                 result = space.check()
                 if repair and not result.ok:
-                    space.index = space.rebuild(reason=result.problem or "out of sync")
+                    space.repair()
                     self._spaces.pop((row.spec, modality), None)
                     result = space.check()
                 checks.append(result)
