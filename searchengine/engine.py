@@ -193,6 +193,33 @@ class Engine:
         log.info(
             "%d files found, %d to embed, %d gone", scanned, len(work.to_embed), len(work.vanished)
         )
+        space.begin_writes()  # until the last save: a kill in between is seen by the next run
+        try:
+            result, removed = self._apply(space, work, model, settings, progress)
+        finally:
+            space.end_writes()
+        # files that changed content or turned bad lost the vectors of every model in the
+        # catalog (re-made when those models index again): drop them from the other index files
+        self._resync_spaces()
+        return ingest.IngestReport(
+            scanned=scanned,
+            unchanged=work.unchanged,
+            embedded=result.embedded,
+            reused=result.reused,
+            skipped=result.skipped + len(work.unreadable),
+            removed=removed,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _apply(
+        self,
+        space: VectorSpace,
+        work: ingest.Plan,
+        model: str | None,
+        settings: IngestSettings,
+        progress: bool,
+    ) -> tuple[ingest.BatchResult, int]:
+        """Carry out an index plan on `space`; returns what was embedded and how many removed."""
         result = ingest.BatchResult(0, 0, 0)
         if work.to_embed:
             encoder = self.encoder(model)
@@ -207,18 +234,7 @@ class Engine:
             )
             space.remove(written.removed)
         space.maintain()
-        # files that changed content or turned bad lost the vectors of every model in the
-        # catalog (re-made when those models index again): drop them from the other index files
-        self._resync_spaces()
-        return ingest.IngestReport(
-            scanned=scanned,
-            unchanged=work.unchanged,
-            embedded=result.embedded,
-            reused=result.reused,
-            skipped=result.skipped + len(work.unreadable),
-            removed=removed,
-            seconds=time.perf_counter() - start,
-        )
+        return result, removed
 
     def remove(self, paths: list[str | Path]) -> int:
         """Forget files and folders (catalog rows, vectors of every model). Returns files forgotten.

@@ -21,7 +21,13 @@ import numpy as np
 from searchengine.catalog import Catalog, head_revision
 from searchengine.catalog.store import ModelRow
 from searchengine.errors import IndexMismatchError
-from searchengine.vectors import Manifest, VectorIndex, manifest_path, read_manifest
+from searchengine.vectors import (
+    Manifest,
+    VectorIndex,
+    manifest_path,
+    process_alive,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +45,12 @@ class SpaceCheck:
     extra: int  # in the index, not in the catalog
     problem: str | None  # manifest or file problem, if any
     duplicates: int = 0  # ids held more than once by the index
+    stale: int = 0  # ids whose vector in the index differs from the catalog's
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and self.missing == self.extra == self.duplicates == 0
+        in_step = self.missing == self.extra == self.duplicates == self.stale == 0
+        return self.problem is None and in_step
 
     @property
     def summary(self) -> str:
@@ -58,6 +66,8 @@ class SpaceCheck:
             parts.append(f"{self.missing} catalogued vectors missing from the index")
         if self.duplicates:
             parts.append(f"{self.duplicates} ids held twice")
+        if self.stale:
+            parts.append(f"{self.stale} vectors older than the catalog's (files changed)")
         return (
             f"{', '.join(parts)} (an interrupted command); run `searchengine check --repair`, "
             "or any index, remove, add-texts or use-model, which re-sync first"
@@ -90,6 +100,7 @@ class VectorSpace:
         self._stale = False  # the in-memory index is rebuilt from the catalog before next use
         self._unsaved = False  # the in-memory index differs from the file
         self._identity: tuple[int, int, int] | None = None  # the manifest's, when last read
+        self._clears_marker = False  # saving ends the marker of a writer that stopped
 
     @property
     def index(self) -> VectorIndex:
@@ -122,6 +133,13 @@ class VectorSpace:
         """The file's index synced with the catalog, or one built from the catalog (in memory)."""
         self._unsaved = True
         if not self.path.exists():
+            return self._build()
+        if self.interrupted():
+            # a writer stopped between committing replaced vectors and saving: the file may hold
+            # old vectors under current ids, which no id comparison can see
+            log.warning("%s: an index run stopped before its last save; using the catalog's "
+                        "vectors", self.path.name)
+            self._clears_marker = True
             return self._build()
         try:
             index = VectorIndex.load(self.path, self._expected())
@@ -194,6 +212,32 @@ class VectorSpace:
         else:
             index.save(self.path, self._expected())
         self._identity = self._manifest_identity()
+        if self._clears_marker:
+            self._marker().unlink(missing_ok=True)
+            self._clears_marker = False
+
+    def begin_writes(self) -> None:
+        """Mark the file as behind the catalog until `end_writes`: a writer killed in between
+        leaves the mark, and the next reader or writer rebuilds from the catalog (vectors
+        replaced under the same ids are invisible to a comparison of ids)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._marker().write_text(str(os.getpid()))
+
+    def end_writes(self) -> None:
+        """Drop the mark of `begin_writes` once everything written is saved."""
+        if not self._unsaved and not self._stale:
+            self._marker().unlink(missing_ok=True)
+
+    def interrupted(self) -> bool:
+        """Did a writer that no longer runs leave this file behind the catalog?"""
+        try:
+            pid = int(self._marker().read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return self._marker().exists()
+        return pid != os.getpid() and not process_alive(pid)
+
+    def _marker(self) -> Path:
+        return self.path.with_name(self.path.name + ".writing")
 
     def update(
         self,
@@ -252,6 +296,8 @@ class VectorSpace:
             size = self.path.stat().st_size
         except (IndexMismatchError, FileNotFoundError):
             return False
+        if self.interrupted():
+            return False
         expected = self._expected()
         if (manifest.kind, manifest.catalog_revision, manifest.dim) != (
             expected.kind,
@@ -285,6 +331,7 @@ class VectorSpace:
             index_ids = on_disk.ids()
         except IndexMismatchError as error:
             problem = str(error)
+            on_disk = None
         if problem is None and not self.path.exists():
             problem = "index file missing"
         kind = self.kind
@@ -299,5 +346,18 @@ class VectorSpace:
             missing=len(np.setdiff1d(catalog_ids, index_ids)),
             extra=len(np.setdiff1d(index_ids, catalog_ids)),
             duplicates=len(index_ids) - len(np.unique(index_ids)),
+            stale=self._stale_vectors(on_disk) if on_disk is not None else 0,
             problem=problem,
         )
+
+    def _stale_vectors(self, on_disk: VectorIndex) -> int:
+        """How many ids the file holds with another vector than the catalog's (streamed; the
+        vectors are copies of the same stored bytes, so they compare exactly)."""
+        held = set(on_disk.ids().tolist())
+        stale = 0
+        for ids, vectors in self.catalog.iter_vectors(self.modality, self.model.id):
+            present = np.fromiter((i in held for i in ids.tolist()), dtype=bool, count=len(ids))
+            if present.any():
+                stored = on_disk.reconstruct_batch(ids[present])  # (m, d) float32
+                stale += int(np.any(stored != vectors[present], axis=1).sum())
+        return stale

@@ -179,9 +179,17 @@ class VectorIndex:
 
     def reconstruct(self, vector_id: int) -> np.ndarray:
         """(d,) float32 vector stored for `vector_id`."""
+        self._direct_map()
+        return self.index.reconstruct(int(vector_id))
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        """(n, d) float32 vectors stored for (n,) int64 `ids` (all held)."""
+        self._direct_map()
+        return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def _direct_map(self) -> None:
         if self.kind == "ivf" and self._inner().direct_map.type == 0:  # NoMap
             self._inner().make_direct_map()  # IVF rows are found through a map built on demand
-        return self.index.reconstruct(int(vector_id))
 
     def search(
         self, xq: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
@@ -329,7 +337,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             pid = match.group("pid")
             with contextlib.suppress(FileNotFoundError):
                 if pid is not None:
-                    stale = int(pid) != os.getpid() and not _alive(int(pid))
+                    stale = int(pid) != os.getpid() and not process_alive(int(pid))
                 else:
                     stale = time.time() - entry.stat().st_mtime > STALE_TEMP_SECONDS
                 if stale:
@@ -339,7 +347,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

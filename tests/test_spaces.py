@@ -225,18 +225,27 @@ def temporary_files(home: Path) -> list[Path]:
     return sorted((home / "vectors").glob("*.tmp"))
 
 
-@pytest.fixture()
-def killed_remove(open_engine, tmp_path, copy_photos) -> Path:
-    """A home whose `remove` of one folder was killed after its catalog commit."""
-    home = tmp_path / "home"
-    trip = copy_photos / "away"
-    trip.mkdir()
+@pytest.fixture(scope="module")
+def killed_remove_template(tmp_path_factory, photo_folder) -> tuple[Path, Path]:
+    """(home, photos): a home whose `remove` of photos/away was killed after its catalog commit;
+    made once (a child process), copied for each test."""
+    from searchengine.engine import Engine
+
+    root = tmp_path_factory.mktemp("killed_remove")
+    photos = root / "photos"
+    shutil.copytree(photo_folder, photos)
     for number in range(3):
-        write_image(trip / f"away_{number}.jpg", seed=300 + number)
-    engine = open_engine(home)
-    index(engine, copy_photos)
-    engine.close()
-    run_killed(home, f"engine.remove([{str(trip)!r}])\n")
+        write_image(photos / "away" / f"away_{number}.jpg", seed=300 + number)
+    with Engine.open(root / "home") as engine:
+        index(engine, photos)
+    run_killed(root / "home", f"engine.remove([{str(photos / 'away')!r}])\n")
+    return root / "home", photos
+
+
+@pytest.fixture()
+def killed_remove(killed_remove_template, tmp_path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(killed_remove_template[0], home)
     return home
 
 
@@ -254,14 +263,15 @@ def test_check_after_a_killed_remove_says_what_is_out_of_step(open_engine, kille
 @pytest.mark.parametrize("next_command", ["remove again", "index", "add-texts", "use-model",
                                           "check --repair"])
 def test_the_next_writer_after_a_killed_remove_repairs_the_index(
-    open_engine, killed_remove, copy_photos, captions_csv, next_command
+    open_engine, killed_remove, killed_remove_template, captions_csv, next_command
 ):
+    photos = killed_remove_template[1]
     engine = open_engine(killed_remove)
     if next_command == "remove again":
         with pytest.raises(InvalidInputError, match="nothing catalogued"):
-            engine.remove([copy_photos / "away"])
+            engine.remove([photos / "away"])
     elif next_command == "index":
-        index(engine, copy_photos / "photo_0.jpg")
+        index(engine, photos / "photo_0.jpg")
     elif next_command == "add-texts":
         engine.add_texts(captions_csv, text_set="captions", model=TINY_MODEL)
     elif next_command == "use-model":
@@ -294,6 +304,38 @@ engine.index([{str(more)!r}], model={TINY_MODEL!r},
         open_engine(home).remove([tmp_path / "elsewhere"])
     assert_in_step(open_engine, home)
     assert temporary_files(home) == []
+
+
+@pytest.mark.parametrize("next_command", ["search", "use-model", "index"])
+def test_a_killed_index_of_a_changed_file_leaves_no_old_vector(
+    open_engine, tmp_path, copy_photos, next_command
+):
+    """The catalog committed the file's new vector under its old id; the index file still holds
+    the old one: the same ids, the same count, only the vector differs."""
+    home = tmp_path / "home"
+    engine = open_engine(home)
+    index(engine, copy_photos)
+    engine.close()
+    changed = copy_photos / "photo_1.jpg"
+    write_image(changed, seed=91)
+    touch_later(changed)
+    run_killed(home, f"""
+engine.index([{str(copy_photos)!r}], model={TINY_MODEL!r}, settings=IngestSettings(workers=0))
+""")
+    [image] = open_engine(home).check().spaces
+    assert (image.ok, image.stale, image.missing, image.extra) == (False, 1, 0, 0)
+    assert "1 vectors older than the catalog's" in image.summary
+    reader = open_engine(home)
+    media_id = reader.catalog.media_by_path(str(changed)).id
+    top = reader.similar(changed, k=1, model=TINY_MODEL).hits[0]
+    assert top.id == media_id and top.score == pytest.approx(1.0, abs=1e-5)
+    if next_command == "use-model":
+        open_engine(home).use_model(TINY_MODEL)
+    elif next_command == "index":
+        assert index(open_engine(home), copy_photos).embedded == 0
+    if next_command != "search":
+        assert_in_step(open_engine, home)
+        assert not list((home / "vectors").glob("*.writing"))
 
 
 def test_a_live_writers_temporary_file_is_kept(tmp_path):
