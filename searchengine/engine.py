@@ -29,7 +29,6 @@ from searchengine.errors import (
     CatalogError,
     HomeBusyError,
     ImageDecodeError,
-    IndexMismatchError,
     InvalidInputError,
     ModelError,
     NotIndexedError,
@@ -66,7 +65,7 @@ from searchengine.settings import (
 )
 from searchengine.spaces import VectorSpace
 from searchengine.texts import clean_texts, read_texts
-from searchengine.vectors import check_kind, read_manifest
+from searchengine.vectors import check_kind, remove_stale_temps
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
@@ -257,12 +256,22 @@ class Engine:
     def space(
         self, model: str | None, modality: str, *, create: bool = False, kind: str | None = None
     ) -> VectorSpace:
-        """The vector space of (model, modality). Without `create`, a missing one is an error."""
+        """The vector space of (model, modality); getting and searching it never writes.
+
+        Writers pass `create=True`: a missing model is added to the catalog and the space's index
+        kind recorded (`kind`, else the stored one); they call `VectorSpace.maintain` before their
+        first change. Without `create`, a missing space is an error. A cached space whose file
+        another process saved since (`index`, `remove`, `use-model` while `serve` runs) is read
+        again: one stat of its manifest per call.
+        """
         spec = parse_model_spec(model or self.default_model())
         spec_id = self._model_key(spec)
         key = (spec_id, modality)
-        if key in self._spaces and (kind is None or self._spaces[key].kind == kind):
-            return self._spaces[key]
+        cached = self._spaces.get(key)
+        if cached is not None and (kind is None or cached.kind == kind):
+            if not cached.changed_on_disk():
+                return cached
+            log.info("%s changed on disk; reading it again", cached.path.name)
         kind = check_kind(kind or self._stored_kind(spec_id, modality))  # before writing anything
         row = self.catalog.find_model(spec_id)
         if row is None:
@@ -271,11 +280,30 @@ class Engine:
             row = self.catalog.ensure_model(spec_id, self.encoder(model).dim, spec.digest)
         elif create and spec.digest and row.content_hash is None:  # a row from before 0002
             row = self.catalog.ensure_model(spec_id, row.dim, spec.digest)
-        self.catalog.set_setting(_kind_key(spec_id, modality), kind)
+        if create and self.catalog.get_setting(_kind_key(spec_id, modality)) != kind:
+            self.catalog.set_setting(_kind_key(spec_id, modality), kind)
         space = VectorSpace(self.catalog, self.home, row, modality, kind)
-        space.index  # noqa: B018 -- open (and re-sync) before any write, so no batch lands twice
         self._spaces[key] = space
         return space
+
+    def _resync_spaces(self) -> None:
+        """A writer's first step: bring back in step every index file whose manifest disagrees
+        with the catalog (count, id sum, kind), as a crash between a catalog commit and an index
+        save leaves it, and remove temporary files crashed saves left. Reads each manifest and
+        one aggregate query per space; loads only the indexes out of step."""
+        remove_stale_temps(self.home / "vectors")
+        for row in self.catalog.models():
+            for modality in ("image", "text"):
+                if self.catalog.get_setting(_kind_key(row.spec, modality)) is None:
+                    continue
+                space = VectorSpace(
+                    self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
+                )
+                if not space.in_step():
+                    # read from the file, not a cached copy the catalog may have moved past
+                    log.info("%s is out of step with the catalog; re-syncing", space.path.name)
+                    space.save()  # synced (or rebuilt) in memory first
+                    self._spaces[(row.spec, modality)] = space
 
     def _stored_kind(self, spec_id: str, modality: str) -> str:
         return self.catalog.get_setting(_kind_key(spec_id, modality)) or "flat"
@@ -314,7 +342,9 @@ class Engine:
                 f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
         ensure_weights_available(model or self.default_model())  # offline: fail in a second
+        self._resync_spaces()
         space = self.space(model, "image", create=True, kind=index_kind)
+        space.maintain()
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
         work, scanned = ingest.plan(self.catalog, space.model.id, roots, settings)
@@ -329,6 +359,33 @@ class Engine:
                 ", *".join(settings.extensions),
                 "" if settings.follow_symlinks else ", links to folders are not followed",
             )
+        space.begin_writes()  # until the last save: a kill in between is seen by the next run
+        try:
+            result, removed = self._apply(space, work, model, settings, progress)
+        finally:
+            space.end_writes()
+        # files that changed content or turned bad lost the vectors of every model in the
+        # catalog (re-made when those models index again): drop them from the other index files
+        self._resync_spaces()
+        return ingest.IngestReport(
+            scanned=scanned,
+            unchanged=work.unchanged,
+            embedded=result.embedded,
+            reused=result.reused,
+            skipped=result.skipped + len(work.unreadable),
+            removed=removed,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _apply(
+        self,
+        space: VectorSpace,
+        work: ingest.Plan,
+        model: str | None,
+        settings: IngestSettings,
+        progress: bool,
+    ) -> tuple[ingest.BatchResult, int]:
+        """Carry out an index plan on `space`; returns what was embedded and how many removed."""
         result = ingest.BatchResult(0, 0, 0)
         if work.to_embed:
             encoder = self.encoder(model)
@@ -342,36 +399,8 @@ class Engine:
                 space.model.id, [], np.zeros((0, space.model.dim)), work.unreadable
             )
             space.remove(written.removed)
-            space.save()
-        self._resync_other_spaces(space.model.id)
-        if not space.path.exists():
-            space.save()
-        return ingest.IngestReport(
-            scanned=scanned,
-            unchanged=work.unchanged,
-            embedded=result.embedded,
-            reused=result.reused,
-            skipped=result.skipped + len(work.unreadable),
-            removed=removed,
-            seconds=time.perf_counter() - start,
-        )
-
-    def _resync_other_spaces(self, model_id: int) -> None:
-        """Files that changed content or turned bad lost the vectors of every model in the catalog
-        (re-made when those models index again); drop them from the other models' index files."""
-        for row in self.catalog.models():
-            if row.id == model_id or self.catalog.get_setting(_kind_key(row.spec, "image")) is None:
-                continue
-            space = VectorSpace(
-                self.catalog, self.home, row, "image", self._stored_kind(row.spec, "image")
-            )
-            try:
-                on_disk = read_manifest(space.path).count
-            except IndexMismatchError:
-                continue  # unusable file: rebuilt from the catalog when next opened
-            if on_disk != self.catalog.count_vectors("image", row.id):
-                space.index  # noqa: B018 -- opening re-syncs the ids with the catalog and saves
-                self._spaces[(row.spec, "image")] = space
+        space.maintain()
+        return result, removed
 
     @_writes("remove")
     def remove(self, paths: list[str | Path]) -> int:
@@ -381,6 +410,7 @@ class Engine:
         """
         if not paths:
             raise InvalidInputError("give at least one file or folder to forget")
+        self._resync_spaces()  # also what a crashed `remove` left behind
         roots = [catalog_path(p) for p in paths]
         stored = list(self.catalog.files_under(roots)) + list(self.catalog.skipped_under(roots))
         if not stored:
@@ -443,11 +473,11 @@ class Engine:
         With `progress`, a bar on stderr counts the texts, with their rate and the time left."""
         from searchengine.progress import progress_bar
 
+        self._resync_spaces()
         space = self.space(model, "text", create=True)
+        space.maintain()
         pending = self.catalog.texts_without_vector(space.model.id)
         if not pending:
-            if not space.path.exists():
-                space.save()
             return 0
         encoder = self.encoder(model)
         bar = progress_bar(len(pending), desc="add-texts", unit="text", enabled=progress)
@@ -468,6 +498,7 @@ class Engine:
         """Make `model` the home's default. Refused while its image space is incomplete (the old
         one keeps serving) unless `force`."""
         spec_id = self.model_id_of(model)
+        self._resync_spaces()
         row = self.catalog.find_model(spec_id)
         images = self.catalog.count_media()
         have = self.catalog.count_vectors("image", row.id) if row else 0
@@ -749,9 +780,12 @@ class Engine:
     def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:
         """Does every index file agree with the catalog? With `repair`, rebuild those that don't.
 
-        With `progress`, a bar on stderr counts the catalog's vectors of the spaces checked."""
+        With `progress`, a bar on stderr counts the catalog's vectors of the spaces checked.
+        Repairing also removes the temporary files that crashed saves left."""
         from searchengine.progress import progress_bar
 
+        if repair:
+            remove_stale_temps(self.home / "vectors")
         checks = []
         spaces = [
             (row, modality)
@@ -767,7 +801,7 @@ class Engine:
             )
             result = space.check()
             if repair and not result.ok:
-                space.index = space.rebuild(reason=result.problem or "out of sync")
+                space.repair()
                 self._spaces.pop((row.spec, modality), None)
                 result = space.check()
             checks.append(result)

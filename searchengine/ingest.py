@@ -404,7 +404,7 @@ def embed_files(
 
     Each batch is one catalog transaction followed by an in-memory index update; the index file
     is saved every `settings.save_every` batches and at the end (also on Ctrl-C), so a crash
-    loses at most the batch in flight and the next open re-syncs the index from the catalog.
+    loses at most the batch in flight and the next writer re-syncs the index from the catalog.
     A file whose content hash already has a vector of this model reuses it (renames, moves,
     duplicates) instead of running the model.
     """
@@ -434,7 +434,7 @@ def _store_batch(catalog: Catalog, encoder, space, batch: list[Decoded]) -> Batc
     good = [d for d in batch if d.error is None]
     if not good:
         written = catalog.write_images(space.model.id, [], np.zeros((0, space.model.dim)), skips)
-        space.remove(written.removed)
+        space.remove(written.removed)  # committed: the space follows the catalog
         return BatchResult(0, 0, len(skips))
     known = catalog.vectors_by_hash(space.model.id, [d.content_hash for d in good])
     fresh = [d for d in good if d.content_hash not in known]
@@ -451,6 +451,7 @@ def _store_batch(catalog: Catalog, encoder, space, batch: list[Decoded]) -> Batc
     ]
     matrix = np.vstack([vectors[d.content_hash] for d in good]).astype(np.float32)
     written = catalog.write_images(space.model.id, images, matrix, skips)
-    space.remove(written.removed)
-    space.add(np.asarray(written.ids, dtype=np.int64), matrix, replace=True)
+    # one update for the whole committed change: an approximate index rebuilt from the catalog
+    # (which holds this batch already) must not get the batch added a second time
+    space.update(np.asarray(written.ids, dtype=np.int64), matrix, removed=written.removed)
     return BatchResult(len(unique_fresh), len(good) - len(unique_fresh), len(skips))

@@ -1,8 +1,9 @@
 """Vector spaces: one FAISS index per (model, modality), kept in agreement with the catalog.
 
-The catalog is the source of truth. Opening a space loads its index file, checks the manifest
-and re-syncs the ids with the catalog (the state after a crash between a catalog commit and an
-index save); anything unusable is rebuilt from the durable vectors, with a warning that says why.
+The catalog is the source of truth. Reading a space loads its index file, checks the manifest
+and re-syncs the ids with the catalog in memory (the state after a crash between a catalog
+commit and an index save); anything unusable is rebuilt from the durable vectors, with a warning
+that says why. Files change only through a writer's explicit `maintain`, `save` or `repair`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,13 @@ import numpy as np
 from searchengine.catalog import Catalog, head_revision
 from searchengine.catalog.store import ModelRow
 from searchengine.errors import IndexMismatchError
-from searchengine.vectors import Manifest, VectorIndex, read_manifest
+from searchengine.vectors import (
+    Manifest,
+    VectorIndex,
+    manifest_path,
+    process_alive,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +45,33 @@ class SpaceCheck:
     extra: int  # in the index, not in the catalog
     problem: str | None  # manifest or file problem, if any
     duplicates: int = 0  # ids held more than once by the index
+    stale: int = 0  # ids whose vector in the index differs from the catalog's
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and self.missing == self.extra == self.duplicates == 0
+        in_step = self.missing == self.extra == self.duplicates == self.stale == 0
+        return self.problem is None and in_step
+
+    @property
+    def summary(self) -> str:
+        """"ok", or what is out of step and the command that repairs it."""
+        if self.ok:
+            return "ok"
+        if self.problem is not None:
+            return f"{self.problem}; run `searchengine check --repair` to rebuild it"
+        parts = []
+        if self.extra:
+            parts.append(f"{self.extra} index entries for vectors the catalog no longer has")
+        if self.missing:
+            parts.append(f"{self.missing} catalogued vectors missing from the index")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} ids held twice")
+        if self.stale:
+            parts.append(f"{self.stale} vectors older than the catalog's (files changed)")
+        return (
+            f"{', '.join(parts)} (an interrupted command); run `searchengine check --repair`, "
+            "or any index, remove, add-texts or use-model, which re-sync first"
+        )
 
 
 def index_path(home: Path, spec: str, modality: str) -> Path:
@@ -51,7 +82,13 @@ def index_path(home: Path, spec: str, modality: str) -> Path:
 
 
 class VectorSpace:
-    """The index of one (model, modality) in a home, loaded and synced with the catalog."""
+    """The index of one (model, modality) in a home, kept in step with the catalog.
+
+    Reading never writes: `index` loads the file and brings it in step with the catalog in
+    memory (adds what the catalog gained, drops what it lost, rebuilds from the catalog when
+    the file is missing, stale or unusable). Only writers change files, explicitly: `maintain`
+    (sync and save if anything differed), `save`, `repair`.
+    """
 
     def __init__(self, catalog: Catalog, home: Path, model: ModelRow, modality: str, kind: str):
         self.catalog = catalog
@@ -60,17 +97,27 @@ class VectorSpace:
         self.kind = kind
         self.path = index_path(home, model.spec, modality)
         self._index: VectorIndex | None = None
+        self._stale = False  # the in-memory index is rebuilt from the catalog before next use
+        self._unsaved = False  # the in-memory index differs from the file
+        self._identity: tuple[int, int, int] | None = None  # the manifest's, when last read
+        self._clears_marker = False  # saving ends the marker of a writer that stopped
 
     @property
     def index(self) -> VectorIndex:
-        """The synced in-memory index, opened (and repaired if need be) on first use."""
+        """The in-memory index, in step with the catalog; loaded on first use, never saved."""
         if self._index is None:
-            self._index = self._open()
+            self._identity = self._manifest_identity()
+            self._index = self._load()
+        if self._stale:
+            self._index = self._build()
+            self._stale = False
         return self._index
 
     @index.setter
     def index(self, value: VectorIndex) -> None:
         self._index = value
+        self._stale = False
+        self._unsaved = True
 
     def _expected(self) -> Manifest:
         return Manifest(
@@ -82,25 +129,40 @@ class VectorSpace:
             catalog_revision=head_revision(),
         )
 
-    def _open(self) -> VectorIndex:
+    def _load(self) -> VectorIndex:
+        """The file's index synced with the catalog, or one built from the catalog (in memory)."""
+        self._unsaved = True
         if not self.path.exists():
-            return self.rebuild(reason=None)
+            return self._build()
+        if self.interrupted():
+            # a writer stopped between committing replaced vectors and saving: the file may hold
+            # old vectors under current ids, which no id comparison can see
+            log.warning("%s: an index run stopped before its last save; using the catalog's "
+                        "vectors", self.path.name)
+            self._clears_marker = True
+            return self._build()
         try:
             index = VectorIndex.load(self.path, self._expected())
-            if self._sync(index):
-                self.save(index)
+            self._unsaved = self._sync(index)
         except IndexMismatchError as error:
-            log.warning("rebuilding %s from the catalog: %s", self.path.name, error)
-            return self.rebuild(reason=str(error))
+            log.warning("%s: using the catalog's vectors instead (%s)", self.path.name, error)
+            return self._build()
         return index
 
+    def _build(self) -> VectorIndex:
+        count, _ = self.catalog.vector_stats(self.modality, self.model.id)
+        return VectorIndex.build_from_batches(
+            self.kind,
+            self.model.dim,
+            count,
+            lambda: self.catalog.iter_vectors(self.modality, self.model.id),
+        )
+
     def rebuild(self, reason: str | None) -> VectorIndex:
-        """A fresh index from the catalog's vectors (saved when anything is in it)."""
-        ids, vectors = self.catalog.vectors(self.modality, self.model.id)
-        index = VectorIndex.build(self.kind, self.model.dim, ids if len(ids) else None, vectors)
-        if len(ids) or reason is not None:
-            self.save(index)
-        return index
+        """A fresh in-memory index from the catalog's vectors (not saved; see `repair`)."""
+        if reason:
+            log.info("%s: rebuilding from the catalog (%s)", self.path.name, reason)
+        return self._build()
 
     def _sync(self, index: VectorIndex) -> bool:
         """Add vectors the catalog has and the index lacks; drop ids the catalog no longer has."""
@@ -126,31 +188,138 @@ class VectorSpace:
             )
         return bool(len(missing) or len(extra))
 
-    def save(self, index: VectorIndex | None = None) -> None:
-        (index or self.index).save(self.path, self._expected())
+    # -- writers --------------------------------------------------------------------------
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, *, replace: bool = False) -> None:
-        """Add (n,) ids with (n, d) vectors; `replace` first drops ids that may be present."""
-        if replace and len(ids):
-            self.remove(ids)
-        self.index.add(ids, vectors)
+    def maintain(self) -> bool:
+        """Bring the index file in step with the catalog: sync or rebuild, then save if anything
+        differed or the file is missing. Returns whether the file was written."""
+        self.index  # noqa: B018 -- loads and syncs in memory
+        if self._unsaved or not self.path.exists():
+            self.save()
+            return True
+        return False
+
+    def repair(self) -> None:
+        """Rebuild the index from the catalog and save it."""
+        self.index = self.rebuild(reason="repair")
+        self.save()
+
+    def save(self, index: VectorIndex | None = None) -> None:
+        """Write the in-memory index (or `index`) and its manifest atomically."""
+        if index is None or index is self._index:
+            self.index.save(self.path, self._expected())
+            self._unsaved = False
+        else:
+            index.save(self.path, self._expected())
+        self._identity = self._manifest_identity()
+        if self._clears_marker:
+            self._marker().unlink(missing_ok=True)
+            self._clears_marker = False
+
+    def begin_writes(self) -> None:
+        """Mark the file as behind the catalog until `end_writes`: a writer killed in between
+        leaves the mark, and the next reader or writer rebuilds from the catalog (vectors
+        replaced under the same ids are invisible to a comparison of ids)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._marker().write_text(str(os.getpid()))
+
+    def end_writes(self) -> None:
+        """Drop the mark of `begin_writes` once everything written is saved."""
+        if not self._unsaved and not self._stale:
+            self._marker().unlink(missing_ok=True)
+
+    def interrupted(self) -> bool:
+        """Did a writer that no longer runs leave this file behind the catalog?"""
+        try:
+            pid = int(self._marker().read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return self._marker().exists()
+        return pid != os.getpid() and not process_alive(pid)
+
+    def _marker(self) -> Path:
+        return self.path.with_name(self.path.name + ".writing")
+
+    def update(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        removed: np.ndarray | list[int] = (),
+    ) -> None:
+        """Follow a committed catalog change: (n,) int64 `ids` now hold (n, d) float32 `vectors`
+        (new or replaced), `removed` ids are gone. Safe whatever the index held before: no id
+        ends up twice, no id keeps an old vector.
+
+        The flat kind drops and adds in place. The approximate kinds cannot drop ids (see
+        `VectorIndex.needs_rebuild_on_remove`): when the change touches an id they hold, the
+        index is rebuilt from the catalog (which already holds the change) before its next use,
+        once however many batches come first.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        removed = np.asarray(removed, dtype=np.int64)
+        if self._stale:
+            return  # a rebuild from the catalog is due anyway
+        index = self.index
+        touched = np.union1d(ids, removed)
+        if not len(touched):
+            return
+        self._unsaved = True
+        if index.needs_rebuild_on_remove:
+            if len(np.intersect1d(index.ids(), touched)):
+                self._stale = True  # the rebuild reads the catalog: it has the new vectors too
+                return
+        else:
+            index.remove(touched)
+        if len(ids):
+            index.add(ids, vectors)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, replace: bool = True) -> None:
+        """Add (n,) ids with (n, d) vectors the catalog now holds; ids present are replaced."""
+        self.update(ids, vectors)
 
     def remove(self, ids: np.ndarray | list[int]) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
-        if not len(ids):
-            return
-        if self.index.needs_rebuild_on_remove:
-            present = np.intersect1d(self.index.ids(), ids)
-            if len(present):
-                self.index = self.rebuild(reason="vectors removed")
-            return
-        self.index.remove(ids)
+        """Drop ids the catalog no longer holds."""
+        self.update(np.zeros(0, dtype=np.int64), np.zeros((0, self.model.dim)), removed=ids)
 
     def retrain_if_needed(self) -> None:
         """Rebuild an IVF index whose lists were trained on far fewer vectors than it now holds."""
         if self.index.wants_retraining:
             log.info("%s: retraining IVF lists on %d vectors", self.path.name, self.index.count)
-            self.index = self.rebuild(reason="retrain")
+            self.index = self.rebuild(reason=None)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def in_step(self) -> bool:
+        """Does the file claim what the catalog holds (kind, count, id sum)? Reads the manifest
+        and one aggregate query, not the index; a writer re-syncs a space that is not."""
+        try:
+            manifest = read_manifest(self.path)
+            size = self.path.stat().st_size
+        except (IndexMismatchError, FileNotFoundError):
+            return False
+        if self.interrupted():
+            return False
+        expected = self._expected()
+        if (manifest.kind, manifest.catalog_revision, manifest.dim) != (
+            expected.kind,
+            expected.catalog_revision,
+            expected.dim,
+        ):
+            return False
+        if manifest.id_sum is None or size != manifest.file_size:
+            return False
+        stats = self.catalog.vector_stats(self.modality, self.model.id)
+        return (manifest.count, manifest.id_sum) == stats
+
+    def changed_on_disk(self) -> bool:
+        """Has another process saved this index since it was read here? (one stat)"""
+        return self._index is not None and self._manifest_identity() != self._identity
+
+    def _manifest_identity(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(manifest_path(self.path))
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def check(self) -> SpaceCheck:
         """Compare the index file on disk (not the in-memory copy) with the catalog."""
@@ -162,6 +331,7 @@ class VectorSpace:
             index_ids = on_disk.ids()
         except IndexMismatchError as error:
             problem = str(error)
+            on_disk = None
         if problem is None and not self.path.exists():
             problem = "index file missing"
         kind = self.kind
@@ -176,5 +346,18 @@ class VectorSpace:
             missing=len(np.setdiff1d(catalog_ids, index_ids)),
             extra=len(np.setdiff1d(index_ids, catalog_ids)),
             duplicates=len(index_ids) - len(np.unique(index_ids)),
+            stale=self._stale_vectors(on_disk) if on_disk is not None else 0,
             problem=problem,
         )
+
+    def _stale_vectors(self, on_disk: VectorIndex) -> int:
+        """How many ids the file holds with another vector than the catalog's (streamed; the
+        vectors are copies of the same stored bytes, so they compare exactly)."""
+        held = set(on_disk.ids().tolist())
+        stale = 0
+        for ids, vectors in self.catalog.iter_vectors(self.modality, self.model.id):
+            present = np.fromiter((i in held for i in ids.tolist()), dtype=bool, count=len(ids))
+            if present.any():
+                stored = on_disk.reconstruct_batch(ids[present])  # (m, d) float32
+                stale += int(np.any(stored != vectors[present], axis=1).sum())
+        return stale

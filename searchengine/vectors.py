@@ -7,10 +7,14 @@ file, fsync, rename) next to a JSON manifest that is checked when the file is op
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import tempfile
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +30,8 @@ INDEX_KINDS: dict[str, str] = {
     "ivf": "approximate inverted lists (IVF-Flat, sqrt(n) lists, nprobe 16): trained on the data",
 }
 MANIFEST_VERSION = 1
+TRAIN_PER_LIST = 256  # IVF training vectors per list (FAISS warns below 39, gains little past 256)
+STALE_TEMP_SECONDS = 3600  # a temporary file without a writer's pid is stale after this long
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Manifest:
     catalog_revision: str
     file_size: int = 0
     version: int = MANIFEST_VERSION
+    id_sum: int | None = None  # sum of the ids held; with `count`, compared with the catalog
 
 
 def check_kind(kind: str) -> str:
@@ -63,10 +70,40 @@ class VectorIndex:
         cls, kind: str, dim: int, ids: np.ndarray | None = None, vectors: np.ndarray | None = None
     ) -> VectorIndex:
         """A new index of `kind`, holding (n,) int64 `ids` -> (n, d) float32 `vectors` if given."""
+        if ids is None or not len(ids):
+            return cls.empty(kind, dim, 0)
+        index = cls.empty(kind, dim, len(ids))
+        index.train(vectors)
+        index.add(ids, vectors)
+        return index
+
+    @classmethod
+    def build_from_batches(
+        cls,
+        kind: str,
+        dim: int,
+        count: int,
+        batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    ) -> VectorIndex:
+        """A new index of `count` vectors read as batches of ((b,) int64 ids, (b, d) float32).
+
+        `batches()` is called once for the vectors (twice for IVF: first for a training sample
+        of at most TRAIN_PER_LIST vectors a list, spread evenly over the ids), so no more than a
+        batch and the sample are ever in memory besides the index itself.
+        """
+        index = cls.empty(kind, dim, count)
+        if kind == "ivf" and count:
+            index.train(_training_sample(batches(), count, index._inner().nlist * TRAIN_PER_LIST))
+        for ids, vectors in batches():
+            index.add(ids, vectors)
+        return index
+
+    @classmethod
+    def empty(cls, kind: str, dim: int, expected: int) -> VectorIndex:
+        """An empty index of `kind`; an IVF one gets lists for `expected` vectors."""
         import faiss
 
         check_kind(kind)
-        n = 0 if ids is None else len(ids)
         if kind == "flat":
             inner = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
@@ -74,17 +111,17 @@ class VectorIndex:
             inner.hnsw.efConstruction = 80
             inner.hnsw.efSearch = 64
         else:
-            nlist = ivf_lists(n)
+            nlist = ivf_lists(expected)
             inner = faiss.IndexIVFFlat(
                 faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
             )
             inner.nprobe = min(16, nlist)
-            if n:
-                inner.train(np.ascontiguousarray(vectors, dtype=np.float32))
-        vector_index = cls(faiss.IndexIDMap2(inner), kind, dim)
-        if n:
-            vector_index.add(ids, vectors)
-        return vector_index
+        return cls(faiss.IndexIDMap2(inner), kind, dim)
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train an IVF index's lists on (n, d) float32 vectors (other kinds need nothing)."""
+        if self.kind == "ivf" and len(vectors) and not self._inner().is_trained:
+            self._inner().train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     @property
     def count(self) -> int:
@@ -125,8 +162,7 @@ class VectorIndex:
             raise InvalidInputError(
                 f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}"
             )
-        if self.kind == "ivf" and not self._inner().is_trained:
-            self._inner().train(vectors)
+        self.train(vectors)
         self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         self._gpu = None
 
@@ -143,7 +179,17 @@ class VectorIndex:
 
     def reconstruct(self, vector_id: int) -> np.ndarray:
         """(d,) float32 vector stored for `vector_id`."""
+        self._direct_map()
         return self.index.reconstruct(int(vector_id))
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        """(n, d) float32 vectors stored for (n,) int64 `ids` (all held)."""
+        self._direct_map()
+        return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def _direct_map(self) -> None:
+        if self.kind == "ivf" and self._inner().direct_map.type == 0:  # NoMap
+            self._inner().make_direct_map()  # IVF rows are found through a map built on demand
 
     def search(
         self, xq: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
@@ -184,12 +230,18 @@ class VectorIndex:
         import faiss
 
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)
         tmp = _temp_path(path)
         try:
             faiss.write_index(self.index, str(tmp))
             _fsync(tmp)
             manifest = Manifest(
-                **{**asdict(manifest), "count": self.count, "file_size": tmp.stat().st_size}
+                **{
+                    **asdict(manifest),
+                    "count": self.count,
+                    "file_size": tmp.stat().st_size,
+                    "id_sum": int(self.ids().sum()),
+                }
             )
             _write_atomic(manifest_path(path), json.dumps(asdict(manifest), indent=2).encode())
             os.replace(tmp, path)
@@ -256,10 +308,66 @@ def _search_params(kind: str, selector, inner):
     return faiss.SearchParameters(sel=selector)
 
 
+_TEMP_NAME = re.compile(r"\.(?:pid(?P<pid>\d+)\.)?[A-Za-z0-9_-]+\.tmp$")
+
+
 def _temp_path(path: Path) -> Path:
-    handle, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    return Path(name)
+    """A new file `<name>.pid<writer's pid>.<random>.tmp` beside `path`; the pid lets a later
+    writer tell a crashed writer's leftover from a file being written right now."""
+    while True:
+        tmp = path.with_name(f"{path.name}.pid{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return tmp
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporary index and manifest files that no live process is writing.
+
+    A file named with a pid is stale when that process is gone; an older unnamed one
+    (`<name>.<random>.tmp`, before pids were recorded) when untouched for STALE_TEMP_SECONDS.
+    Returns the files removed.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            match = _TEMP_NAME.search(entry.name)
+            if match is None or ".faiss" not in entry.name or not entry.is_file():
+                continue
+            pid = match.group("pid")
+            with contextlib.suppress(FileNotFoundError):
+                if pid is not None:
+                    stale = int(pid) != os.getpid() and not process_alive(int(pid))
+                else:
+                    stale = time.time() - entry.stat().st_mtime > STALE_TEMP_SECONDS
+                if stale:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+                    log.info("removed %s, left by a writer that stopped", entry.name)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _training_sample(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]], count: int, size: int
+) -> np.ndarray:
+    """(<= size, d) float32: every ceil(count / size)-th vector of the batches, in order."""
+    step = max(1, -(-count // max(size, 1)))
+    parts, seen = [], 0
+    for _, vectors in batches:
+        first = (-seen) % step  # the first row of this batch on the global stride
+        parts.append(np.asarray(vectors[first::step], dtype=np.float32))
+        seen += len(vectors)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 def _fsync(path: Path) -> None:

@@ -315,7 +315,11 @@ def test_a_damaged_index_file_is_rebuilt_from_the_catalog(
         path.write_bytes(path.read_bytes()[:-64])
     assert not open_engine(engine.home).check().ok
     reopened = open_engine(engine.home)
+    # a search uses the catalog's vectors in memory and leaves the file alone
     assert [h.id for h in reopened.search("a dog", k=5, model=TINY_MODEL).hits] == before
+    assert not reopened.check().ok
+    assert "check --repair" in next(s for s in reopened.check().spaces if not s.ok).summary
+    assert open_engine(engine.home).check(repair=True).ok
     assert reopened.check().ok and manifest.is_file()
 
 

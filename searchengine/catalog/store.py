@@ -418,6 +418,44 @@ class Catalog:
             return out_ids, np.zeros((0, 0), dtype=np.float32)
         return out_ids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
+    def iter_vectors(
+        self, modality: str, model_id: int, *, batch_size: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every durable vector of `model_id`, in batches of at most `batch_size`, ids ascending.
+
+        Yields ((b,) int64 ids, (b, d) float32 unit rows), copies of the stored bytes. Each
+        batch is its own short query on an id range (`id > last` in key order), so no cursor
+        stays open between batches and memory holds one batch.
+        """
+        if batch_size < 1:
+            raise InvalidInputError(f"batch size must be >= 1, got {batch_size}")
+        table, key = _embedding_table(modality)
+        last = None
+        while True:
+            query = select(key, table.vector).where(table.model_id == model_id)
+            if last is not None:
+                query = query.where(key > last)
+            with self.session() as session:
+                rows = session.execute(query.order_by(key).limit(batch_size)).all()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            if len(rows) < batch_size:
+                return
+            last = int(ids[-1])
+
+    def vector_stats(self, modality: str, model_id: int) -> tuple[int, int]:
+        """(how many vectors `model_id` has, the sum of their ids): one aggregate query, compared
+        with an index manifest's count and id sum to tell whether the index is in step."""
+        table, key = _embedding_table(modality)
+        with self.session() as session:
+            query = select(func.count(), func.coalesce(func.sum(key), 0)).where(
+                table.model_id == model_id
+            )
+            count, total = session.execute(query).one()
+            return int(count), int(total)
+
     # -- settings and counts --------------------------------------------------------------
 
     def get_setting(self, key: str) -> str | None:

@@ -331,21 +331,16 @@ def check(home, repair, as_json):
             {
                 "ok": report.ok,
                 "repaired": report.repaired,
-                "spaces": [{**s.__dict__, "ok": s.ok} for s in report.spaces],
+                "spaces": [
+                    {**s.__dict__, "ok": s.ok, "summary": s.summary} for s in report.spaces
+                ],
             }
         )
     else:
         for s in report.spaces:
-            state = (
-                "ok"
-                if s.ok
-                else (
-                    s.problem or f"{s.missing} missing, {s.extra} extra, {s.duplicates} duplicated"
-                )
-            )
             click.echo(
                 f"{s.model} {s.modality} ({s.kind}): catalog {s.catalog_count}, "
-                f"index {s.index_count}: {state}"
+                f"index {s.index_count}: {s.summary}"
             )
         if not report.spaces:
             click.echo("nothing indexed yet")

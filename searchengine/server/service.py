@@ -33,10 +33,16 @@ class SearchService:
     def __init__(self, engine: Engine, settings: ServerSettings):
         self.engine = engine
         self.settings = settings
-        self.model = engine.model_id_of(settings.model)
         self.media = MediaFiles(engine.catalog, cache_bytes=settings.thumbnail_cache_bytes,
                                 max_original_bytes=settings.max_original_bytes)
         self._lock = threading.Lock()
+
+    @property
+    def model(self) -> str:
+        """The model requests use: the pinned one, else the home's default as it is now (one
+        settings row read), so `use-model` takes effect without a restart. The engine's spaces
+        follow what `index` and `remove` save (a stat of the manifest per request)."""
+        return self.engine.model_id_of(self.settings.model)
 
     def warm_up(self) -> None:
         """Load the model and open its vector indexes now, so the first request is not slow."""
