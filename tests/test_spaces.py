@@ -195,6 +195,43 @@ def test_a_search_works_on_index_files_on_a_read_only_file_system(
     assert child.stdout.split() == [str(expected), str(expected)]
 
 
+@pytest.mark.skipif(not read_only_mount_works(), reason="needs `unshare -m` and bind mounts")
+def test_a_whole_home_on_a_read_only_file_system_answers_searches(open_engine, tmp_path,
+                                                                  copy_photos, captions_csv):
+    """A home mounted read-only as a whole (an archive, a replica): the catalog opens read-only,
+    search, similar, lookup, status and check answer, and a write says why it cannot."""
+    home = tmp_path / "home"
+    writer = open_engine(home)
+    index(writer, copy_photos)
+    writer.add_texts(captions_csv, column="caption", text_set="captions", model=TINY_MODEL)
+    expected = writer.catalog.count_vectors("image", writer.catalog.find_model(TINY_MODEL).id)
+    photo = sorted(copy_photos.glob("*.jpg"))[0]
+    writer.close()
+    script = textwrap.dedent(f"""
+        from searchengine.engine import Engine
+        from searchengine.errors import SearchEngineError
+        with Engine.open({str(home)!r}, create=False) as engine:
+            hits = engine.search("a photo", k=50, model={TINY_MODEL!r}).hits
+            print(len({{h.id for h in hits}}), len(hits))
+            print(len(engine.similar({str(photo)!r}, k=3, model={TINY_MODEL!r}).hits))
+            print(len(engine.lookup({str(photo)!r}, k=2, model={TINY_MODEL!r}).hits))
+            print(engine.status().images, engine.check().ok)
+            try:
+                engine.remove([{str(photo)!r}])
+            except SearchEngineError as error:
+                print("refused:", type(error).__name__)
+    """)
+    mount = f"mount --bind {home} {home} && mount -o remount,bind,ro {home}"
+    child = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mount} && exec "$0" -c "$1"', sys.executable, script],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    lines = child.stdout.splitlines()
+    assert lines[:4] == [f"{expected} {expected}", "3", "2", f"{expected} True"]
+    assert lines[4].startswith("refused: ") and "Traceback" not in child.stderr
+
+
 # -- defect 10: a command killed between its catalog commit and its index save -------------
 
 KILL_AT_INDEX_SAVE = """

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, select
@@ -114,10 +116,11 @@ def _alembic_config(url: str | None):
 class Catalog:
     """Typed operations on the catalog; each public method is one transaction."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, read_only: bool = False):
         self.url = url
+        self.read_only = read_only
         try:
-            self.engine = _create_engine(url)
+            self.engine = _create_engine(url, read_only=read_only)
             self._upgrade()
         except SQLAlchemyError as error:
             raise catalog_error(url, error, opening=True) from error
@@ -125,9 +128,17 @@ class Catalog:
 
     @classmethod
     def in_home(cls, home: Path) -> Catalog:
-        """The default SQLite catalog of a home folder, created if missing."""
+        """The default SQLite catalog of a home folder, created if missing.
+
+        A home whose folder cannot be written (a read-only mount, an archive, a replica) opens
+        its catalog read-only and immutable: SQLite then needs neither its WAL nor its shared
+        memory file, so searches work there, and any write is refused by the database."""
         home.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{(home / CATALOG_NAME).resolve()}")
+        path = (home / CATALOG_NAME).resolve()
+        if path.is_file() and not os.access(home, os.W_OK):
+            return cls(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
+                       read_only=True)
+        return cls(f"sqlite:///{path}")
 
     def _upgrade(self) -> None:
         """Bring the schema to head. A catalog already there is only read (a read-only home
@@ -137,6 +148,12 @@ class Catalog:
 
         if self.revision() == head_revision():
             return
+        if self.read_only:
+            raise CatalogError(
+                f"the catalog at {self.url} is at schema revision {self.revision()} and needs an "
+                f"upgrade to {head_revision()}, but its home is read-only; run any searchengine "
+                "command on it once where it can be written"
+            )
         config = _alembic_config(self.url)
         with self.engine.connect() as connection:
             lock_schema(connection)
@@ -489,7 +506,7 @@ class Catalog:
             return int(session.scalar(query) or 0)
 
 
-def _create_engine(url: str) -> SqlEngine:
+def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
 
@@ -497,8 +514,9 @@ def _create_engine(url: str) -> SqlEngine:
         def _pragmas(dbapi_connection, _record) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA busy_timeout=30000")  # first: WAL needs a lock on a new file
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            if not read_only:  # the journal mode of a read-only file is what it is
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
