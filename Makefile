@@ -53,7 +53,7 @@ demo-model: install
 		--model se-scenes/runs/demo-model/run/last.pt --out runs/demo-model/run2 --lr 3e-4 \
 		--warmup 50 --weight-decay 0.1 --batch-size 128 --steps 800 --eval-every 200 \
 		--save-every 200 --seed 1
-	$(BIN)/python -c "from searchengine.demo import bundle_weights; print(bundle_weights('runs/demo-model/run2/best.pt'))"
+	$(BIN)/python -c "from searchengine.demo.run import bundle_weights; print(bundle_weights('runs/demo-model/run2/best.pt'))"
 	$(BIN)/searchengine scenes runs/demo-model/heldout -n 1000 --split heldout --seed 0
 	$(BIN)/searchengine scene-recall runs/demo-model/heldout --model demo
 

@@ -118,7 +118,7 @@ def bench_engine(args, n: int, kinds: list[str], encoder_ms: dict) -> list[dict]
 
 
 def bench_index_only(args, n: int, dim: int, kinds: list[str], encoder_ms: dict) -> list[dict]:
-    from searchengine.vectors import VectorIndex
+    from searchengine.index.vectors import VectorIndex
 
     xb = unit_vectors(n, dim, seed=1)
     xq = unit_vectors(100, dim, seed=2)

@@ -36,8 +36,8 @@ def main() -> None:
     if not args.dataset.is_dir():
         sys.exit(f"{args.dataset} is absent; nothing to measure")
 
-    from searchengine import benchmark
-    from searchengine.datasets import read_caption_dataset
+    from searchengine.eval import benchmark
+    from searchengine.eval.datasets import read_caption_dataset
     from searchengine.settings import IngestSettings
 
     ks = tuple(int(k) for k in args.k.split(","))

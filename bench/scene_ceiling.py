@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from searchengine.demo import read_scene_captions  # noqa: E402
-from searchengine.scenes import _BACKGROUND_WORDS, _INVERSE, read_scene_attributes  # noqa: E402
+from searchengine.demo.run import read_scene_captions  # noqa: E402
+from searchengine.demo.scenes import _BACKGROUND_WORDS, _INVERSE, read_scene_attributes  # noqa: E402
 
 SIZE_WORDS = r"\b(?:small|little|large|big) "
 

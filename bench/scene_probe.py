@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
-from searchengine.scenes import COLOURS, SHAPES, read_scene_attributes  # noqa: E402
+from searchengine.demo.scenes import COLOURS, SHAPES, read_scene_attributes  # noqa: E402
 
 COUNT_WORDS = {"1": "one shape", "2": "two shapes", "3": "three shapes"}
 POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top",
@@ -29,7 +29,7 @@ POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top"
 
 
 def probe(model: str, folder: Path, limit: int) -> dict:
-    from searchengine.demo import encode_image_files
+    from searchengine.demo.run import encode_image_files
     from searchengine.encoder import Encoder
 
     attributes = read_scene_attributes(folder)

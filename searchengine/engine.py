@@ -33,6 +33,8 @@ from searchengine.errors import (
     ModelError,
     NotIndexedError,
 )
+from searchengine.index.spaces import VectorSpace
+from searchengine.index.vectors import check_kind, remove_stale_temps
 from searchengine.models import (
     DIGEST_SUFFIX,
     ModelSpec,
@@ -40,14 +42,14 @@ from searchengine.models import (
     parse_model_spec,
 )
 from searchengine.paths import catalog_path
-from searchengine.queries import (
+from searchengine.query.inputs import (
     ImageQuery,
     check_media_id,
     check_query_path,
     decode_query_image,
     unit_query_vector,
 )
-from searchengine.results import (
+from searchengine.query.results import (
     AddTextsReport,
     CheckReport,
     Classification,
@@ -63,9 +65,7 @@ from searchengine.settings import (
     EncoderSettings,
     IngestSettings,
 )
-from searchengine.spaces import VectorSpace
 from searchengine.texts import clean_texts, read_texts
-from searchengine.vectors import check_kind, remove_stale_temps
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
@@ -579,7 +579,7 @@ class Engine:
         model: str | None = None,
     ) -> Classification:
         """Zero-shot: probability of each label (softmax over scaled cosines), best first."""
-        from searchengine.prompts import label_embeddings, templates_named
+        from searchengine.eval.prompts import label_embeddings, templates_named
 
         labels = [label.strip() for label in labels if label.strip()]
         if len(labels) < 2 or len(set(labels)) != len(labels):

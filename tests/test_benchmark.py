@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from float_noise import assert_recall_close, recall_slack
 from PIL import Image
 
-from searchengine import benchmark
 from searchengine.cli import cli
-from searchengine.datasets import read_caption_dataset, read_class_folder
 from searchengine.errors import InvalidInputError
-from searchengine.prompts import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE, label_embeddings
+from searchengine.eval import benchmark
+from searchengine.eval.datasets import read_caption_dataset, read_class_folder
+from searchengine.eval.prompts import ENSEMBLE_TEMPLATES, SINGLE_TEMPLATE, label_embeddings
 from searchengine.settings import IngestSettings
 
 MODEL = "se-tiny/random"
@@ -49,7 +49,7 @@ def test_single_template_label_embedding_is_the_sentence_vector():
 
 
 def test_ensemble_is_the_renormalised_mean_of_the_templates(monkeypatch):
-    import searchengine.prompts as prompts
+    import searchengine.eval.prompts as prompts
 
     monkeypatch.setattr(prompts, "_BATCH", 3)  # several encoder calls, results stitched in order
     encoder = HashEncoder()

@@ -201,7 +201,7 @@ SCREENSHOT_QUERY = "three purple hexagons"
 def test_docs_screenshot_shows_the_demo_home(browser, tmp_path):
     """docs/screenshot.png: the page over `searchengine demo`'s home, answering a query the
     bundled model knows (random weights would show noise with negative scores)."""
-    from searchengine.demo import run_demo
+    from searchengine.demo.run import run_demo
 
     home = tmp_path / "home"
     run_demo(home, n=200)

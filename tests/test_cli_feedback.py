@@ -190,7 +190,7 @@ def option_defaults(command: click.Command) -> dict:
     ("command", "settings_class"),
     [(("index",), "searchengine.settings:IngestSettings"),
      (("train",), "searchengine.training.settings:TrainSettings"),
-     (("bench", "recall"), "searchengine.benchmark:RecallSettings")],
+     (("bench", "recall"), "searchengine.eval.benchmark:RecallSettings")],
 )
 def test_every_option_default_is_its_settings_field_default(command, settings_class):
     """An option named after a settings field has that field's default, or None (the settings

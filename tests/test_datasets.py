@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from searchengine.datasets import read_caption_dataset, read_class_folder
 from searchengine.errors import InvalidInputError
+from searchengine.eval.datasets import read_caption_dataset, read_class_folder
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flickr8k-1k"
 

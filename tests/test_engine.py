@@ -11,7 +11,7 @@ from conftest import CAPTIONS, PHOTO_COUNT, TINY_MODEL, fast_ingest, write_image
 from float_noise import assert_top_k, score_noise
 
 from searchengine.errors import InvalidInputError, NotIndexedError
-from searchengine.spaces import index_path
+from searchengine.index.spaces import index_path
 
 pytestmark = pytest.mark.usefixtures("reuse_random_encoders")
 ALL_PHOTOS = PHOTO_COUNT + 1
@@ -162,7 +162,7 @@ def test_lookup_of_an_unknown_text_set_names_the_sets(shared, photo_folder):
 
 
 def test_classify_equals_a_direct_zero_shot_computation(shared, photo_folder, tiny_encoder):
-    from searchengine.prompts import label_embeddings, templates_named
+    from searchengine.eval.prompts import label_embeddings, templates_named
 
     labels = ["dog", "cat", "car"]
     path = photo_folder / "photo_2.jpg"

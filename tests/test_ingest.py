@@ -17,7 +17,7 @@ from float_noise import assert_same_embeddings
 from PIL import Image
 
 from searchengine.encoder import Encoder
-from searchengine.spaces import VectorSpace
+from searchengine.index.spaces import VectorSpace
 
 pytestmark = pytest.mark.usefixtures("reuse_random_encoders")
 ALL_PHOTOS = 9  # conftest.photo_folder: 8 JPEGs and a PNG
@@ -57,7 +57,7 @@ def stored(engine, path: Path) -> tuple[int, np.ndarray]:
 
 def index_ids(engine) -> list[int]:
     """Ids in the image index file on disk, as a fresh open of the home sees it."""
-    from searchengine.vectors import VectorIndex
+    from searchengine.index.vectors import VectorIndex
 
     space = engine.space(TINY_MODEL, "image")
     return sorted(VectorIndex.load(space.path, space._expected()).ids().tolist())

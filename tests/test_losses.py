@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from searchengine.errors import InvalidInputError
-from searchengine.losses import clip_loss, same_image_mask, siglip_loss
+from searchengine.training.losses import clip_loss, same_image_mask, siglip_loss
 
 E = math.e
 

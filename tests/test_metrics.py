@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from float_noise import assert_recall_close, caption_owners, near_tie_queries, recall_slack
 
-from searchengine import benchmark
 from searchengine.errors import InvalidInputError
-from searchengine.metrics import retrieval_metrics
+from searchengine.eval import benchmark
+from searchengine.eval.metrics import retrieval_metrics
 
 KS = (1, 2, 5, 10)
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import TINY_MODEL, fast_ingest, write_image
 from test_benchmark import make_captioned
 
-from searchengine import benchmark
-from searchengine.datasets import read_caption_dataset
+from searchengine.eval import benchmark
+from searchengine.eval.datasets import read_caption_dataset
 from searchengine.paths import (
     catalog_path,
     display_path,

@@ -9,11 +9,10 @@ from collections import deque
 import numpy as np
 import pytest
 
-from searchengine.errors import InvalidInputError
-from searchengine.scenes import _COUNT_WORDS as COUNT_WORDS
-from searchengine.scenes import _POSITION_WORDS as POSITION_WORDS
-from searchengine.scenes import _RELATION_WORDS as RELATION_WORDS
-from searchengine.scenes import (
+from searchengine.demo.scenes import _COUNT_WORDS as COUNT_WORDS
+from searchengine.demo.scenes import _POSITION_WORDS as POSITION_WORDS
+from searchengine.demo.scenes import _RELATION_WORDS as RELATION_WORDS
+from searchengine.demo.scenes import (
     COLOURS,
     HELDOUT_PAIRS,
     SCENE_COLUMNS,
@@ -23,6 +22,7 @@ from searchengine.scenes import (
     render,
     write_collection,
 )
+from searchengine.errors import InvalidInputError
 
 
 def test_same_seed_gives_same_scenes_and_pixels():
@@ -172,8 +172,8 @@ def test_collection_layout(tmp_path):
 
 
 def test_scene_recall_breakdown_against_a_naive_loop():
-    from searchengine.demo import scene_recall
-    from searchengine.metrics import retrieval_metrics
+    from searchengine.demo.run import scene_recall
+    from searchengine.eval.metrics import retrieval_metrics
 
     rng = np.random.default_rng(0)
     images = rng.standard_normal((40, 8)).astype(np.float32)
@@ -201,7 +201,7 @@ def test_scene_recall_breakdown_against_a_naive_loop():
 def test_bundled_weights_are_small_fp16_and_load(tmp_path):
     import torch
 
-    from searchengine.demo import MAX_BUNDLE_BYTES, bundle_weights
+    from searchengine.demo.run import MAX_BUNDLE_BYTES, bundle_weights
     from searchengine.encoder import Encoder
     from searchengine.models import build_model, parse_model_spec
     from searchengine.training.checkpoint import model_checkpoint
@@ -241,7 +241,7 @@ def test_bundled_demo_model_knows_unseen_scenes(tmp_path):
     """The shipped weights, loaded through the `demo` alias, retrieve held-out scenes (colour-shape
     pairs never trained on) far above chance: a wrong file, a broken fp16 conversion or an
     untrained model all fail this. Chance R@5 on 100 scenes is 0.05."""
-    from searchengine.demo import evaluate_scenes
+    from searchengine.demo.run import evaluate_scenes
 
     folder = write_collection(tmp_path / "heldout", 100, seed=7, split="heldout",
                               captions_per_scene=2)

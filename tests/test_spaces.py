@@ -16,8 +16,8 @@ import pytest
 from conftest import TINY_MODEL, fast_ingest, write_image
 
 from searchengine.errors import InvalidInputError
-from searchengine.spaces import VectorSpace
-from searchengine.vectors import INDEX_KINDS, VectorIndex
+from searchengine.index.spaces import VectorSpace
+from searchengine.index.vectors import INDEX_KINDS, VectorIndex
 
 pytestmark = pytest.mark.usefixtures("reuse_random_encoders")
 ALL_PHOTOS = 9  # conftest.photo_folder: 8 JPEGs and a PNG
@@ -236,7 +236,7 @@ def test_a_whole_home_on_a_read_only_file_system_answers_searches(open_engine, t
 
 KILL_AT_INDEX_SAVE = """
 import os, signal
-import searchengine.vectors as vectors
+import searchengine.index.vectors as vectors
 from searchengine.engine import Engine
 from searchengine.settings import IngestSettings
 
@@ -376,7 +376,7 @@ engine.index([{str(copy_photos)!r}], model={TINY_MODEL!r}, settings=IngestSettin
 
 
 def test_a_live_writers_temporary_file_is_kept(tmp_path):
-    from searchengine.vectors import remove_stale_temps
+    from searchengine.index.vectors import remove_stale_temps
 
     folder = tmp_path / "vectors"
     folder.mkdir()
@@ -447,7 +447,7 @@ def test_an_index_built_from_batches_equals_one_built_from_all_rows(stored_texts
 
 
 def test_the_ivf_training_sample_is_spread_over_all_batches():
-    from searchengine.vectors import _training_sample
+    from searchengine.index.vectors import _training_sample
 
     vectors = np.arange(103 * 2, dtype=np.float32).reshape(103, 2)
     batches = [(np.arange(s, min(s + 10, 103)), vectors[s : s + 10]) for s in range(0, 103, 10)]

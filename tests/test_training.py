@@ -14,11 +14,11 @@ from float_noise import score_noise
 from PIL import Image, ImageDraw
 
 from searchengine.cli import cli
-from searchengine.losses import clip_loss, siglip_loss
 from searchengine.models import build_model, parse_model_spec
 from searchengine.training import loop
 from searchengine.training.data import PairDataset, StepBatches
 from searchengine.training.gradcache import contrastive_backward
+from searchengine.training.losses import clip_loss, siglip_loss
 from searchengine.training.pairs import read_pairs
 from searchengine.training.schedule import learning_rate
 from searchengine.training.settings import TrainSettings

@@ -12,7 +12,13 @@ import pytest
 from float_noise import assert_top_k, score_noise
 
 from searchengine.errors import IndexMismatchError, InvalidInputError
-from searchengine.vectors import INDEX_KINDS, Manifest, VectorIndex, manifest_path, read_manifest
+from searchengine.index.vectors import (
+    INDEX_KINDS,
+    Manifest,
+    VectorIndex,
+    manifest_path,
+    read_manifest,
+)
 
 DIM = 32
 

@@ -84,8 +84,8 @@ def recall(dataset: Path, model: str, ks: tuple[int, ...], split: str | None,
         searchengine bench recall ../shared/data/flickr8k-1k --split test --model ViT-B-32/random
         searchengine bench recall captions.csv --model demo -k 1,5,10 --index-kind hnsw --json
     """
-    from searchengine import benchmark
-    from searchengine.datasets import read_caption_dataset
+    from searchengine.eval import benchmark
+    from searchengine.eval.datasets import read_caption_dataset
 
     with ExitStack() as stack:
         engine = benchmark.open_bench_engine(stack, home)
@@ -142,8 +142,8 @@ def zero_shot(folder: Path, model: str, template_sets: tuple[str, ...], home: Pa
         searchengine bench zero-shot ~/Pictures/by-animal --model demo
         searchengine bench zero-shot classes/ --model ViT-B-32/random --templates single --json
     """
-    from searchengine import benchmark
-    from searchengine.datasets import read_class_folder
+    from searchengine.eval import benchmark
+    from searchengine.eval.datasets import read_class_folder
 
     classes = read_class_folder(folder)
     with ExitStack() as stack:

@@ -44,7 +44,7 @@ def scenes_command(folder: Path, as_json: bool, **options) -> None:
         searchengine scenes runs/scenes-heldout -n 1000 --split heldout --seed 0
         searchengine bench recall runs/scenes-heldout --model demo
     """
-    from searchengine.scenes import write_collection
+    from searchengine.demo.scenes import write_collection
 
     written = write_collection(folder, options.pop("n"), progress=show_progress(as_json),
                                **options)
@@ -72,7 +72,7 @@ def scene_recall_command(folder: Path, model: str, as_json: bool) -> None:
         searchengine scenes runs/scenes-heldout -n 1000 --split heldout
         searchengine scene-recall runs/scenes-heldout --model demo
     """
-    from searchengine.demo import evaluate_scenes
+    from searchengine.demo.run import evaluate_scenes
 
     report = evaluate_scenes(model, folder, progress=show_progress(as_json))
     if as_json:
@@ -110,7 +110,7 @@ def demo_command(home: Path, model: str, n: int, as_json: bool) -> None:
         searchengine demo --home indexes
         searchengine bench recall indexes/demo --model demo --home indexes
     """
-    from searchengine.demo import run_demo
+    from searchengine.demo.run import run_demo
 
     report = run_demo(home, model=model, n=n, progress=show_progress(as_json))
     if as_json:

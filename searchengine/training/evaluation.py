@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from searchengine.metrics import RetrievalMetrics, retrieval_metrics
+from searchengine.eval.metrics import RetrievalMetrics, retrieval_metrics
 from searchengine.training.pairs import PairSet
 
 if TYPE_CHECKING:

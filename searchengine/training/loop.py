@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from searchengine.errors import InvalidInputError
-from searchengine.losses import MAX_LOGIT_SCALE, clip_loss, initial_logit_bias, siglip_loss
 from searchengine.training import checkpoint as checkpoints
 from searchengine.training.data import Collate, PairDataset, StepBatches, load_pixels
 from searchengine.training.evaluation import Evaluation, evaluate, prepare_validation
 from searchengine.training.gradcache import contrastive_backward
+from searchengine.training.losses import MAX_LOGIT_SCALE, clip_loss, initial_logit_bias, siglip_loss
 from searchengine.training.pairs import PairSet, read_pairs
 from searchengine.training.schedule import learning_rate
 from searchengine.training.settings import TrainSettings

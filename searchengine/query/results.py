@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from searchengine.index.spaces import SpaceCheck
 from searchengine.paths import display_path, path_fields
-from searchengine.spaces import SpaceCheck
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from searchengine.demo.scenes import read_scene_attributes
 from searchengine.errors import InvalidInputError, ModelError
-from searchengine.metrics import RetrievalMetrics, caption_ranks, image_ranks, metrics_from_ranks
+from searchengine.eval.metrics import (
+    RetrievalMetrics,
+    caption_ranks,
+    image_ranks,
+    metrics_from_ranks,
+)
 from searchengine.models import CHECKPOINT_FORMAT, WEIGHTS_DIR
-from searchengine.scenes import read_scene_attributes
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +241,10 @@ def run_demo(
     """Generate `n` held-out scenes into `home/demo` (once), index them and their captions in
     `home` with `model`, run example queries of each kind and measure recall like
     `searchengine bench recall home/demo --model MODEL --home HOME` does."""
-    from searchengine import benchmark
-    from searchengine.datasets import read_caption_dataset
+    from searchengine.demo.scenes import write_collection
     from searchengine.engine import Engine
-    from searchengine.scenes import write_collection
+    from searchengine.eval import benchmark
+    from searchengine.eval.datasets import read_caption_dataset
 
     home = Path(home)
     folder = home / "demo"

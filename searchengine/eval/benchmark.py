@@ -24,11 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from searchengine.datasets import CaptionDataset, ClassFolder
 from searchengine.errors import InvalidInputError
-from searchengine.metrics import RetrievalMetrics, caption_ranks, image_ranks, metrics_from_ranks
+from searchengine.eval.datasets import CaptionDataset, ClassFolder
+from searchengine.eval.metrics import (
+    RetrievalMetrics,
+    caption_ranks,
+    image_ranks,
+    metrics_from_ranks,
+)
+from searchengine.eval.prompts import label_embeddings, templates_named
 from searchengine.paths import catalog_path
-from searchengine.prompts import label_embeddings, templates_named
 from searchengine.settings import IngestSettings
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 from searchengine.catalog import Catalog, head_revision
 from searchengine.catalog.store import ModelRow
 from searchengine.errors import IndexMismatchError
-from searchengine.vectors import (
+from searchengine.index.vectors import (
     Manifest,
     VectorIndex,
     manifest_path,

@@ -1,0 +1,1 @@
+"""Evaluation: recall@k and zero-shot benchmarks, caption datasets, metrics, prompts."""

@@ -1,0 +1,1 @@
+"""Queries: what a text, image or vector query may be, and the records results come in."""
