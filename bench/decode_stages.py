@@ -89,7 +89,8 @@ class _Tensors:
     def __getitem__(self, i: int):
         import torch
 
-        from searchengine.ingest import Decoded, FileStat
+        from searchengine.ingest.decode import Decoded
+        from searchengine.ingest.scan import FileStat
 
         return Decoded(FileStat(str(i), 1, 1), str(i), None, torch.full((3, 224, 224), i / 1e4),
                        None)
@@ -106,11 +107,11 @@ def handover_cpu(shared: bool, count: int) -> tuple[float, float]:
     import torch
     from torch.utils.data import DataLoader
 
-    from searchengine.ingest import _shared_part
+    from searchengine.ingest.decode import shared_part
 
     before_self = resource.getrusage(resource.RUSAGE_SELF)
     loader = DataLoader(_Tensors(count), batch_size=8, num_workers=2, prefetch_factor=4,
-                        collate_fn=_shared_part if shared else _one_per_image)
+                        collate_fn=shared_part if shared else _one_per_image)
     total = 0.0
     for part in loader:
         total += float(torch.stack([d.pixels for d in part]).sum())  # touch every page

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from searchengine import ingest
 from searchengine.catalog import Catalog
 from searchengine.catalog.lock import LOCK_NAME, HomeLock
 from searchengine.catalog.store import CATALOG_NAME, ModelRow
@@ -35,6 +34,8 @@ from searchengine.errors import (
 )
 from searchengine.index.spaces import VectorSpace
 from searchengine.index.vectors import check_kind, remove_stale_temps
+from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
+from searchengine.ingest.scan import Plan, check_roots, plan
 from searchengine.models import (
     DIGEST_SUFFIX,
     ModelSpec,
@@ -330,10 +331,10 @@ class Engine:
         settings: IngestSettings = IngestSettings(),
         index_kind: str | None = None,
         progress: bool = False,
-    ) -> ingest.IngestReport:
+    ) -> IngestReport:
         """Embed every image file under `paths` that is new or changed; forget vanished ones."""
         start = time.perf_counter()
-        roots = ingest.check_roots([Path(p) for p in paths])
+        roots = check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")
         if settings.decode_priority not in DECODE_PRIORITIES:
@@ -347,7 +348,7 @@ class Engine:
         space.maintain()
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
-        work, scanned = ingest.plan(self.catalog, space.model.id, roots, settings)
+        work, scanned = plan(self.catalog, space.model.id, roots, settings)
         log.info(
             "%d files found, %d to embed, %d gone", scanned, len(work.to_embed), len(work.vanished)
         )
@@ -367,7 +368,7 @@ class Engine:
         # files that changed content or turned bad lost the vectors of every model in the
         # catalog (re-made when those models index again): drop them from the other index files
         self._resync_spaces()
-        return ingest.IngestReport(
+        return IngestReport(
             scanned=scanned,
             unchanged=work.unchanged,
             embedded=result.embedded,
@@ -380,16 +381,16 @@ class Engine:
     def _apply(
         self,
         space: VectorSpace,
-        work: ingest.Plan,
+        work: Plan,
         model: str | None,
         settings: IngestSettings,
         progress: bool,
-    ) -> tuple[ingest.BatchResult, int]:
+    ) -> tuple[BatchResult, int]:
         """Carry out an index plan on `space`; returns what was embedded and how many removed."""
-        result = ingest.BatchResult(0, 0, 0)
+        result = BatchResult(0, 0, 0)
         if work.to_embed:
             encoder = self.encoder(model)
-            result = ingest.embed_files(
+            result = embed_files(
                 self.catalog, encoder, space, work.to_embed, settings, progress=progress
             )
         removed = self._forget(work.vanished) if work.vanished else 0

@@ -19,7 +19,8 @@ from PIL import Image, PngImagePlugin
 
 from searchengine.errors import ImageDecodeError
 from searchengine.images import MAX_ASPECT_RATIO, fit_for_model, load_image
-from searchengine.ingest import DecodeDataset, FileStat
+from searchengine.ingest.decode import DecodeDataset
+from searchengine.ingest.scan import FileStat
 from searchengine.settings import IngestSettings
 
 ONE_LEVEL = 1 / 255 / 0.26  # one 8-bit step in the normalised tensor (the smallest std)
@@ -69,7 +70,8 @@ def reset_peak():
 folder, model = Path(sys.argv[1]), sys.argv[2]
 import open_clip
 from searchengine.encoder import Encoder, resizes_then_centre_crops
-from searchengine.ingest import DecodeDataset, FileStat
+from searchengine.ingest.decode import DecodeDataset
+from searchengine.ingest.scan import FileStat
 from searchengine.settings import EncoderSettings, IngestSettings
 
 encoder = Encoder.load(model, EncoderSettings(device="cpu"))

@@ -251,7 +251,7 @@ def test_a_file_that_becomes_corrupt_is_forgotten(engine, copy_photos):
 
 
 def test_a_file_vanishing_mid_run_is_handled(engine, copy_photos, monkeypatch):
-    import searchengine.ingest as ingest
+    import searchengine.ingest.scan as ingest
 
     victim = copy_photos / "photo_5.jpg"
     original_scan = ingest.scan
@@ -423,7 +423,9 @@ def _shape(image) -> tuple[int, ...]:
 def test_workers_share_each_batch_and_keep_file_order(tmp_path, workers, batch_size):
     """Model batches are `batch_size` long (the last one shorter), in the order of the files,
     whether one process decodes or several decode a share of every batch."""
-    from searchengine.ingest import DecodeDataset, FileStat, decoded_batches
+    from searchengine.ingest.decode import DecodeDataset
+    from searchengine.ingest.local import decoded_batches
+    from searchengine.ingest.scan import FileStat
     from searchengine.settings import IngestSettings
 
     files = []
@@ -445,14 +447,15 @@ def test_a_workers_share_reaches_the_main_process_as_one_tensor(tmp_path):
     per share): same values, same order, skipped files untouched."""
     import torch
 
-    from searchengine.ingest import Decoded, FileStat, _shared_part
+    from searchengine.ingest.decode import Decoded, shared_part
+    from searchengine.ingest.scan import FileStat
 
     def decoded(i: int, error: str | None = None) -> Decoded:
         pixels = None if error else torch.full((3, 4, 4), float(i))
         return Decoded(FileStat(f"/p/{i}.jpg", 1, 1), f"h{i}", None, pixels, error)
 
     part = [decoded(0), decoded(1, "corrupt"), decoded(2), decoded(3)]
-    shared = _shared_part(part)
+    shared = shared_part(part)
     assert [d.stat for d in shared] == [d.stat for d in part]
     assert shared[1] is part[1]
     for before, after in zip(part, shared, strict=True):
@@ -461,7 +464,7 @@ def test_a_workers_share_reaches_the_main_process_as_one_tensor(tmp_path):
     storages = {d.pixels.untyped_storage().data_ptr() for d in shared if d.pixels is not None}
     assert len(storages) == 1
     single = part[:2]
-    assert _shared_part(single) is single  # a single image: nothing to gain
+    assert shared_part(single) is single  # a single image: nothing to gain
 
 
 class SchedulingProbe:
@@ -495,7 +498,7 @@ needs_sched_idle = pytest.mark.skipif(
 @needs_sched_idle
 @pytest.mark.parametrize("priority", ["idle", "normal"])
 def test_decode_workers_run_at_the_chosen_priority(priority):
-    from searchengine.ingest import decoded_batches
+    from searchengine.ingest.local import decoded_batches
     from searchengine.settings import IngestSettings
 
     settings = IngestSettings(workers=2, batch_size=4, decode_priority=priority)
@@ -509,7 +512,7 @@ def test_decode_workers_run_at_the_chosen_priority(priority):
 def test_starved_idle_workers_restart_at_normal_priority_where_they_stopped(caplog):
     """Idle workers deliver files 0-3, then get no CPU: the rest comes from normal workers,
     every file once and in order."""
-    from searchengine.ingest import decoded_batches
+    from searchengine.ingest.local import decoded_batches
     from searchengine.settings import IngestSettings
 
     settings = IngestSettings(workers=2, batch_size=4, starved_after=1.0)
