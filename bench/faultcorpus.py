@@ -216,7 +216,8 @@ def _links(corpus: _Corpus, base: Image.Image) -> None:
     target = corpus.name("link", "good", b"target.jpg")
     with open(target, "wb") as handle:
         handle.write(encoded(draw_image(77), "JPEG"))
-    os.symlink(os.path.basename(target), corpus.name("link", "good", b"link_to_target.jpg"))
+    # indexed under its own name, or listed (an engine may decline links): either way, accounted
+    os.symlink(os.path.basename(target), corpus.name("link", "either", b"link_to_target.jpg"))
     os.makedirs(os.path.join(corpus.root, b"loop", b"cycle"), exist_ok=True)
     os.symlink(b"..", os.path.join(corpus.root, b"loop", b"cycle", b"up"))  # a folder loop
 
@@ -240,7 +241,8 @@ def remove_tree(path: Path) -> None:
 
 
 def token_number(path: str | bytes) -> int | None:
-    """The corpus number of a path as the engine reports it (last `fNNNN_` in its last part)."""
+    """The corpus number of a path as the engine reports it, escaped or not (its last `fNNNN_`:
+    no folder of the corpus carries one)."""
     text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
-    found = TOKEN.findall(text.replace("\\", "/").rsplit("/", 1)[-1])
+    found = TOKEN.findall(text)
     return int(found[-1]) if found else None
