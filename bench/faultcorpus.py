@@ -35,13 +35,15 @@ def draw_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
     return Image.fromarray(pixels.astype(np.uint8))
 
 
-def write_photos(folder: Path, count: int, seed: int) -> list[Path]:
-    """`count` small distinct JPEGs photo_000.jpg... in `folder`."""
+def write_photos(
+    folder: Path, count: int, seed: int, size: tuple[int, int] = (64, 48)
+) -> list[Path]:
+    """`count` distinct JPEGs photo_000.jpg... in `folder`, `size` (width, height)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         path = folder / f"photo_{i:03d}.jpg"
-        draw_image(seed + i).save(path, quality=90)
+        draw_image(seed + i, size).save(path, quality=90)
         paths.append(path)
     return paths
 

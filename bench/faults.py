@@ -80,7 +80,7 @@ class World:
         write_photos(self.a_y, size, seed=100)
         write_photos(self.b, 2 * size, seed=200)
         for seed, folder in ((300, self.c), (400, self.d)):  # enough work for two runs to overlap
-            write_photos(folder, 40 if quick else 100, seed=seed)
+            write_photos(folder, 40 if quick else 100, seed=seed, size=(640, 480))
         (root / "texts").mkdir()
         self.captions, self.more = root / "texts/captions.csv", root / "texts/more.csv"
         write_texts(self.captions, 20, seed=0)
@@ -113,8 +113,8 @@ class World:
             engine.add_texts(self.captions, column="caption", text_set="captions")
 
     @staticmethod
-    def index_options(home: Path, model: str = TINY_MODEL) -> list[object]:
-        return ["--home", home, "--model", model, "--workers", 0, "--batch-size", 4, "--json"]
+    def index_options(home: Path, model: str = TINY_MODEL, batch: int = 4) -> list[object]:
+        return ["--home", home, "--model", model, "--workers", 0, "--batch-size", batch, "--json"]
 
     def new_home(self) -> Path:
         """A path for a home that does not exist yet."""
