@@ -63,8 +63,8 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
-    max_rss_mb: float = 0.0  # wait4: the child's and its reaped descendants' peak
-    tree_rss_mb: float = 0.0  # sampled sum over the live process tree
+    max_rss_mb: float = 0.0  # wait4: the peak RSS of the child or any descendant it reaped
+    tree_rss_mb: float = 0.0  # the peak of sampled PSS sums over the live process group
     timed_out: bool = False
     memory_capped: bool = False
 
@@ -212,7 +212,9 @@ def run_cli(args: list[object], *, timeout: float = 600, **options) -> Run:
 
 
 def process_group_rss_mb(pgid: int) -> float:
-    """Sum of VmRSS over the live processes of a process group (Linux /proc), in MB."""
+    """Memory of the live processes of a process group (Linux /proc), in MB: the sum of their
+    proportional set sizes (forked decode workers share pages with their parent; a sum of RSS
+    would count those pages once per process), else of their RSS."""
     total = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -222,13 +224,24 @@ def process_group_rss_mb(pgid: int) -> float:
                 fields = handle.read().rsplit(")", 1)[1].split()
             if int(fields[2]) != pgid:  # field 5 of stat: the process group
                 continue
-            with open(f"/proc/{entry.name}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
+            total += _kilobytes(f"/proc/{entry.name}/smaps_rollup", "Pss:") or _kilobytes(
+                f"/proc/{entry.name}/status", "VmRSS:"
+            )
         except (OSError, IndexError, ValueError):
             continue
     return total / 1024
+
+
+def _kilobytes(path: str, field: str) -> int:
+    """The kB figure of the line starting with `field` in a /proc file; 0 when absent."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _reap_group(pgid: int) -> None:

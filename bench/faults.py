@@ -80,7 +80,7 @@ class World:
         write_photos(self.a_y, size, seed=100)
         write_photos(self.b, 2 * size, seed=200)
         for seed, folder in ((300, self.c), (400, self.d)):  # enough work for two runs to overlap
-            write_photos(folder, 40 if quick else 100, seed=seed, size=(640, 480))
+            write_photos(folder, 120 if quick else 150, seed=seed, size=(640, 480))
         (root / "texts").mkdir()
         self.captions, self.more = root / "texts/captions.csv", root / "texts/more.csv"
         write_texts(self.captions, 20, seed=0)
@@ -316,6 +316,9 @@ def run_hostile(root: Path, *, cuts: int, good: int, flickr: int, workers: int,
                 "files": len(chosen),
                 **{k: v for k, v in _score(chosen, alone, 0).items() if k != "examples"},
                 "peak_rss_mb": alone["peak_rss_mb"],
+                "memory_over_bound": int(
+                    alone["peak_rss_mb"] > reference["peak_rss_mb"] + memory_margin_mb
+                ),
                 "seconds": alone["seconds"],
                 "message": alone["index_run"]["message"][-200:],
             }
@@ -325,7 +328,8 @@ def run_hostile(root: Path, *, cuts: int, good: int, flickr: int, workers: int,
 
 
 def _family_line(figures: dict) -> str:
-    names = ("crashes", "bad_unlisted", "either_unaccounted", "good_missing", "peak_rss_mb")
+    names = ("crashes", "bad_unlisted", "either_unaccounted", "good_missing", "peak_rss_mb",
+             "memory_over_bound")
     return ", ".join(f"{name} {figures[name]}" for name in names)
 
 
