@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import faultconc  # noqa: E402
+import faulthostile  # noqa: E402
 import faults  # noqa: E402
 from faultcorpus import remove_tree  # noqa: E402
 from faultlib import free_port  # noqa: E402
@@ -64,7 +65,7 @@ def test_hostile_corpus_is_indexed_without_crash(tmp_path: Path) -> None:
     folder 1,100 levels deep): no crash, bounded memory, every bad file listed with a reason,
     every good one indexed."""
     try:
-        result = faults.run_hostile(
+        result = faulthostile.run_hostile(
             tmp_path, cuts=4, good=6, flickr=0, workers=0, memory_cap_mb=4096,
             memory_margin_mb=512, per_family=False,
         )
