@@ -9,31 +9,29 @@ Every CLI command is one method here; the CLI only formats what comes back.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from searchengine.catalog import Catalog
-from searchengine.catalog.lock import LOCK_NAME, HomeLock
-from searchengine.catalog.store import CATALOG_NAME, ModelRow
+from searchengine.catalog.store import ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import (
-    CatalogError,
-    HomeBusyError,
     ImageDecodeError,
     InvalidInputError,
     ModelError,
     NotIndexedError,
 )
+from searchengine.home import Home
+from searchengine.index.registry import HomeSpaces
 from searchengine.index.spaces import VectorSpace
-from searchengine.index.vectors import check_kind, remove_stale_temps
+from searchengine.index.vectors import check_kind
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
 from searchengine.ingest.scan import Plan, check_roots, plan
 from searchengine.models import (
@@ -43,6 +41,7 @@ from searchengine.models import (
     parse_model_spec,
 )
 from searchengine.paths import catalog_path
+from searchengine.query.hits import check_query_text, image_hits, text_hits
 from searchengine.query.inputs import (
     ImageQuery,
     check_media_id,
@@ -74,15 +73,19 @@ MAX_LABELS = 1_000  # classify: each label costs one text encoding per prompt te
 
 
 def _writes(command: str, *, only_if: str | None = None) -> Callable:
-    """The decorated Engine method runs holding the home's writer lock (see `Engine._writing`);
-    with `only_if`, only when that keyword argument is true (`check(repair=True)`)."""
+    """The decorated Engine method runs holding the home's writer lock (`Home.writing`);
+    with `only_if`, only when that keyword argument is true (`check(repair=True)`). Spaces cached
+    before the lock was taken are dropped: another process may have written since, and a stale
+    in-memory index saved over its work would lose its vectors."""
 
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def wrapper(self: Engine, *args, **kwargs):
             if only_if is not None and not kwargs.get(only_if):
                 return method(self, *args, **kwargs)
-            with self._writing(command):
+            with self.state.writing(command) as took_lock:
+                if took_lock:
+                    self._spaces.clear()
                 return method(self, *args, **kwargs)
 
         return wrapper
@@ -94,16 +97,14 @@ def _writes(command: str, *, only_if: str | None = None) -> Callable:
 class Engine:
     """A home opened for work. Loaded models and indexes are cached for the engine's life."""
 
-    home: Path
-    catalog: Catalog
+    state: Home
     encoder_settings: EncoderSettings = EncoderSettings()
     _encoders: dict[str, Encoder] = field(default_factory=dict)
-    _spaces: dict[tuple[str, str], VectorSpace] = field(default_factory=dict)
     _told_changed: set[str] = field(default_factory=set)
-    lock_timeout: float = 0.0  # seconds a write waits for another process writing to the home
-    _lock: HomeLock | None = field(default=None, init=False, repr=False)
-    _created: tuple[Path, ...] = field(default=(), init=False, repr=False)
-    _catalog_file: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    _spaces: HomeSpaces = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._spaces = HomeSpaces(self.state.catalog, self.state.path)
 
     @classmethod
     def open(
@@ -124,88 +125,19 @@ class Engine:
         `lock_timeout`: seconds a write (index, remove, add_texts, use_model, check with repair)
         waits while another process writes to this home; 0 fails at once with HomeBusyError.
         """
-        home = Path(home).expanduser()
-        if home.exists() and not home.is_dir():
-            raise InvalidInputError(f"home {home} is a file; give a folder")
-        catalog_file = home / CATALOG_NAME
-        created: tuple[Path, ...] = ()
-        if catalog_url is None and not catalog_file.is_file():
-            if not create:
-                raise NotIndexedError(
-                    f"no home at {home}; run `searchengine index FOLDER --home {home}` first"
-                )
-            created = (catalog_file,) if home.is_dir() else (catalog_file, home)
-        catalog = Catalog(catalog_url) if catalog_url else Catalog.in_home(home)
-        engine = cls(
-            home=home,
-            catalog=catalog,
-            encoder_settings=encoder_settings,
-            lock_timeout=lock_timeout,
-        )
-        engine._created = created
-        engine._catalog_file = _file_identity(catalog_file) if catalog_url is None else None
-        return engine
+        state = Home.open(home, create=create, catalog_url=catalog_url, lock_timeout=lock_timeout)
+        return cls(state=state, encoder_settings=encoder_settings)
+
+    @property
+    def home(self) -> Path:
+        return self.state.path
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.state.catalog
 
     def close(self) -> None:
-        try:
-            if self._created and self._lock is None:
-                self._remove_unused_home()
-        finally:
-            self.catalog.close()
-
-    def _remove_unused_home(self) -> None:
-        """Remove what `open` made when nothing was stored; only while no one writes here."""
-        lock = HomeLock(self.home, "index")
-        try:
-            lock.acquire()
-        except (HomeBusyError, CatalogError):
-            return  # another process writes to this home now: it is in use, keep it
-        try:
-            try:
-                empty = self.catalog.is_empty()
-            except CatalogError:
-                empty = False  # unreadable now: keep it; the error that matters was raised before
-            if not empty:
-                return
-            self.catalog.close()
-            catalog_file = self._created[0]
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                catalog_file.with_name(catalog_file.name + suffix).unlink(missing_ok=True)
-            (self.home / LOCK_NAME).unlink(missing_ok=True)  # a waiting writer then sees the
-            # catalog gone (`_writing` compares the file's identity) and stops
-            for folder in (self.home / "vectors", *self._created[1:]):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()  # only when empty
-            self._created = ()
-        finally:
-            lock.release()
-
-    @contextlib.contextmanager
-    def _writing(self, command: str) -> Iterator[None]:
-        """Hold the home's writer lock (reentrant within this engine) while a write runs.
-
-        Spaces cached before are dropped: another process may have written since, and a stale
-        in-memory index saved over its work would lose its vectors.
-        """
-        if self._lock is not None:
-            yield
-            return
-        lock = HomeLock(self.home, command)
-        lock.acquire(self.lock_timeout)
-        self._lock = lock
-        try:
-            if self._catalog_file is not None and (
-                _file_identity(self.home / CATALOG_NAME) != self._catalog_file
-            ):
-                raise CatalogError(
-                    f"the catalog of {self.home} was removed or replaced while this command "
-                    "started; run it again"
-                )
-            self._spaces.clear()
-            yield
-        finally:
-            self._lock = None
-            lock.release()
+        self.state.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -267,13 +199,10 @@ class Engine:
         """
         spec = parse_model_spec(model or self.default_model())
         spec_id = self._model_key(spec)
-        key = (spec_id, modality)
-        cached = self._spaces.get(key)
-        if cached is not None and (kind is None or cached.kind == kind):
-            if not cached.changed_on_disk():
-                return cached
-            log.info("%s changed on disk; reading it again", cached.path.name)
-        kind = check_kind(kind or self._stored_kind(spec_id, modality))  # before writing anything
+        cached = self._spaces.cached(spec_id, modality, kind)
+        if cached is not None:
+            return cached
+        kind = check_kind(kind or self._spaces.stored_kind(spec_id, modality))  # before writing
         row = self.catalog.find_model(spec_id)
         if row is None:
             if not create:
@@ -281,33 +210,7 @@ class Engine:
             row = self.catalog.ensure_model(spec_id, self.encoder(model).dim, spec.digest)
         elif create and spec.digest and row.content_hash is None:  # a row from before 0002
             row = self.catalog.ensure_model(spec_id, row.dim, spec.digest)
-        if create and self.catalog.get_setting(_kind_key(spec_id, modality)) != kind:
-            self.catalog.set_setting(_kind_key(spec_id, modality), kind)
-        space = VectorSpace(self.catalog, self.home, row, modality, kind)
-        self._spaces[key] = space
-        return space
-
-    def _resync_spaces(self) -> None:
-        """A writer's first step: bring back in step every index file whose manifest disagrees
-        with the catalog (count, id sum, kind), as a crash between a catalog commit and an index
-        save leaves it, and remove temporary files crashed saves left. Reads each manifest and
-        one aggregate query per space; loads only the indexes out of step."""
-        remove_stale_temps(self.home / "vectors")
-        for row in self.catalog.models():
-            for modality in ("image", "text"):
-                if self.catalog.get_setting(_kind_key(row.spec, modality)) is None:
-                    continue
-                space = VectorSpace(
-                    self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
-                )
-                if not space.in_step():
-                    # read from the file, not a cached copy the catalog may have moved past
-                    log.info("%s is out of step with the catalog; re-syncing", space.path.name)
-                    space.save()  # synced (or rebuilt) in memory first
-                    self._spaces[(row.spec, modality)] = space
-
-    def _stored_kind(self, spec_id: str, modality: str) -> str:
-        return self.catalog.get_setting(_kind_key(spec_id, modality)) or "flat"
+        return self._spaces.open(row, modality, kind, record=create)
 
     def _not_indexed_message(self, spec_id: str, modality: str) -> str:
         if modality == "image":
@@ -343,7 +246,7 @@ class Engine:
                 f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
         ensure_weights_available(model or self.default_model())  # offline: fail in a second
-        self._resync_spaces()
+        self._spaces.resync()
         space = self.space(model, "image", create=True, kind=index_kind)
         space.maintain()
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
@@ -367,7 +270,7 @@ class Engine:
             space.end_writes()
         # files that changed content or turned bad lost the vectors of every model in the
         # catalog (re-made when those models index again): drop them from the other index files
-        self._resync_spaces()
+        self._spaces.resync()
         return IngestReport(
             scanned=scanned,
             unchanged=work.unchanged,
@@ -411,7 +314,7 @@ class Engine:
         """
         if not paths:
             raise InvalidInputError("give at least one file or folder to forget")
-        self._resync_spaces()  # also what a crashed `remove` left behind
+        self._spaces.resync()  # also what a crashed `remove` left behind
         roots = [catalog_path(p) for p in paths]
         stored = list(self.catalog.files_under(roots)) + list(self.catalog.skipped_under(roots))
         if not stored:
@@ -421,14 +324,9 @@ class Engine:
     def _forget(self, paths: list[str]) -> int:
         removed = self.catalog.remove_files(paths)
         for row in self.catalog.models():
-            if self.catalog.get_setting(_kind_key(row.spec, "image")) is None:
+            if not self._spaces.recorded(row.spec, "image"):
                 continue
-            space = self._spaces.get((row.spec, "image"))
-            if space is None:  # by its row: `row.spec` may name a checkpoint that changed since
-                space = VectorSpace(
-                    self.catalog, self.home, row, "image", self._stored_kind(row.spec, "image")
-                )
-                self._spaces[(row.spec, "image")] = space
+            space = self._spaces.of_row(row, "image")
             space.remove(removed)
             space.save()
         return len(removed)
@@ -474,7 +372,7 @@ class Engine:
         With `progress`, a bar on stderr counts the texts, with their rate and the time left."""
         from searchengine.progress import progress_bar
 
-        self._resync_spaces()
+        self._spaces.resync()
         space = self.space(model, "text", create=True)
         space.maintain()
         pending = self.catalog.texts_without_vector(space.model.id)
@@ -499,7 +397,7 @@ class Engine:
         """Make `model` the home's default. Refused while its image space is incomplete (the old
         one keeps serving) unless `force`."""
         spec_id = self.model_id_of(model)
-        self._resync_spaces()
+        self._spaces.resync()
         row = self.catalog.find_model(spec_id)
         images = self.catalog.count_media()
         have = self.catalog.count_vectors("image", row.id) if row else 0
@@ -517,10 +415,11 @@ class Engine:
         self, query: str, *, k: int = 10, model: str | None = None, offset: int = 0
     ) -> SearchResult:
         """Text -> image: the `k` images closest to the sentence, best first (from `offset`)."""
-        query = _check_query(query)
+        query = check_query_text(query)
         space = self.space(model, "image")
         vector = self.encoder(model).encode_texts([query])  # (1, d)
-        return SearchResult(query, space.model.spec, self._image_hits(space, vector, k, offset))
+        hits = image_hits(self.catalog, space, vector, k, offset)
+        return SearchResult(query, space.model.spec, hits)
 
     def similar(
         self, image: ImageQuery, *, k: int = 10, model: str | None = None, offset: int = 0
@@ -529,7 +428,8 @@ class Engine:
         vector)."""
         space = self.space(model, "image")
         vector, label = self.image_vector(image, model=model)
-        return SearchResult(label, space.model.spec, self._image_hits(space, vector, k, offset))
+        hits = image_hits(self.catalog, space, vector, k, offset)
+        return SearchResult(label, space.model.spec, hits)
 
     def lookup(
         self,
@@ -562,14 +462,8 @@ class Engine:
                 raise InvalidInputError(f"no text set named {text_set!r}; sets: {sets}")
             allowed = np.fromiter(ids.values(), dtype=np.int64)
         vector, label = self.image_vector(image, model=model)
-        D, I = space.index.search(vector, k + offset, allowed_ids=allowed)
-        texts = self.catalog.texts(int(i) for i in I[0] if i >= 0)
-        hits = [
-            SearchHit(rank, float(score), int(i), text=texts[int(i)].text)
-            for rank, (score, i) in enumerate(zip(D[0], I[0], strict=True), start=1)
-            if i >= 0 and int(i) in texts
-        ]
-        return SearchResult(label, space.model.spec, _rerank(hits[offset:], start=offset + 1))
+        hits = text_hits(self.catalog, space, vector, k, offset, allowed_ids=allowed)
+        return SearchResult(label, space.model.spec, hits)
 
     def classify(
         self,
@@ -599,7 +493,7 @@ class Engine:
 
     def match(self, image: ImageQuery, text: str, *, model: str | None = None) -> float:
         """Image-text consistency: the cosine between the image and the text, in [-1, 1]."""
-        text = _check_query(text)
+        text = check_query_text(text)
         vector, _ = self.image_vector(image, model=model)
         return float(self.encoder(model).encode_texts([text])[0] @ vector[0])
 
@@ -678,21 +572,8 @@ class Engine:
     ) -> SearchResult:
         """Images closest to a (1, d) float32 unit vector."""
         space = self.space(model, "image")
-        return SearchResult(label, space.model.spec, self._image_hits(space, vector, k, offset))
-
-    def _image_hits(
-        self, space: VectorSpace, vector: np.ndarray, k: int, offset: int
-    ) -> list[SearchHit]:
-        if k < 1 or offset < 0:
-            raise InvalidInputError("k must be >= 1 and offset >= 0")
-        D, I = space.index.search(vector, k + offset)
-        media = self.catalog.media(int(i) for i in I[0] if i >= 0)
-        hits = [
-            SearchHit(rank, float(score), int(i), path=media[int(i)].path)
-            for rank, (score, i) in enumerate(zip(D[0], I[0], strict=True), start=1)
-            if i >= 0 and int(i) in media
-        ]
-        return _rerank(hits[offset:], start=offset + 1)
+        hits = image_hits(self.catalog, space, vector, k, offset)
+        return SearchResult(label, space.model.spec, hits)
 
     @staticmethod
     def _logit_scale(encoder: Encoder) -> float:
@@ -740,12 +621,9 @@ class Engine:
         for row in self.catalog.models():
             for modality in ("image", "text"):
                 count = self.catalog.count_vectors(modality, row.id)
-                if count or self.catalog.get_setting(_kind_key(row.spec, modality)):
-                    spaces.append(
-                        SpaceStatus(
-                            row.spec, modality, count, self._stored_kind(row.spec, modality)
-                        )
-                    )
+                if count or self._spaces.recorded(row.spec, modality):
+                    kind = self._spaces.stored_kind(row.spec, modality)
+                    spaces.append(SpaceStatus(row.spec, modality, count, kind))
         return Status(
             home=str(self.home),
             images=self.catalog.count_media(),
@@ -779,64 +657,13 @@ class Engine:
 
     @_writes("check --repair", only_if="repair")
     def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:
-        """Does every index file agree with the catalog? With `repair`, rebuild those that don't.
-
-        With `progress`, a bar on stderr counts the catalog's vectors of the spaces checked.
-        Repairing also removes the temporary files that crashed saves left."""
-        from searchengine.progress import progress_bar
-
-        if repair:
-            remove_stale_temps(self.home / "vectors")
-        checks = []
-        spaces = [
-            (row, modality)
-            for row in self.catalog.models()
-            for modality in ("image", "text")
-            if self.catalog.get_setting(_kind_key(row.spec, modality)) is not None
-        ]
-        counts = [self.catalog.count_vectors(modality, row.id) for row, modality in spaces]
-        bar = progress_bar(sum(counts), desc="check", unit="vector", enabled=progress)
-        for (row, modality), count in zip(spaces, counts, strict=True):
-            space = VectorSpace(
-                self.catalog, self.home, row, modality, self._stored_kind(row.spec, modality)
-            )
-            result = space.check()
-            if repair and not result.ok:
-                space.repair()
-                self._spaces.pop((row.spec, modality), None)
-                result = space.check()
-            checks.append(result)
-            bar.update(count)
-        bar.close()
+        """Does every index file agree with the catalog? With `repair`, rebuild those that don't
+        and remove the temporary files crashed saves left (`HomeSpaces.check`)."""
+        checks = self._spaces.check(repair=repair, progress=progress)
         return CheckReport(checks, repaired=repair)
 
     def models(self) -> list[ModelRow]:
         return self.catalog.models()
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of a file, None when it is missing: tells a replaced file apart."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return (stat.st_dev, stat.st_ino)
-
-
-def _kind_key(spec_id: str, modality: str) -> str:
-    return f"index_kind:{modality}:{spec_id}"
-
-
-def _check_query(query: str) -> str:
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidInputError("empty query: give a sentence to search for")
-    return query.strip()
-
-
-def _rerank(hits: list[SearchHit], start: int = 1) -> list[SearchHit]:
-    return [
-        SearchHit(rank, h.score, h.id, h.path, h.text) for rank, h in enumerate(hits, start=start)
-    ]
 
 
 __all__ = [

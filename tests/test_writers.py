@@ -309,8 +309,8 @@ def test_a_locked_catalog_is_a_catalog_error(tmp_path, monkeypatch):
 def _short_busy_timeout(create_engine):
     from sqlalchemy import event
 
-    def create(url):
-        engine = create_engine(url)
+    def create(url, **options):
+        engine = create_engine(url, **options)
 
         @event.listens_for(engine, "connect")
         def _short(dbapi_connection, _record) -> None:  # runs after the catalog's own pragmas

@@ -1,0 +1,136 @@
+"""A home folder: its catalog, who may write to it, and what opening it made.
+
+Only commands that build a home (`index`, `add-texts`) create one; a reader opening a missing
+home is told to index first. Every writer holds the home's lock (`catalog.lock.HomeLock`) for
+the length of its command, so two writers never interleave; readers never take it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from searchengine.catalog import Catalog
+from searchengine.catalog.lock import LOCK_NAME, HomeLock
+from searchengine.catalog.store import CATALOG_NAME
+from searchengine.errors import CatalogError, HomeBusyError, InvalidInputError, NotIndexedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Home:
+    """An opened home: its folder, its catalog, and the writer lock while a write runs."""
+
+    path: Path
+    catalog: Catalog
+    lock_timeout: float = 0.0  # seconds a write waits for another process writing to the home
+    _lock: HomeLock | None = field(default=None, init=False, repr=False)
+    _created: tuple[Path, ...] = field(default=(), init=False, repr=False)
+    _catalog_file: tuple[int, int] | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        create: bool = True,
+        catalog_url: str | None = None,
+        lock_timeout: float = 0.0,
+    ) -> Home:
+        """Open the folder `path` and its catalog (upgraded to the newest schema).
+
+        `create`: make the home when it has no catalog yet; what this call made is removed again
+        on `close` while it holds nothing. Without it a missing home is a NotIndexedError and
+        nothing is made. `catalog_url`: any SQLAlchemy URL instead of the home's SQLite file.
+        """
+        path = Path(path).expanduser()
+        if path.exists() and not path.is_dir():
+            raise InvalidInputError(f"home {path} is a file; give a folder")
+        catalog_file = path / CATALOG_NAME
+        created: tuple[Path, ...] = ()
+        if catalog_url is None and not catalog_file.is_file():
+            if not create:
+                raise NotIndexedError(
+                    f"no home at {path}; run `searchengine index FOLDER --home {path}` first"
+                )
+            created = (catalog_file,) if path.is_dir() else (catalog_file, path)
+        catalog = Catalog(catalog_url) if catalog_url else Catalog.in_home(path)
+        home = cls(path=path, catalog=catalog, lock_timeout=lock_timeout)
+        home._created = created
+        home._catalog_file = _file_identity(catalog_file) if catalog_url is None else None
+        return home
+
+    def close(self) -> None:
+        try:
+            if self._created and self._lock is None:
+                self._remove_unused()
+        finally:
+            self.catalog.close()
+
+    @property
+    def writing_now(self) -> bool:
+        return self._lock is not None
+
+    @contextlib.contextmanager
+    def writing(self, command: str) -> Iterator[bool]:
+        """Hold the home's writer lock while a write runs (reentrant): yields True when this call
+        took it, False inside a write that holds it already. Raises HomeBusyError (after
+        `lock_timeout` seconds) while another process writes here."""
+        if self._lock is not None:
+            yield False
+            return
+        lock = HomeLock(self.path, command)
+        lock.acquire(self.lock_timeout)
+        self._lock = lock
+        try:
+            if self._catalog_file is not None and (
+                _file_identity(self.path / CATALOG_NAME) != self._catalog_file
+            ):
+                raise CatalogError(
+                    f"the catalog of {self.path} was removed or replaced while this command "
+                    "started; run it again"
+                )
+            yield True
+        finally:
+            self._lock = None
+            lock.release()
+
+    def _remove_unused(self) -> None:
+        """Remove what `open` made when nothing was stored; only while no one writes here."""
+        lock = HomeLock(self.path, "index")
+        try:
+            lock.acquire()
+        except (HomeBusyError, CatalogError):
+            return  # another process writes to this home now: it is in use, keep it
+        try:
+            try:
+                empty = self.catalog.is_empty()
+            except CatalogError:
+                empty = False  # unreadable now: keep it; the error that matters was raised before
+            if not empty:
+                return
+            self.catalog.close()
+            catalog_file = self._created[0]
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                catalog_file.with_name(catalog_file.name + suffix).unlink(missing_ok=True)
+            (self.path / LOCK_NAME).unlink(missing_ok=True)  # a waiting writer then sees the
+            # catalog gone (`writing` compares the file's identity) and stops
+            for folder in (self.path / "vectors", *self._created[1:]):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+            self._created = ()
+        finally:
+            lock.release()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, None when it is missing: tells a replaced file apart."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino)
