@@ -36,6 +36,7 @@ test: install $(CHROMIUM)
 
 lint: install
 	$(BIN)/ruff check searchengine tests bench migrations
+	$(BIN)/python -m mypy  # over searchengine/, as configured in pyproject.toml
 
 docs: install
 	$(BIN)/python -m searchengine.docgen > docs/cli.md

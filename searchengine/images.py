@@ -90,7 +90,7 @@ def load_image(
             # `max_pixels` is checked below, before any pixel is decoded. Pillow's own warning
             # (at a fixed 89 MP) must not skip a 100 MP camera photo that the setting allows.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             if image.format not in ACCEPTED_FORMATS:
                 raise ImageDecodeError(f"unsupported image format {image.format}")
             if image.width * image.height > max_pixels:
@@ -100,7 +100,7 @@ def load_image(
                 )
             info = _read_info(image)
             reduced = _reduced_jpeg(data, image, target_size) if target_size else None
-            if reduced is None:
+            if reduced is None or target_size is None:  # no draft without a target size
                 image.load()
                 image = ImageOps.exif_transpose(image)
             else:  # upright first, as the model's preprocessing sees the photo

@@ -381,7 +381,8 @@ def _published_weights_table() -> Any:
     found = importlib.util.find_spec("open_clip")
     locations = list(found.submodule_search_locations or []) if found else []
     name = "_searchengine_open_clip_table"
-    blocked = {"safetensors.torch": sys.modules.get("safetensors.torch", _ABSENT)}
+    # A module, None (its import blocked) or _ABSENT (not in sys.modules): restored at the end.
+    blocked: dict[str, Any] = {"safetensors.torch": sys.modules.get("safetensors.torch", _ABSENT)}
     try:
         if not locations:
             raise ImportError("open_clip is not a package")
@@ -395,7 +396,8 @@ def _published_weights_table() -> Any:
             raise ImportError("open_clip/pretrained.py not found")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
-        sys.modules["safetensors.torch"] = None  # type: ignore[assignment] -- no torch for a table
+        # None blocks the import (typeshed types sys.modules as modules only): no torch for a table
+        sys.modules["safetensors.torch"] = None  # type: ignore[assignment]
         spec.loader.exec_module(module)
         module.get_pretrained_cfg  # noqa: B018 -- the one function used
         return module

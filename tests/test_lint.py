@@ -1,4 +1,4 @@
-"""The tree stays ruff-clean (the rules are in pyproject.toml)."""
+"""The tree stays ruff-clean and the library mypy-clean (the rules are in pyproject.toml)."""
 
 import shutil
 import subprocess
@@ -20,6 +20,15 @@ def test_ruff_finds_nothing():
     result = subprocess.run(
         [str(ruff), "check", "searchengine", "tests", "bench", "migrations"],
         cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_nothing():
+    """The library type-checks (settings in pyproject.toml's [tool.mypy]; cache in .mypy_cache)."""
+    pytest.importorskip("mypy", reason="mypy is not installed (it is in the dev extra)")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

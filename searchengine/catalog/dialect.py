@@ -66,12 +66,14 @@ def upsert(session: Session, table):
     """INSERT for `table` with ON CONFLICT clauses (SQLite and PostgreSQL spell them alike)."""
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        raise CatalogError(f"the catalog supports SQLite and PostgreSQL, not {dialect}")
-    return dialect_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    raise CatalogError(f"the catalog supports SQLite and PostgreSQL, not {dialect}")
 
 
 def excluded(statement, columns: Sequence[str]) -> dict:

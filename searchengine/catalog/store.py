@@ -195,7 +195,8 @@ class Catalog:
                 .values(spec=spec, dim=dim, content_hash=content_hash, created_at=datetime.now())
                 .on_conflict_do_nothing(index_elements=[EmbeddingModel.spec])
             )
-            row = session.scalar(select(EmbeddingModel).where(EmbeddingModel.spec == spec))
+            # The upsert above made sure the row exists.
+            row = session.scalars(select(EmbeddingModel).where(EmbeddingModel.spec == spec)).one()
             if row.content_hash is None and content_hash is not None:
                 row.content_hash = content_hash
             if row.dim != dim:

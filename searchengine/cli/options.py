@@ -22,7 +22,9 @@ def field_default(settings_class: type, name: str) -> Any:
     field = next(f for f in dataclasses.fields(settings_class) if f.name == name)
     if field.default is not dataclasses.MISSING:
         return field.default
-    return field.default_factory()
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f"{settings_class.__name__}.{name} has no default")
 
 
 def home_option(function: Callable) -> Callable:

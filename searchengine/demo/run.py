@@ -12,6 +12,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,10 @@ from searchengine.eval.metrics import (
     metrics_from_ranks,
 )
 from searchengine.models import CHECKPOINT_FORMAT, WEIGHTS_DIR
+
+if TYPE_CHECKING:  # run_demo imports these lazily, as it runs
+    from searchengine.eval.benchmark import RecallReport
+    from searchengine.ingest import IngestReport
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +234,9 @@ class DemoReport:
 
     folder: Path
     model: str
-    indexed: object  # ingest.IngestReport
+    indexed: IngestReport
     queries: tuple[DemoQuery, ...]
-    recall: object  # benchmark.RecallReport
+    recall: RecallReport
 
 
 def run_demo(

@@ -146,7 +146,9 @@ def _sample_scene(index: int, *, seed: int, split: str, image_size: int, n_capti
         second = _sample_object(rng, heldout=False if heldout else None)
         while (second.colour, second.shape) == (first.colour, first.shape):
             second = _sample_object(rng, heldout=False if heldout else None)
-        objects = (first, second) if rng.random() < 0.5 else (second, first)
+        objects: tuple[SceneObject, ...] = (
+            (first, second) if rng.random() < 0.5 else (second, first)
+        )
         kind, count, position = "pair", 2, None
         relation = str(rng.choice(RELATIONS))
     else:
@@ -338,9 +340,11 @@ def _pair_layout(scene: Scene, rng: np.random.Generator) -> tuple[Placement, ...
     lo = np.minimum(p1 - r1, p2 - r2)
     hi = np.maximum(p1 + r1, p2 + r2)
     shift = np.array([rng.uniform(0.04 - lo[i], 0.96 - hi[i]) for i in range(2)])
+    x1, y1 = (p1 + shift).tolist()
+    x2, y2 = (p2 + shift).tolist()
     return (
-        Placement(first, *(p1 + shift).tolist(), r1, _angle(first, rng)),
-        Placement(second, *(p2 + shift).tolist(), r2, _angle(second, rng)),
+        Placement(first, x1, y1, r1, _angle(first, rng)),
+        Placement(second, x2, y2, r2, _angle(second, rng)),
     )
 
 
@@ -471,8 +475,8 @@ def _background(
     elif kind == "marble":
         return _marble(rng, side, along)
     else:
-        choices = ", ".join(BACKGROUNDS)
-        raise InvalidInputError(f"unknown background {kind!r}; choose one of {choices}")
+        known = ", ".join(BACKGROUNDS)
+        raise InvalidInputError(f"unknown background {kind!r}; choose one of {known}")
     return np.clip(base * shade[..., None].astype(np.float32), 0, 255)
 
 
@@ -542,9 +546,9 @@ def write_collection(
         writer.writerows([name, caption] for name, scene in zip(names, scenes, strict=True)
                          for caption in scene.captions)
     with open(folder / "scenes.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(SCENE_COLUMNS))
-        writer.writeheader()
-        writer.writerows(
+        scene_writer = csv.DictWriter(handle, fieldnames=list(SCENE_COLUMNS))
+        scene_writer.writeheader()
+        scene_writer.writerows(
             {"image": name, **scene.attributes()}
             for name, scene in zip(names, scenes, strict=True)
         )

@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -117,7 +118,8 @@ def _build(
         seen.add((pair.image_key, pair.caption))
         if pair.image_key not in images:
             images[pair.image_key] = len(paths)
-            paths.append(Path(pair.image))
+            # Images held as bytes were written to files first (`_materialise_bytes`).
+            paths.append(Path(cast(Path, pair.image)))
         captions.append(pair.caption)
         text_to_image.append(images[pair.image_key])
     if not captions:
@@ -227,7 +229,7 @@ def _from_coco(path: Path, document: dict, split: str | None) -> CaptionDataset:
             f"{path} is a COCO captions file, which holds one split; drop --split {split}"
         )
     files = {entry["id"]: entry["file_name"] for entry in document["images"]}
-    rows: list[tuple[str, object]] = []
+    rows: list[tuple[str | None, object]] = []
     for annotation in document["annotations"]:
         name = files.get(annotation.get("image_id"))
         rows.append((name, annotation.get("caption")))
@@ -240,7 +242,7 @@ def _from_karpathy(path: Path, images: list, split: str | None) -> CaptionDatase
     if split is not None and split not in splits:
         choices = ", ".join(splits) if splits else "none"
         raise InvalidInputError(f"unknown split {split!r} in {path}; its splits: {choices}")
-    rows: list[tuple[str, object]] = []
+    rows: list[tuple[str | None, object]] = []
     listed: set[Path] = set()
     for entry in images:
         if split is not None and entry.get("split") != split:
@@ -254,7 +256,8 @@ def _from_karpathy(path: Path, images: list, split: str | None) -> CaptionDatase
 
 
 def _from_rows(
-    path: Path, fmt: str, split: str | None, rows: list[tuple[str, object]], listed: set[Path]
+    path: Path, fmt: str, split: str | None, rows: list[tuple[str | None, object]],
+    listed: set[Path],
 ) -> CaptionDataset:
     """(image name, caption) rows -> dataset; rows with no caption or no image file are skipped."""
     skipped: Counter[str] = Counter()

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,7 +244,7 @@ class VectorSpace:
         self,
         ids: np.ndarray,
         vectors: np.ndarray,
-        removed: np.ndarray | list[int] = (),
+        removed: np.ndarray | Sequence[int] = (),
     ) -> None:
         """Follow a committed catalog change: (n,) int64 `ids` now hold (n, d) float32 `vectors`
         (new or replaced), `removed` ids are gone. Safe whatever the index held before: no id

@@ -72,6 +72,8 @@ class VectorIndex:
         """A new index of `kind`, holding (n,) int64 `ids` -> (n, d) float32 `vectors` if given."""
         if ids is None or not len(ids):
             return cls.empty(kind, dim, 0)
+        if vectors is None:
+            raise InvalidInputError(f"{len(ids)} ids but no vectors to build an index of")
         index = cls.empty(kind, dim, len(ids))
         index.train(vectors)
         index.add(ids, vectors)

@@ -22,7 +22,7 @@ class SearchHit:
     text: str | None = None
 
     def as_dict(self) -> dict:
-        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
+        out: dict[str, object] = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
         if self.text is not None:
             out["text"] = self.text
         else:

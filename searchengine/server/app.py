@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from importlib import resources
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import quote
 
 from fastapi import (
@@ -39,7 +39,9 @@ from searchengine.server.uploads import Upload, read_upload
 
 COOKIE = "searchengine_token"
 STATIC = resources.files("searchengine.server") / "static"
-ERRORS = {code: {"model": schemas.Error} for code in (400, 401, 404, 409, 413, 415, 500)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.Error} for code in (400, 401, 404, 409, 413, 415, 500)
+}
 ERRORS[422] = {"model": schemas.Unprocessable}  # replaces FastAPI's (list-valued `detail`)
 MAX_ID = 2**63 - 1  # catalog ids are SQLite INTEGERs (64-bit signed)
 
@@ -96,6 +98,7 @@ def require_token(request: Request) -> None:
     if expected is None:
         return
     header = request.headers.get("authorization", "")
+    supplied: str | None
     if header.lower().startswith("bearer "):
         supplied = header[7:].strip()
     else:

@@ -68,7 +68,7 @@ class MediaFiles:
             raise ApiError(413, f"image {media_id} is {row.size} bytes, over the server's limit "
                                 f"of {self.max_original_bytes} for originals; use its thumbnail")
         data, _ = _read_verified(row)
-        media_type = MEDIA_TYPES.get(_sniff(data), "application/octet-stream")
+        media_type = MEDIA_TYPES.get(_sniff(data) or "", "application/octet-stream")
         return ServedImage(data, media_type, f'"{row.content_hash}"',
                            display_path(Path(row.path).name))
 

@@ -120,7 +120,7 @@ class StepBatches:
     def __iter__(self) -> Iterator[list[int]]:
         import torch
 
-        epoch, order = -1, None
+        epoch, order = -1, torch.empty(0, dtype=torch.int64)  # set at the first step
         for step in range(self.start, self.total):
             step_epoch, position = divmod(step, self.per_epoch)
             if step_epoch != epoch:
@@ -135,8 +135,9 @@ def load_pixels(pairs: list[Pair], preprocess: Callable, image_size: int, *, wor
     import torch
 
     dataset = PairDataset(tuple(pairs), preprocess, image_size, cache_bytes=0)  # once each
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=64, num_workers=workers, collate_fn=list
+    loader: torch.utils.data.DataLoader[tuple] = torch.utils.data.DataLoader(
+        dataset,  # type: ignore[arg-type]  # torch's stub wants a Dataset; any map-style one runs
+        batch_size=64, num_workers=workers, collate_fn=list
     )
     tensors, keys = [], []
     offset = 0

@@ -6,7 +6,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -72,7 +72,8 @@ def prepare_validation(
     import torch
 
     per_image = Counter(pair.image_key for pair in pairs.pairs)
-    keys, count = [], 0
+    keys: list[str] = []
+    count = 0
     for key in pairs.image_keys:  # whole images, until the caption budget is spent
         if keys and count + per_image[key] > max_pairs:
             break
@@ -92,12 +93,13 @@ def prepare_validation(
 
 
 def evaluate(
-    model: torch.nn.Module, validation: ValidationSet, step: int, *,
+    model: Any, validation: ValidationSet, step: int, *,
     device: str, batch_size: int = 256,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Evaluation:
     """Recall@1/5/10 both ways (standard protocol) and the diagonal gap, in eval mode.
 
+    `model` is an open_clip CLIP model (a torch.nn.Module; open_clip ships no types).
     The model is put back in train mode afterwards.
     """
     import torch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +21,7 @@ LossFunction = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def contrastive_backward(
-    model: torch.nn.Module,
+    model: Any,  # an open_clip CLIP model (a torch.nn.Module; open_clip ships no types)
     images: torch.Tensor,
     tokens: torch.Tensor,
     loss_function: LossFunction,
@@ -78,9 +78,11 @@ def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast
         outputs, gradients = [], []
         with autocast():
             if train_image:
+                assert image_embeddings.grad is not None  # pass 2 filled it: the loss uses it
                 outputs.append(model.encode_image(images[chunk], normalize=True))
                 gradients.append(image_embeddings.grad[chunk])
             if train_text:
+                assert text_embeddings.grad is not None  # pass 2 filled it: the loss uses it
                 outputs.append(model.encode_text(tokens[chunk], normalize=True))
                 gradients.append(text_embeddings.grad[chunk])
         if outputs:
@@ -105,7 +107,7 @@ def _encode(encode: Callable, tower: torch.nn.Module | None, inputs: torch.Tenso
         return encode(inputs, normalize=True)
 
 
-def _text_tower(model: torch.nn.Module) -> torch.nn.Module:
+def _text_tower(model: Any) -> torch.nn.Module:
     """The module holding the text weights: `model.text` (custom-text CLIP) or the model itself."""
     return getattr(model, "text", None) or getattr(model, "transformer", model)
 

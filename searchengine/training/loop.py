@@ -239,8 +239,9 @@ class _Run:
 
         batches = StepBatches(len(self.train_set), self.settings.batch_size,
                               seed=self.settings.seed, start=state.step, total=self.total)
-        loader = torch.utils.data.DataLoader(
-            PairDataset(self.train_set.pairs, self.preprocess, self.image_size),
+        dataset = PairDataset(self.train_set.pairs, self.preprocess, self.image_size)
+        loader: torch.utils.data.DataLoader[tuple] = torch.utils.data.DataLoader(
+            dataset,  # type: ignore[arg-type]  # torch's stub wants a Dataset; any map-style one runs
             batch_sampler=batches, num_workers=self.settings.workers,
             collate_fn=Collate(self.tokenizer), pin_memory=bool(self.cuda_devices),
             persistent_workers=False,
@@ -392,7 +393,8 @@ def _optimizer(model: torch.nn.Module, logit_bias: torch.Tensor, settings: Train
     """
     import torch
 
-    decay, no_decay = [], []
+    decay: list[torch.Tensor] = []
+    no_decay: list[torch.Tensor] = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
