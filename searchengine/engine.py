@@ -352,11 +352,16 @@ class Engine:
         """
         if not text_set.strip():
             raise InvalidInputError("the text set needs a name (--set)")
-        if isinstance(texts, (str, os.PathLike)) and source is None:
+        if isinstance(texts, (str, os.PathLike)):
+            if source is not None:
+                raise InvalidInputError("give either the texts or source=FILE, not both")
             texts, source = None, texts
-        if (texts is None) == (source is None):
+        if texts is not None and source is None:
+            rows = clean_texts(texts)
+        elif source is not None and texts is None:
+            rows = read_texts(Path(source), column=column)
+        else:
             raise InvalidInputError("give either the texts or source=FILE, not both or neither")
-        rows = clean_texts(texts) if texts is not None else read_texts(Path(source), column=column)
         ensure_weights_available(model or self.default_model())  # offline: fail in a second
         self.encoder(model)  # loadable (weights at hand) before anything is stored
         added = self.catalog.add_texts(text_set, rows)

@@ -367,7 +367,9 @@ class Catalog:
             )
             return [(r.id, r.text) for r in rows]
 
-    def write_text_vectors(self, model_id: int, ids: Sequence[int], vectors: np.ndarray) -> None:
+    def write_text_vectors(
+        self, model_id: int, ids: Sequence[int] | np.ndarray, vectors: np.ndarray
+    ) -> None:
         if not len(ids):
             return
         with self.session() as session, session.begin():

@@ -28,7 +28,7 @@ from searchengine.models import CHECKPOINT_FORMAT, WEIGHTS_DIR
 
 if TYPE_CHECKING:  # run_demo imports these lazily, as it runs
     from searchengine.eval.benchmark import RecallReport
-    from searchengine.ingest import IngestReport
+    from searchengine.ingest.commit import IngestReport
 
 log = logging.getLogger(__name__)
 

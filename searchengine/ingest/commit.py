@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from searchengine.catalog import Catalog, NewImage, Skip
+from searchengine.images import ImageInfo
 from searchengine.ingest.decode import Decoded, DecodeDataset
 from searchengine.ingest.local import decoded_batches
 from searchengine.ingest.scan import FileStat
@@ -86,7 +88,7 @@ def _store_batch(catalog: Catalog, encoder, space, batch: list[Decoded]) -> Batc
     """One batch through the embed and commit stages: the vectors this model already stores for
     a content hash are reused (renames, moves, duplicates), the rest are embedded."""
     good = [d for d in batch if d.error is None]
-    known = catalog.vectors_by_hash(space.model.id, [d.content_hash for d in good])
+    known = catalog.vectors_by_hash(space.model.id, [cast(str, d.content_hash) for d in good])
     vectors = embed_batch(encoder, batch, known)
     return commit_batch(catalog, space, batch, vectors, embedded=len(vectors) - len(known))
 
@@ -100,7 +102,9 @@ def embed_batch(encoder, batch: list[Decoded], known: dict[str, bytes]) -> dict[
         digest: np.frombuffer(data, dtype=np.float32) for digest, data in known.items()
     }
     fresh = {  # duplicates inside the batch embed once
-        d.content_hash: d for d in batch if d.error is None and d.content_hash not in vectors
+        cast(str, d.content_hash): d
+        for d in batch
+        if d.error is None and d.content_hash not in vectors
     }
     if fresh:
         pixels = torch.stack([d.pixels for d in fresh.values()])  # (b, 3, H, W)
@@ -122,11 +126,13 @@ def commit_batch(
     `embedded` counts the vectors the model made for this batch (the rest were reused)."""
     skips = [Skip(d.stat.path, d.stat.size, d.stat.mtime_ns, d.error) for d in batch if d.error]
     good = [d for d in batch if d.error is None]
+    hashes = [cast(str, d.content_hash) for d in good]  # every decoded file has one
     images = [
-        NewImage(d.stat.path, d.stat.size, d.stat.mtime_ns, d.content_hash, d.info) for d in good
+        NewImage(d.stat.path, d.stat.size, d.stat.mtime_ns, digest, cast(ImageInfo, d.info))
+        for d, digest in zip(good, hashes, strict=True)
     ]
     matrix = (
-        np.vstack([vectors[d.content_hash] for d in good]).astype(np.float32)
+        np.vstack([vectors[digest] for digest in hashes]).astype(np.float32)
         if good
         else np.zeros((0, space.model.dim), dtype=np.float32)
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from searchengine.errors import ImageDecodeError
 from searchengine.hashing import content_hash
@@ -19,12 +20,15 @@ from searchengine.settings import IngestSettings
 
 @dataclass(frozen=True)
 class Decoded:
-    """One file after the worker: pixels (3, H, W) float32 or the reason it was skipped."""
+    """One file after the worker: pixels (3, H, W) float32 or the reason it was skipped.
+
+    A file without `error` has its `content_hash`, `info` and `pixels`; a file that could be read
+    but not decoded has its `content_hash` and `error` only."""
 
     stat: FileStat
     content_hash: str | None
     info: ImageInfo | None
-    pixels: object | None  # torch.Tensor; typed loosely so this module imports without torch
+    pixels: Any  # a torch.Tensor or None; Any, so that this module imports without torch
     error: str | None
 
 

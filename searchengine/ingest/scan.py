@@ -182,8 +182,11 @@ def plan(
     unchanged = 0
     for path, stat in on_disk.items():
         old: StoredFile | None = stored.get(path)
-        same = old is not None and (old.size, old.mtime_ns) == (stat.size, stat.mtime_ns)
-        if same and old.id in have_vector:
+        if (
+            old is not None
+            and (old.size, old.mtime_ns) == (stat.size, stat.mtime_ns)
+            and old.id in have_vector
+        ):
             unchanged += 1
             continue
         known_bad = skipped.get(path)
