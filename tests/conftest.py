@@ -202,12 +202,17 @@ def cli_run() -> CliRun:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second model for `se-tiny`: a checkpoint in this project's format holding other random
     weights (seed 1). `--model se-tiny/<this path>` names it."""
+    return write_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny-seed1.pt", seed=1)
+
+
+def write_checkpoint(path: Path, seed: int) -> Path:
+    """A `se-tiny` checkpoint in this project's format with the random weights of `seed`."""
     import torch
 
     from searchengine.models import CHECKPOINT_FORMAT, CONFIG_DIR, build_model, parse_model_spec
 
-    model, _, _ = build_model(parse_model_spec(TINY_MODEL), seed=1)
-    path = tmp_path_factory.mktemp("checkpoints") / "tiny-seed1.pt"
+    model, _, _ = build_model(parse_model_spec(TINY_MODEL), seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "format": CHECKPOINT_FORMAT,

@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, fast_ingest
+from conftest import TINY_MODEL, fast_ingest, write_checkpoint
 
 # --- a checkpoint is identified by its content ------------------------------------------------
-
-
-def write_checkpoint(path: Path, seed: int) -> Path:
-    """A `se-tiny` checkpoint in this project's format with the random weights of `seed`."""
-    import torch
-
-    from searchengine.models import CHECKPOINT_FORMAT, CONFIG_DIR, build_model, parse_model_spec
-
-    model, _, _ = build_model(parse_model_spec(TINY_MODEL), seed=seed)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "arch": "se-tiny",
-            "model_config": json.loads((CONFIG_DIR / "se-tiny.json").read_text()),
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
-    return path
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

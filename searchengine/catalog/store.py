@@ -283,7 +283,7 @@ class Catalog:
                 session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
             id_of = _upsert_media(session, [_media_values(image, now) for image in images])
             ids = [id_of[image.path] for image in images]
-            _replace_image_vectors(session, model_id, ids, vectors)
+            _upsert_vectors(session, "image", model_id, ids, vectors)
             paths = [image.path for image in images] + [skip.path for skip in skips]
             for chunk in _chunks(paths):
                 session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
@@ -305,7 +305,7 @@ class Catalog:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
         ids = [int(media_id) for media_id in media_ids]
         with self.session() as session, session.begin():
-            _replace_image_vectors(session, model_id, ids, vectors)
+            _upsert_vectors(session, "image", model_id, ids, vectors)
 
     def remove_files(self, paths: Sequence[str]) -> list[int]:
         """Forget files (and their vectors); returns the media ids removed."""
@@ -370,20 +370,8 @@ class Catalog:
     def write_text_vectors(
         self, model_id: int, ids: Sequence[int] | np.ndarray, vectors: np.ndarray
     ) -> None:
-        if not len(ids):
-            return
         with self.session() as session, session.begin():
-            statement = upsert(session, TextEmbedding)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[TextEmbedding.text_id, TextEmbedding.model_id],
-                    set_=excluded(statement, ("vector",)),
-                ),
-                [
-                    {"text_id": int(i), "model_id": model_id, "vector": _blob(v)}
-                    for i, v in zip(ids, vectors, strict=True)
-                ],
-            )
+            _upsert_vectors(session, "text", model_id, ids, vectors)
 
     def texts(self, ids: Iterable[int]) -> dict[int, TextItem]:
         found: dict[int, TextItem] = {}
@@ -590,22 +578,27 @@ def _upsert_media(session: Session, rows: list[dict]) -> dict[str, int]:
     return {row.path: int(row.id) for row in session.execute(statement, rows)}
 
 
-def _replace_image_vectors(
-    session: Session, model_id: int, media_ids: Sequence[int], vectors: np.ndarray
+def _upsert_vectors(
+    session: Session,
+    modality: str,
+    model_id: int,
+    ids: Sequence[int] | np.ndarray,
+    vectors: np.ndarray,
 ) -> None:
-    """Store one vector of `model_id` per media id, replacing any it had (one multi-row upsert;
-    SQLite and PostgreSQL)."""
-    if not len(media_ids):
+    """Store one (d,) float32 vector of `model_id` per id (media or text), replacing any it had:
+    one multi-row upsert, on SQLite and PostgreSQL."""
+    if not len(ids):
         return
-    statement = upsert(session, ImageEmbedding)
+    table, key = _embedding_table(modality)
+    statement = upsert(session, table)
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=[ImageEmbedding.media_id, ImageEmbedding.model_id],
+            index_elements=[key, table.model_id],
             set_=excluded(statement, ("vector",)),
         ),
         [
-            {"media_id": int(m), "model_id": model_id, "vector": _blob(v)}
-            for m, v in zip(media_ids, vectors, strict=True)
+            {key.key: int(i), "model_id": model_id, "vector": _blob(v)}
+            for i, v in zip(ids, vectors, strict=True)
         ],
     )
 
