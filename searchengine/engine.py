@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from searchengine.catalog import Catalog
-from searchengine.catalog.store import ModelRow
+from searchengine.catalog.records import ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import (
     ImageDecodeError,

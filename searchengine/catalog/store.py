@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,7 @@ from searchengine.catalog.dialect import (
     lock_schema,
     upsert,
 )
+from searchengine.catalog.records import ModelRow, NewImage, Skip, StoredFile, WriteResult
 from searchengine.catalog.schema import (
     EmbeddingModel,
     ImageEmbedding,
@@ -39,60 +39,23 @@ from searchengine.catalog.schema import (
     TextEmbedding,
     TextItem,
 )
+from searchengine.catalog.statements import (
+    chunks,
+    embedding_table,
+    existing_files,
+    folder_set,
+    is_under,
+    media_values,
+    skip_values,
+    under,
+    upsert_media,
+    upsert_vectors,
+)
 from searchengine.errors import CatalogError, InvalidInputError
-from searchengine.images import ImageInfo
 
 log = logging.getLogger(__name__)
-MODALITIES = ("image", "text")
 CATALOG_NAME = "catalog.sqlite"  # the SQLite catalog's file in a home
-_CHUNK = 500  # ids per IN (...) clause; SQLite allows 32766 variables, keep statements small
 _ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A catalogued file as the ingester compares it with the disk."""
-
-    id: int
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-
-
-@dataclass(frozen=True)
-class NewImage:
-    """A decoded file ready to be written with its vector."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    info: ImageInfo
-
-
-@dataclass(frozen=True)
-class Skip:
-    """A file that could not be indexed and why."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    ids: list[int]
-    removed: list[int]
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    id: int
-    spec: str
-    dim: int
-    content_hash: str | None = None  # the checkpoint file's digest; None for hub/random weights
 
 
 @functools.cache
@@ -221,26 +184,26 @@ class Catalog:
         """Catalogued files equal to or below any of `roots` (absolute path strings)."""
         found: dict[str, StoredFile] = {}
         with self.session() as session:
-            for chunk in _chunks(list(roots), _ROOTS_PER_QUERY):
+            for chunk in chunks(list(roots), _ROOTS_PER_QUERY):
                 rows = session.execute(
                     select(
                         Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash
-                    ).where(_under(Media.path, chunk))
+                    ).where(under(Media.path, chunk))
                 )
-                folders = _folders(chunk)
-                found.update({r.path: StoredFile(*r) for r in rows if _is_under(r.path, folders)})
+                folders = folder_set(chunk)
+                found.update({r.path: StoredFile(*r) for r in rows if is_under(r.path, folders)})
         return found
 
     def skipped_under(self, roots: Sequence[str]) -> dict[str, Skip]:
         found: dict[str, Skip] = {}
         with self.session() as session:
-            for chunk in _chunks(list(roots), _ROOTS_PER_QUERY):
-                rows = session.scalars(select(SkippedFile).where(_under(SkippedFile.path, chunk)))
-                folders = _folders(chunk)
+            for chunk in chunks(list(roots), _ROOTS_PER_QUERY):
+                rows = session.scalars(select(SkippedFile).where(under(SkippedFile.path, chunk)))
+                folders = folder_set(chunk)
                 found.update({
                     r.path: Skip(r.path, r.size, r.mtime_ns, r.reason)
                     for r in rows
-                    if _is_under(r.path, folders)
+                    if is_under(r.path, folders)
                 })
         return found
 
@@ -253,7 +216,7 @@ class Catalog:
         """A stored vector of `model_id` for each content hash that has one."""
         found: dict[str, bytes] = {}
         with self.session() as session:
-            for chunk in _chunks(list(set(hashes))):
+            for chunk in chunks(list(set(hashes))):
                 rows = session.execute(
                     select(Media.content_hash, ImageEmbedding.vector)
                     .join(ImageEmbedding, ImageEmbedding.media_id == Media.id)
@@ -273,19 +236,19 @@ class Catalog:
         """
         now = datetime.now()
         with self.session() as session, session.begin():
-            existing = _existing_files(session, [image.path for image in images])
+            existing = existing_files(session, [image.path for image in images])
             changed = [
                 old.id
                 for image in images
                 if (old := existing.get(image.path)) and old.content_hash != image.content_hash
             ]
-            for chunk in _chunks(changed):
+            for chunk in chunks(changed):
                 session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
-            id_of = _upsert_media(session, [_media_values(image, now) for image in images])
+            id_of = upsert_media(session, [media_values(image, now) for image in images])
             ids = [id_of[image.path] for image in images]
-            _upsert_vectors(session, "image", model_id, ids, vectors)
+            upsert_vectors(session, "image", model_id, ids, vectors)
             paths = [image.path for image in images] + [skip.path for skip in skips]
-            for chunk in _chunks(paths):
+            for chunk in chunks(paths):
                 session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
             removed = self._remove_paths(session, [skip.path for skip in skips])
             if skips:
@@ -295,7 +258,7 @@ class Catalog:
                         index_elements=[SkippedFile.path],
                         set_=excluded(statement, ("size", "mtime_ns", "reason", "seen_at")),
                     ),
-                    [_skip_values(skip, now) for skip in skips],
+                    [skip_values(skip, now) for skip in skips],
                 )
         return WriteResult(ids, removed)
 
@@ -305,19 +268,19 @@ class Catalog:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
         ids = [int(media_id) for media_id in media_ids]
         with self.session() as session, session.begin():
-            _upsert_vectors(session, "image", model_id, ids, vectors)
+            upsert_vectors(session, "image", model_id, ids, vectors)
 
     def remove_files(self, paths: Sequence[str]) -> list[int]:
         """Forget files (and their vectors); returns the media ids removed."""
         with self.session() as session, session.begin():
-            for chunk in _chunks(list(paths)):
+            for chunk in chunks(list(paths)):
                 session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
             return self._remove_paths(session, paths)
 
     @staticmethod
     def _remove_paths(session: Session, paths: Sequence[str]) -> list[int]:
         removed: list[int] = []
-        for chunk in _chunks(list(paths)):
+        for chunk in chunks(list(paths)):
             ids = list(session.scalars(select(Media.id).where(Media.path.in_(chunk))))
             if ids:
                 session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(ids)))
@@ -329,7 +292,7 @@ class Catalog:
         """Media rows by id (detached, read-only use)."""
         found: dict[int, Media] = {}
         with self.session() as session:
-            for chunk in _chunks([int(i) for i in ids]):
+            for chunk in chunks([int(i) for i in ids]):
                 found.update(
                     {m.id: m for m in session.scalars(select(Media).where(Media.id.in_(chunk)))}
                 )
@@ -352,7 +315,7 @@ class Catalog:
                 .on_conflict_do_nothing(index_elements=[TextItem.text_set, TextItem.text])
                 .returning(TextItem.id)
             )
-            for chunk in _chunks(unique):
+            for chunk in chunks(unique):
                 rows = [{"text_set": text_set, "text": t, "created_at": now} for t in chunk]
                 added += len(session.execute(statement, rows).all())
         return added
@@ -371,12 +334,12 @@ class Catalog:
         self, model_id: int, ids: Sequence[int] | np.ndarray, vectors: np.ndarray
     ) -> None:
         with self.session() as session, session.begin():
-            _upsert_vectors(session, "text", model_id, ids, vectors)
+            upsert_vectors(session, "text", model_id, ids, vectors)
 
     def texts(self, ids: Iterable[int]) -> dict[int, TextItem]:
         found: dict[int, TextItem] = {}
         with self.session() as session:
-            for chunk in _chunks([int(i) for i in ids]):
+            for chunk in chunks([int(i) for i in ids]):
                 rows = session.scalars(select(TextItem).where(TextItem.id.in_(chunk)))
                 found.update({t.id: t for t in rows})
         return found
@@ -402,7 +365,7 @@ class Catalog:
 
     def vector_ids(self, modality: str, model_id: int) -> np.ndarray:
         """(n,) int64 ids that have a durable vector of `model_id`, ascending."""
-        table, key = _embedding_table(modality)
+        table, key = embedding_table(modality)
         with self.session() as session:
             ids = session.scalars(select(key).where(table.model_id == model_id).order_by(key))
             return np.fromiter(ids, dtype=np.int64)
@@ -411,14 +374,14 @@ class Catalog:
         self, modality: str, model_id: int, ids: Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Durable vectors: (n,) int64 ids ascending and (n, d) float32 unit rows."""
-        table, key = _embedding_table(modality)
+        table, key = embedding_table(modality)
         query = select(key, table.vector).where(table.model_id == model_id)
         rows: list = []
         with self.session() as session:
             if ids is None:
                 rows = list(session.execute(query.order_by(key)))
             else:
-                for chunk in _chunks([int(i) for i in ids]):
+                for chunk in chunks([int(i) for i in ids]):
                     rows.extend(session.execute(query.where(key.in_(chunk))))
                 rows.sort(key=lambda r: r[0])
         out_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -437,7 +400,7 @@ class Catalog:
         """
         if batch_size < 1:
             raise InvalidInputError(f"batch size must be >= 1, got {batch_size}")
-        table, key = _embedding_table(modality)
+        table, key = embedding_table(modality)
         last = None
         while True:
             query = select(key, table.vector).where(table.model_id == model_id)
@@ -456,7 +419,7 @@ class Catalog:
     def vector_stats(self, modality: str, model_id: int) -> tuple[int, int]:
         """(how many vectors `model_id` has, the sum of their ids): one aggregate query, compared
         with an index manifest's count and id sum to tell whether the index is in step."""
-        table, key = _embedding_table(modality)
+        table, key = embedding_table(modality)
         with self.session() as session:
             query = select(func.count(), func.coalesce(func.sum(key), 0)).where(
                 table.model_id == model_id
@@ -491,7 +454,7 @@ class Catalog:
             return int(session.scalar(select(func.count()).select_from(Media)) or 0)
 
     def count_vectors(self, modality: str, model_id: int) -> int:
-        table, _ = _embedding_table(modality)
+        table, _ = embedding_table(modality)
         with self.session() as session:
             query = select(func.count()).select_from(table).where(table.model_id == model_id)
             return int(session.scalar(query) or 0)
@@ -519,120 +482,3 @@ def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
     return engine
 
 
-def _embedding_table(modality: str):
-    if modality == "image":
-        return ImageEmbedding, ImageEmbedding.media_id
-    if modality == "text":
-        return TextEmbedding, TextEmbedding.text_id
-    raise InvalidInputError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
-
-
-def _under(column, roots: Sequence[str]):
-    from sqlalchemy import or_
-
-    clauses = []
-    for root in roots:
-        clauses.append(column == root)
-        clauses.append(column.startswith(root.rstrip("/") + "/", autoescape=True))
-    return or_(*clauses)
-
-
-def _folders(roots: Sequence[str]) -> frozenset[str]:
-    return frozenset(root.rstrip("/") or "/" for root in roots)
-
-
-def _is_under(path: str, folders: frozenset[str]) -> bool:
-    """`_under` in Python, case-sensitive (`folders` from `_folders`): SQLite's LIKE ignores ASCII
-    case (`/Photos/%` matches `/photos/a.jpg`), which made `index /Photos` forget `/photos`."""
-    if path in folders or "/" in folders:
-        return True
-    cut = path.rfind("/")
-    while cut > 0:  # every folder above `path`, nearest first
-        if path[:cut] in folders:
-            return True
-        cut = path.rfind("/", 0, cut)
-    return False
-
-
-def _existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFile]:
-    found: dict[str, StoredFile] = {}
-    for chunk in _chunks(list(paths)):
-        rows = session.execute(
-            select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash).where(
-                Media.path.in_(chunk)
-            )
-        )
-        found.update({r.path: StoredFile(*r) for r in rows})
-    return found
-
-
-def _upsert_media(session: Session, rows: list[dict]) -> dict[str, int]:
-    """Insert media rows, updating those whose path is catalogued (ids kept); ids by path."""
-    if not rows:
-        return {}
-    statement = upsert(session, Media)
-    updated = [column for column in rows[0] if column != "path"]
-    statement = statement.on_conflict_do_update(
-        index_elements=[Media.path], set_=excluded(statement, updated)
-    ).returning(Media.id, Media.path)
-    return {row.path: int(row.id) for row in session.execute(statement, rows)}
-
-
-def _upsert_vectors(
-    session: Session,
-    modality: str,
-    model_id: int,
-    ids: Sequence[int] | np.ndarray,
-    vectors: np.ndarray,
-) -> None:
-    """Store one (d,) float32 vector of `model_id` per id (media or text), replacing any it had:
-    one multi-row upsert, on SQLite and PostgreSQL."""
-    if not len(ids):
-        return
-    table, key = _embedding_table(modality)
-    statement = upsert(session, table)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[key, table.model_id],
-            set_=excluded(statement, ("vector",)),
-        ),
-        [
-            {key.key: int(i), "model_id": model_id, "vector": _blob(v)}
-            for i, v in zip(ids, vectors, strict=True)
-        ],
-    )
-
-
-def _media_values(image: NewImage, now: datetime) -> dict:
-    info = image.info
-    return {
-        "path": image.path,
-        "size": image.size,
-        "mtime_ns": image.mtime_ns,
-        "content_hash": image.content_hash,
-        "width": info.width,
-        "height": info.height,
-        "format": info.format,
-        "taken_at": info.taken_at,
-        "camera": info.camera,
-        "indexed_at": now,
-    }
-
-
-def _skip_values(skip: Skip, now: datetime) -> dict:
-    return {
-        "path": skip.path,
-        "size": skip.size,
-        "mtime_ns": skip.mtime_ns,
-        "reason": skip.reason,
-        "seen_at": now,
-    }
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
-def _chunks(items: list, size: int = _CHUNK) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from searchengine.catalog import Catalog
-from searchengine.catalog.store import ModelRow
+from searchengine.catalog.records import ModelRow
 from searchengine.index.spaces import SpaceCheck, VectorSpace
 from searchengine.index.vectors import remove_stale_temps
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from searchengine.catalog import Catalog, head_revision
-from searchengine.catalog.store import ModelRow
+from searchengine.catalog.records import ModelRow
 from searchengine.errors import IndexMismatchError
 from searchengine.index.vectors import (
     Manifest,
