@@ -23,9 +23,7 @@ from searchengine.catalog import Catalog
 from searchengine.catalog.records import ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import (
-    ImageDecodeError,
     InvalidInputError,
-    ModelError,
     NotIndexedError,
 )
 from searchengine.home import Home
@@ -35,13 +33,12 @@ from searchengine.index.vectors import check_kind
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
 from searchengine.ingest.scan import Plan, check_roots, plan
 from searchengine.models import (
-    DIGEST_SUFFIX,
-    ModelSpec,
     ensure_weights_available,
     parse_model_spec,
 )
 from searchengine.paths import catalog_path
 from searchengine.query.hits import check_query_text, image_hits, text_hits
+from searchengine.query.images import embed_pil, stored_vector, unchanged_file_vector
 from searchengine.query.inputs import (
     ImageQuery,
     check_media_id,
@@ -100,7 +97,6 @@ class Engine:
     state: Home
     encoder_settings: EncoderSettings = EncoderSettings()
     _encoders: dict[str, Encoder] = field(default_factory=dict)
-    _told_changed: set[str] = field(default_factory=set)
     _spaces: HomeSpaces = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -158,26 +154,7 @@ class Engine:
         indexed from that path; other weights later written there are `ARCH/path#<digest>`, a
         space of their own (the user is warned once), so two sets of weights never share one.
         """
-        return self._model_key(parse_model_spec(model or self.default_model()))
-
-    def _model_key(self, spec: ModelSpec, *, tell: bool = True) -> str:
-        if spec.digest is None:
-            return spec.id
-        row = self.catalog.find_model(spec.id)
-        if row is None or row.content_hash in (None, spec.digest):
-            return spec.id
-        if tell and spec.key not in self._told_changed:
-            self._told_changed.add(spec.key)
-            log.warning(
-                "checkpoint %s changed since this home indexed it as %s: its present weights are "
-                "the model %s, a space of their own; the vectors of the earlier weights stay "
-                "under %s",
-                spec.checkpoint,
-                spec.id,
-                spec.key,
-                spec.id,
-            )
-        return spec.key
+        return self._spaces.key_of(parse_model_spec(model or self.default_model()))
 
     def encoder(self, model: str | None = None) -> Encoder:
         """The loaded encoder for `model` (default model when None), cached by content."""
@@ -198,7 +175,7 @@ class Engine:
         again: one stat of its manifest per call.
         """
         spec = parse_model_spec(model or self.default_model())
-        spec_id = self._model_key(spec)
+        spec_id = self._spaces.key_of(spec)
         cached = self._spaces.cached(spec_id, modality, kind)
         if cached is not None:
             return cached
@@ -532,35 +509,18 @@ class Engine:
         )
 
     def _path_vector(self, path: Path, model: str | None) -> tuple[np.ndarray, str]:
-        row = self.catalog.media_by_path(catalog_path(path))
-        if row is not None:
-            model_row = self.catalog.find_model(self.model_id_of(model))
-            stat = path.stat()
-            if model_row and (row.size, row.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
-                ids, vectors = self.catalog.vectors("image", model_row.id, ids=[row.id])
-                if len(ids):
-                    return vectors, str(path)
+        stored = unchanged_file_vector(
+            self.catalog, self.catalog.find_model(self.model_id_of(model)), path
+        )
+        if stored is not None:
+            return stored, str(path)
         return self._embed_pil(decode_query_image(path), model), str(path)
 
     def _stored_image_vector(self, media_id: int, model: str | None) -> tuple[np.ndarray, str]:
-        space = self.space(model, "image")
-        ids, vectors = self.catalog.vectors("image", space.model.id, ids=[media_id])
-        media = self.catalog.media([media_id])
-        if not len(ids) or media_id not in media:
-            raise InvalidInputError(
-                f"no indexed image with id {media_id} for model {space.model.spec}"
-            )
-        return vectors, media[media_id].path
+        return stored_vector(self.catalog, self.space(model, "image").model, media_id)
 
     def _embed_pil(self, image, model: str | None) -> np.ndarray:
-        """(1, d) float32 unit vector of a PIL image: the one place a query image becomes the
-        model's pixels."""
-        encoder = self.encoder(model)
-        try:
-            pixels = encoder.pixels(image.convert("RGB"))  # (3, H, W), every intermediate bounded
-        except ImageDecodeError as error:  # e.g. too elongated for a squash or padding model
-            raise InvalidInputError(f"this image cannot be embedded: {error}") from error
-        return encoder.encode_images(pixels.unsqueeze(0))
+        return embed_pil(self.encoder(model), image)
 
     def embed_image(self, image, model: str | None = None) -> np.ndarray:
         """(1, d) float32 unit vector of a PIL image (uploads, tests)."""
@@ -636,29 +596,8 @@ class Engine:
             spaces=spaces,
             text_sets=self.catalog.text_sets(),
             skipped=[(s.path, s.reason) for s in self.catalog.skipped()],
-            warnings=self._changed_checkpoints(),
+            warnings=self._spaces.changed_checkpoints(),
         )
-
-    def _changed_checkpoints(self) -> list[str]:
-        """A line for each model whose checkpoint file no longer holds the weights that made its
-        vectors (the file was retrained or replaced since, or is gone)."""
-        lines = []
-        for row in self.catalog.models():
-            if row.content_hash is None:
-                continue
-            display = DIGEST_SUFFIX.sub("", row.spec)
-            try:
-                spec = parse_model_spec(display)
-            except ModelError as error:
-                lines.append(f"model {row.spec}: its checkpoint cannot be read ({error})")
-                continue
-            if spec.digest != row.content_hash:
-                lines.append(
-                    f"model {row.spec}: its vectors were made by earlier weights of "
-                    f"{spec.checkpoint}, which has changed since; --model {display} now means "
-                    f"{self._model_key(spec, tell=False)}"
-                )
-        return lines
 
     @_writes("check --repair", only_if="repair")
     def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from searchengine.catalog import Catalog
 from searchengine.catalog.records import ModelRow
+from searchengine.errors import ModelError
 from searchengine.index.spaces import SpaceCheck, VectorSpace
 from searchengine.index.vectors import remove_stale_temps
+from searchengine.models import DIGEST_SUFFIX, ModelSpec, parse_model_spec
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
@@ -31,6 +33,51 @@ class HomeSpaces:
         self.catalog = catalog
         self.home = home
         self._open: dict[tuple[str, str], VectorSpace] = {}
+        self._told_changed: set[str] = set()
+
+    def key_of(self, spec: ModelSpec, *, tell: bool = True) -> str:
+        """The catalog key of a parsed `--model`: a checkpoint is its content. The readable
+        `ARCH/path` names the first content this home indexed from that path; other weights
+        later written there are `ARCH/path#<digest>`, a space of their own (with `tell`, the user
+        is warned once), so two sets of weights never share one."""
+        if spec.digest is None:
+            return spec.id
+        row = self.catalog.find_model(spec.id)
+        if row is None or row.content_hash in (None, spec.digest):
+            return spec.id
+        if tell and spec.key not in self._told_changed:
+            self._told_changed.add(spec.key)
+            log.warning(
+                "checkpoint %s changed since this home indexed it as %s: its present weights are "
+                "the model %s, a space of their own; the vectors of the earlier weights stay "
+                "under %s",
+                spec.checkpoint,
+                spec.id,
+                spec.key,
+                spec.id,
+            )
+        return spec.key
+
+    def changed_checkpoints(self) -> list[str]:
+        """A line for each model whose checkpoint file no longer holds the weights that made its
+        vectors (the file was retrained or replaced since, or is gone)."""
+        lines = []
+        for row in self.catalog.models():
+            if row.content_hash is None:
+                continue
+            display = DIGEST_SUFFIX.sub("", row.spec)
+            try:
+                spec = parse_model_spec(display)
+            except ModelError as error:
+                lines.append(f"model {row.spec}: its checkpoint cannot be read ({error})")
+                continue
+            if spec.digest != row.content_hash:
+                lines.append(
+                    f"model {row.spec}: its vectors were made by earlier weights of "
+                    f"{spec.checkpoint}, which has changed since; --model {display} now means "
+                    f"{self.key_of(spec, tell=False)}"
+                )
+        return lines
 
     def stored_kind(self, spec_id: str, modality: str) -> str:
         return self.catalog.get_setting(kind_key(spec_id, modality)) or "flat"
