@@ -57,6 +57,7 @@ from searchengine.query.results import (
     Status,
 )
 from searchengine.settings import (
+    BENCH_TEXT_SET_PREFIX,
     DECODE_PRIORITIES,
     DEFAULT_MODEL,
     EncoderSettings,
@@ -436,16 +437,28 @@ class Engine:
         if row is None or not self.catalog.count_vectors("text", row.id):
             raise NotIndexedError(self._not_indexed_message(spec_id, "text"))
         space = self.space(model, "text")
-        allowed = None
-        if text_set is not None:
-            ids = self.catalog.text_ids(text_set)
-            if not ids:
-                sets = ", ".join(self.catalog.text_sets()) or "none yet"
-                raise InvalidInputError(f"no text set named {text_set!r}; sets: {sets}")
-            allowed = np.fromiter(ids.values(), dtype=np.int64)
+        allowed = self._lookup_ids(text_set)
         vector, label = self.image_vector(image, model=model)
         hits = text_hits(self.catalog, space, vector, k, offset, allowed_ids=allowed)
         return SearchResult(label, space.model.spec, hits)
+
+    def _lookup_ids(self, text_set: str | None) -> np.ndarray | None:
+        """(n,) int64 text ids a lookup may answer with: those of `text_set`; without one, every
+        set but the benchmark's scratch sets (`bench-...`, copies of a dataset's captions) when
+        the home has others; None for all."""
+        sets = self.catalog.text_sets()
+        if text_set is None:
+            own = [name for name in sets if not name.startswith(BENCH_TEXT_SET_PREFIX)]
+            if not own or len(own) == len(sets):
+                return None
+            ids = [i for name in own for i in self.catalog.text_ids(name).values()]
+            return np.unique(np.asarray(ids, dtype=np.int64))
+        found = self.catalog.text_ids(text_set)
+        if not found:
+            raise InvalidInputError(
+                f"no text set named {text_set!r}; sets: {', '.join(sets) or 'none yet'}"
+            )
+        return np.fromiter(found.values(), dtype=np.int64)
 
     def classify(
         self,
@@ -459,8 +472,16 @@ class Engine:
         from searchengine.eval.prompts import label_embeddings, templates_named
 
         labels = [label.strip() for label in labels if label.strip()]
-        if len(labels) < 2 or len(set(labels)) != len(labels):
+        if len(labels) < 2:
             raise InvalidInputError("give at least two distinct labels, e.g. --labels 'dog,cat'")
+        first: dict[str, str] = {}
+        for label in labels:  # "dog" twice, or "dog" and "Dog", would split one probability
+            if label.casefold() in first:
+                raise InvalidInputError(
+                    f"the labels {first[label.casefold()]!r} and {label!r} are the same label; "
+                    "give each label once"
+                )
+            first[label.casefold()] = label
         if len(labels) > MAX_LABELS:
             raise InvalidInputError(f"{len(labels)} labels; classify takes at most {MAX_LABELS}")
         encoder = self.encoder(model)
@@ -603,8 +624,8 @@ class Engine:
     def check(self, *, repair: bool = False, progress: bool = False) -> CheckReport:
         """Does every index file agree with the catalog? With `repair`, rebuild those that don't
         and remove the temporary files crashed saves left (`HomeSpaces.check`)."""
-        checks = self._spaces.check(repair=repair, progress=progress)
-        return CheckReport(checks, repaired=repair)
+        checks, rebuilt = self._spaces.check(repair=repair, progress=progress)
+        return CheckReport(checks, rebuilt=rebuilt)
 
     def models(self) -> list[ModelRow]:
         return self.catalog.models()

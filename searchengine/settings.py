@@ -25,6 +25,10 @@ class EncoderSettings:
     """Seed for `ARCH/random` weights, so that random models are reproducible."""
 
 
+BENCH_TEXT_SET_PREFIX = "bench-"
+"""`bench recall` keeps a dataset's captions in a text set named by this prefix and their digest;
+`lookup` without `--set` leaves such sets out when the home holds texts of its own."""
+
 DECODE_PRIORITIES = ("idle", "normal")
 """Values of `IngestSettings.decode_priority` (and `index --decode-priority`)."""
 

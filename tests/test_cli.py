@@ -187,6 +187,9 @@ def test_check_exits_1_on_a_damaged_index_and_repair_fixes_it(cli_run, tmp_path,
     assert "cannot be read" in result.stdout or "size" in result.stdout
     repaired = cli_run.json("check", "--repair", "--home", damaged)
     assert repaired["ok"] is True and repaired["repaired"] is True
+    assert len(repaired["rebuilt"]) == 1 and repaired["rebuilt"][0].endswith(".image.faiss")
+    again = cli_run.json("check", "--repair", "--home", damaged)  # nothing left to rebuild
+    assert again["ok"] is True and again["repaired"] is False and again["rebuilt"] == []
     cli_run("check", "--home", damaged)
 
 

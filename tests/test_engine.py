@@ -178,10 +178,34 @@ def test_classify_equals_a_direct_zero_shot_computation(shared, photo_folder, ti
     assert sum(probabilities) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("labels", [["dog"], ["dog", "dog"], ["dog", " ", ""]])
+@pytest.mark.parametrize("labels", [["dog"], ["dog", " ", ""]])
 def test_classify_needs_two_distinct_labels(shared, photo_folder, labels):
     with pytest.raises(InvalidInputError, match="two distinct labels"):
         shared.classify(photo_folder / "photo_2.jpg", labels)
+
+
+@pytest.mark.parametrize("labels", [["dog", "dog", "cat"], ["dog", "Dog", "cat"]])
+def test_classify_names_a_label_given_twice(shared, photo_folder, labels):
+    """A label given twice (in any case) would split one probability between two rows."""
+    with pytest.raises(InvalidInputError, match=f"'dog' and '{labels[1]}' are the same label"):
+        shared.classify(photo_folder / "photo_2.jpg", labels)
+
+
+def test_lookup_leaves_the_benchmarks_caption_copies_out(
+    open_engine, tmp_path, copy_photos, captions_csv
+):
+    """`bench recall` on a home keeps a dataset's captions as a `bench-...` set; a lookup without
+    --set answers from the home's own texts, not twice from both copies."""
+    engine = open_engine(tmp_path / "home")
+    engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
+    engine.add_texts(captions_csv, column="caption", text_set="captions", model=TINY_MODEL)
+    engine.add_texts(captions_csv, column="caption", text_set="bench-0123abcd", model=TINY_MODEL)
+    own = set(engine.text_ids("captions").values())
+    hits = engine.lookup(copy_photos / "photo_1.jpg", k=50, model=TINY_MODEL).hits
+    assert {h.id for h in hits} == own and len({h.text for h in hits}) == len(hits)
+    scratch = engine.lookup(copy_photos / "photo_1.jpg", k=50, model=TINY_MODEL,
+                            text_set="bench-0123abcd").hits
+    assert {h.id for h in scratch} == set(engine.text_ids("bench-0123abcd").values())
 
 
 def test_classify_refuses_an_absurd_number_of_labels(shared, photo_folder):

@@ -331,6 +331,7 @@ def check(home, repair, as_json):
             {
                 "ok": report.ok,
                 "repaired": report.repaired,
+                "rebuilt": report.rebuilt,
                 "spaces": [
                     {**s.__dict__, "ok": s.ok, "summary": s.summary} for s in report.spaces
                 ],
@@ -342,6 +343,8 @@ def check(home, repair, as_json):
                 f"{s.model} {s.modality} ({s.kind}): catalog {s.catalog_count}, "
                 f"index {s.index_count}: {s.summary}"
             )
+        for name in report.rebuilt:
+            click.echo(f"rebuilt {name} from the catalog")
         if not report.spaces:
             click.echo("nothing indexed yet")
     if not report.ok:

@@ -34,12 +34,11 @@ from searchengine.eval.metrics import (
 )
 from searchengine.eval.prompts import label_embeddings, templates_named
 from searchengine.paths import catalog_path
-from searchengine.settings import IngestSettings
+from searchengine.settings import BENCH_TEXT_SET_PREFIX, IngestSettings
 
 log = logging.getLogger(__name__)
 
 CURVE_MAX_K = 50
-TEXT_SET_PREFIX = "bench-"
 _BLOCK = 1024  # query rows per exact-similarity block: bounds memory to block x n floats
 
 
@@ -294,7 +293,7 @@ def _add_captions(
     exactly these in it); returns (set name, (n,) int64 text id per caption)."""
     distinct = list(dict.fromkeys(captions))
     digest = hashlib.sha1("\n".join(distinct).encode("utf-8")).hexdigest()[:12]
-    text_set = f"{TEXT_SET_PREFIX}{digest}"
+    text_set = f"{BENCH_TEXT_SET_PREFIX}{digest}"
     with tempfile.TemporaryDirectory(prefix="searchengine-bench-") as scratch:
         table = Path(scratch) / "captions.csv"
         with table.open("w", newline="", encoding="utf-8") as handle:

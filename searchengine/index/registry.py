@@ -146,10 +146,13 @@ class HomeSpaces:
                 space.save()  # synced (or rebuilt) in memory first
                 self._open[(row.spec, modality)] = space
 
-    def check(self, *, repair: bool = False, progress: bool = False) -> list[SpaceCheck]:
+    def check(
+        self, *, repair: bool = False, progress: bool = False
+    ) -> tuple[list[SpaceCheck], list[str]]:
         """Compare every index file with the catalog; with `repair`, rebuild those that
-        disagree and remove the temporary files crashed saves left. With `progress`, a bar on
-        stderr counts the catalog's vectors of the spaces checked."""
+        disagree and remove the temporary files crashed saves left. Returns the checks (after
+        any repair) and the files rebuilt. With `progress`, a bar on stderr counts the
+        catalog's vectors of the spaces checked."""
         from searchengine.progress import progress_bar
 
         if repair:
@@ -157,15 +160,16 @@ class HomeSpaces:
         spaces = self.recorded_spaces()
         counts = [self.catalog.count_vectors(modality, row.id) for row, modality in spaces]
         bar = progress_bar(sum(counts), desc="check", unit="vector", enabled=progress)
-        checks = []
+        checks, rebuilt = [], []
         for (row, modality), count in zip(spaces, counts, strict=True):
             space = self._fresh(row, modality)
             result = space.check()
             if repair and not result.ok:
                 space.repair()
+                rebuilt.append(space.path.name)
                 self._open.pop((row.spec, modality), None)
                 result = space.check()
             checks.append(result)
             bar.update(count)
         bar.close()
-        return checks
+        return checks, rebuilt

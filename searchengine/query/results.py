@@ -106,7 +106,12 @@ class Status:
 @dataclass(frozen=True)
 class CheckReport:
     spaces: list[SpaceCheck]
-    repaired: bool = False
+    rebuilt: list[str] = field(default_factory=list)  # index files `--repair` rebuilt
+
+    @property
+    def repaired(self) -> bool:
+        """Whether a repair rebuilt anything (not merely whether one was asked for)."""
+        return bool(self.rebuilt)
 
     @property
     def ok(self) -> bool:
