@@ -100,6 +100,26 @@ def test_a_change_in_many_batches_rebuilds_an_approximate_index_once_per_save(
 # -- defect 5: reading never writes ---------------------------------------------------------
 
 
+def test_routine_rebuilds_are_not_reported_as_damage(open_engine, tmp_path, copy_photos, caplog):
+    """Removing photos from an hnsw home and switching a home to another kind rebuild the index
+    from the catalog as a matter of course: information, not a warning that reads like damage.
+    A garbage index file still is a warning."""
+    engine = open_engine(tmp_path / "home")
+    index(engine, copy_photos, index_kind="hnsw")
+    with caplog.at_level("INFO", logger="searchengine"):
+        engine.remove([copy_photos / "photo_1.jpg"])
+        index(engine, copy_photos, index_kind="flat")  # re-adds photo_1, in another kind
+    routine = [r for r in caplog.records if r.name == "searchengine.index.spaces"]
+    assert routine and all(r.levelname == "INFO" for r in routine), [r.message for r in routine]
+    assert engine.check().ok
+    caplog.clear()
+    path = engine.space(TINY_MODEL, "image").path
+    path.write_bytes(b"garbage")
+    with caplog.at_level("INFO", logger="searchengine"):
+        assert len(open_engine(engine.home).search("a photo", k=3, model=TINY_MODEL).hits) == 3
+    assert any(r.levelname == "WARNING" and "instead" in r.message for r in caplog.records)
+
+
 def snapshot(home: Path) -> dict[str, tuple[int, int, int]]:
     """Every file under `home`: (inode, size, mtime in ns)."""
     return {

@@ -75,6 +75,12 @@ class SpaceCheck:
         )
 
 
+class _Outgrown(IndexMismatchError):
+    """A routine difference between an index file and the catalog that is answered by building
+    the index from the catalog: ids removed from a kind that cannot drop them, or another kind
+    asked for. Logged as information, where damage is a warning."""
+
+
 def index_path(home: Path, spec: str, modality: str) -> Path:
     """home/vectors/<readable slug>-<hash>.<modality>.faiss; the hash keeps long specs distinct."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)[-60:].strip("_")
@@ -143,9 +149,15 @@ class VectorSpace:
             self._clears_marker = True
             return self._build()
         try:
+            stored_kind = read_manifest(self.path).kind
+            if stored_kind != self.kind:
+                raise _Outgrown(f"the index kind changes from {stored_kind} to {self.kind}")
             index = VectorIndex.load(self.path, self._expected())
             self._unsaved = self._sync(index)
-        except IndexMismatchError as error:
+        except _Outgrown as change:  # routine: not worth a warning
+            log.info("%s: built from the catalog's vectors (%s)", self.path.name, change)
+            return self._build()
+        except IndexMismatchError as error:  # a damaged or foreign file
             log.warning("%s: using the catalog's vectors instead (%s)", self.path.name, error)
             return self._build()
         return index
@@ -175,7 +187,7 @@ class VectorSpace:
         extra = np.setdiff1d(index_ids, catalog_ids, assume_unique=True)
         if len(extra):
             if index.needs_rebuild_on_remove:
-                raise IndexMismatchError(f"{len(extra)} vectors were removed from the catalog")
+                raise _Outgrown(f"{len(extra)} vectors were removed from the catalog")
             index.remove(extra)
         if len(missing):
             ids, vectors = self.catalog.vectors(self.modality, self.model.id, ids=missing.tolist())
