@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -460,6 +462,25 @@ class Catalog:
             return int(session.scalar(query) or 0)
 
 
+_BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for another connection's lock
+
+
+def _use_wal(cursor) -> None:
+    """Switch the file to WAL mode (a no-op once it is). On a new file that needs an exclusive
+    lock, and SQLite answers a second process asking at the same moment with "database is
+    locked" at once, without waiting (waiting could deadlock both): ask again, for up to the
+    busy timeout, as two commands opening one new home at once must both succeed."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
@@ -467,9 +488,9 @@ def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA busy_timeout=30000")  # first: WAL needs a lock on a new file
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             if not read_only:  # the journal mode of a read-only file is what it is
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _use_wal(cursor)
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
