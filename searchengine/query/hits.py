@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from searchengine.catalog import Catalog
@@ -15,16 +17,11 @@ def image_hits(
 ) -> list[SearchHit]:
     """The images of `space` closest to a (1, d) float32 unit `vector`: hits `offset + 1` to
     `offset + k`, each with its catalogued path."""
-    if k < 1 or offset < 0:
-        raise InvalidInputError("k must be >= 1 and offset >= 0")
-    D, I = space.index.search(vector, k + offset)
+    D, I = _search(space, vector, k, offset, None)
     media = catalog.media(int(i) for i in I[0] if i >= 0)
-    hits = [
-        SearchHit(rank, float(score), int(i), path=media[int(i)].path)
-        for rank, (score, i) in enumerate(zip(D[0], I[0], strict=True), start=1)
-        if i >= 0 and int(i) in media
-    ]
-    return rerank(hits[offset:], start=offset + 1)
+    return _ranked(D, I, offset, lambda i, rank, score: (
+        SearchHit(rank, score, i, path=media[i].path) if i in media else None
+    ))
 
 
 def text_hits(
@@ -38,14 +35,36 @@ def text_hits(
 ) -> list[SearchHit]:
     """The texts of `space` (only `allowed_ids` when given) closest to a (1, d) float32 unit
     `vector`: hits `offset + 1` to `offset + k`, each with its text."""
-    D, I = space.index.search(vector, k + offset, allowed_ids=allowed_ids)
+    D, I = _search(space, vector, k, offset, allowed_ids)
     texts = catalog.texts(int(i) for i in I[0] if i >= 0)
-    hits = [
-        SearchHit(rank, float(score), int(i), text=texts[int(i)].text)
+    return _ranked(D, I, offset, lambda i, rank, score: (
+        SearchHit(rank, score, i, text=texts[i].text) if i in texts else None
+    ))
+
+
+def _search(
+    space: VectorSpace, vector: np.ndarray, k: int, offset: int, allowed_ids: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top `k + offset` of `space` for a (1, d) query: (1, k + offset) scores and ids."""
+    if k < 1 or offset < 0:
+        raise InvalidInputError("k must be >= 1 and offset >= 0")
+    return space.index.search(vector, k + offset, allowed_ids=allowed_ids)
+
+
+def _ranked(
+    D: np.ndarray,
+    I: np.ndarray,
+    offset: int,
+    hit: Callable[[int, int, float], SearchHit | None],
+) -> list[SearchHit]:
+    """Hits from one row of FAISS answers (`hit` makes each, None for a row the catalog no
+    longer has), the first `offset` dropped, ranked from `offset + 1`."""
+    made = (
+        hit(int(i), rank, float(score))
         for rank, (score, i) in enumerate(zip(D[0], I[0], strict=True), start=1)
-        if i >= 0 and int(i) in texts
-    ]
-    return rerank(hits[offset:], start=offset + 1)
+        if i >= 0
+    )
+    return rerank([h for h in made if h is not None][offset:], start=offset + 1)
 
 
 def rerank(hits: list[SearchHit], start: int = 1) -> list[SearchHit]:
