@@ -1,0 +1,232 @@
+"""Filtered search that loses no hits, for every index kind.
+
+A FAISS id selector alone can lose hits under an approximate index: IVF probes the `nprobe`
+lists nearest the query, which may hold few or none of the allowed vectors, and HNSW's walk keeps
+`efSearch` candidates of which few may be allowed. So a filtered search takes one of two roads,
+chosen by `plan_filtered_search` from a cost model:
+
+- **exact**: inner products of the queries with the allowed vectors themselves (read back from
+  the index when it stores full vectors, else from the catalog, the durable copy). Cost about
+  a * (FETCH + q * d) multiply-adds for a allowed vectors, q queries, d dimensions; exact by
+  construction.
+- **selector**: the index's own search with the selector, its parameters widened for the
+  selectivity s = a / n so that as many allowed candidates are scanned as an unfiltered search
+  scans vectors: IVF nprobe / s (up to every list), HNSW efSearch >= k / s (up to EF_MAX). Cost
+  about q * (visited * VISIT) with `visited` the vectors the search touches. Rows that still come
+  back with fewer than min(k, a) hits are answered exactly.
+
+The exact road is taken when it is cheaper, when the widened parameters would pass their bound,
+or when the filter allows no more than k vectors; never when the allowed vectors would take more
+than EXACT_MAX_BYTES (the selector road then runs, with its fallback).
+"""
+
+# faiss' short names (D scores, I ids, xq queries) are the house style in vector code.
+# ruff: noqa: E741
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from searchengine.index.spaces import VectorSpace
+    from searchengine.index.vectors import VectorIndex
+
+# Cost model, in multiply-adds of one float (bench/filters.py measures the crossing point).
+FETCH_FROM_INDEX = 4.0  # per dimension: reconstructing a stored vector (an id lookup and a copy)
+FETCH_FROM_CATALOG = 64.0  # per dimension: reading a vector back from the catalog (an SQL row)
+FLAT_VISIT = 0.25  # per dimension: a flat scan's selector test of a vector it then skips
+HNSW_NEIGHBOURS = 64  # distances computed per HNSW expansion (2M at level 0, M=32)
+EF_MAX = 4096  # efSearch is widened no further: beyond, the exact road is cheaper anyway
+EXACT_MAX_BYTES = 512 * 2**20  # the allowed vectors the exact road may hold in memory at once
+MISSING_SCORE = float(-np.finfo(np.float32).max)  # what FAISS pads scores with, beside id -1
+
+VectorsOf = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    """How one filtered search runs: `road` "exact" or "selector", with the widened parameters
+    of the selector road (None where the kind has no such parameter), and why."""
+
+    road: str
+    allowed: int
+    nprobe: int | None = None
+    ef_search: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class IndexShape:
+    """What the cost model needs of an index: its size, dimension and approximate structure."""
+
+    count: int
+    dim: int
+    nlist: int | None = None  # IVF lists; None when not IVF
+    nprobe: int | None = None
+    ef_search: int | None = None  # HNSW; None when not HNSW
+    exact_vectors: bool = True  # does the index store full vectors (else: read the catalog)
+
+    @property
+    def approximate(self) -> bool:
+        return self.nlist is not None or self.ef_search is not None
+
+
+def index_shape(index: VectorIndex, *, exact_vectors: bool) -> IndexShape:
+    """The shape of a VectorIndex, found by what its FAISS index is, not by its kind's name."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index.index)
+    if ivf is not None:
+        return IndexShape(
+            index.count, index.dim, nlist=int(ivf.nlist), nprobe=int(ivf.nprobe),
+            exact_vectors=exact_vectors,
+        )
+    inner = faiss.downcast_index(index.index.index)
+    if hasattr(inner, "hnsw"):
+        return IndexShape(
+            index.count, index.dim, ef_search=int(inner.hnsw.efSearch),
+            exact_vectors=exact_vectors,
+        )
+    return IndexShape(index.count, index.dim, exact_vectors=exact_vectors)
+
+
+def plan_filtered_search(shape: IndexShape, allowed: int, k: int, queries: int) -> FilterPlan:
+    """Choose the road of a search of `queries` queries for the top `k` among `allowed` held ids
+    (see the module's docstring for the cost model)."""
+    n, d = max(shape.count, 1), shape.dim
+    s = min(1.0, allowed / n)
+    fits = allowed * d * 4 <= EXACT_MAX_BYTES
+    fetch = FETCH_FROM_INDEX if shape.exact_vectors else FETCH_FROM_CATALOG
+    exact_cost = allowed * d * (fetch + queries)
+    nprobe = ef = None
+    if shape.nlist is not None:
+        nprobe = min(shape.nlist, int(np.ceil(shape.nprobe / max(s, 1e-12))))
+        visited = nprobe * n / shape.nlist + shape.nlist  # list entries + coarse centroids
+        widened_past_bound = False
+    elif shape.ef_search is not None:
+        wanted = max(shape.ef_search, int(np.ceil(k / max(s, 1e-12))))
+        ef = min(EF_MAX, wanted)
+        visited = ef * HNSW_NEIGHBOURS
+        widened_past_bound = wanted > EF_MAX
+    else:
+        visited = n * FLAT_VISIT + allowed  # tests every id, computes the allowed ones
+        widened_past_bound = False
+    selector_cost = queries * visited * d
+    if allowed == 0:
+        return FilterPlan("exact", 0, reason="no allowed vector is held")
+    if fits and allowed <= k:
+        return FilterPlan("exact", allowed, reason="the filter allows no more than k vectors")
+    if fits and widened_past_bound:
+        return FilterPlan("exact", allowed, reason=f"efSearch would pass {EF_MAX}")
+    if fits and exact_cost <= selector_cost:
+        return FilterPlan("exact", allowed, reason="cheaper than the selector")
+    return FilterPlan(
+        "selector", allowed, nprobe=nprobe, ef_search=ef,
+        reason="cheaper than exact" if fits else "too many allowed vectors to hold",
+    )
+
+
+def filtered_search(
+    index: VectorIndex,
+    xq: np.ndarray,
+    k: int,
+    allowed_ids: np.ndarray,
+    *,
+    vectors_of: VectorsOf | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k among `allowed_ids` for (m, d) float32 queries, losing no hit to the index's
+    approximation: D (m, k) float32 scores descending, I (m, k) int64 ids, -1 padding.
+
+    `vectors_of((a,) int64 ids)` returns (ids found, (a', d) float32 vectors) from the durable
+    copy; it is used when the index does not store full vectors (compressed kinds). Without it
+    such an index's own reconstructions are used.
+    """
+    import faiss
+
+    exact_vectors = getattr(index, "stores_exact_vectors", index.kind in ("flat", "hnsw", "ivf"))
+    allowed = held_ids(index, allowed_ids)
+    shape = index_shape(index, exact_vectors=exact_vectors or vectors_of is None)
+    plan = plan_filtered_search(shape, len(allowed), k, len(xq))
+    if plan.road == "exact":
+        return exact_search(xq, k, *_allowed_vectors(index, allowed, exact_vectors, vectors_of))
+    selector = faiss.IDSelectorBatch(allowed)
+    D, I = index.index.search(xq, k, params=_search_params(plan, selector))
+    short = (I >= 0).sum(axis=1) < min(k, len(allowed))  # (m,) rows the widening did not fill
+    if short.any():
+        ids, vectors = _allowed_vectors(index, allowed, exact_vectors, vectors_of)
+        D[short], I[short] = exact_search(xq[short], k, ids, vectors)
+    return D, I
+
+
+def held_ids(index: VectorIndex, allowed_ids: np.ndarray) -> np.ndarray:
+    """(a,) int64: the distinct `allowed_ids` the index holds, ascending."""
+    allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+    held = index.sorted_ids()
+    if not len(held):
+        return allowed[:0]
+    where = np.minimum(np.searchsorted(held, allowed), len(held) - 1)
+    return allowed[held[where] == allowed]
+
+
+def exact_search(
+    xq: np.ndarray, k: int, ids: np.ndarray, vectors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k by inner product of (m, d) float32 queries against (a, d) float32
+    `vectors` with (a,) int64 `ids`: D (m, k) float32, I (m, k) int64, padded as FAISS pads."""
+    import faiss
+
+    m = len(xq)
+    D = np.full((m, k), MISSING_SCORE, dtype=np.float32)
+    I = np.full((m, k), -1, dtype=np.int64)
+    found = min(k, len(ids))
+    if found and m:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        D_pos, I_pos = faiss.knn(xq, vectors, found, metric=faiss.METRIC_INNER_PRODUCT)
+        D[:, :found] = D_pos
+        I[:, :found] = np.where(I_pos >= 0, ids[np.maximum(I_pos, 0)], -1)
+    return D, I
+
+
+def space_vectors(space: VectorSpace) -> VectorsOf:
+    """A reader of `space`'s durable vectors from the catalog, for `filtered_search`."""
+
+    def read(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found, vectors = space.catalog.vectors(space.modality, space.model.id, ids=ids.tolist())
+        return found, np.asarray(vectors, dtype=np.float32).reshape(len(found), -1)
+
+    return read
+
+
+def search_space(
+    space: VectorSpace, xq: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`VectorIndex.search` of a space's index, a filter reading the catalog where it must."""
+    return space.index.search(xq, k, allowed_ids=allowed_ids, vectors_of=space_vectors(space))
+
+
+def _allowed_vectors(
+    index: VectorIndex, allowed: np.ndarray, exact_vectors: bool, vectors_of: VectorsOf | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """((a,) int64 ids, (a, d) float32 vectors) of the held `allowed` ids."""
+    if exact_vectors or vectors_of is None:
+        return allowed, index.reconstruct_batch(allowed) if len(allowed) else _none(index.dim)
+    ids, vectors = vectors_of(allowed)
+    return ids, vectors if len(ids) else _none(index.dim)
+
+
+def _none(dim: int) -> np.ndarray:
+    return np.zeros((0, dim), dtype=np.float32)
+
+
+def _search_params(plan: FilterPlan, selector):
+    import faiss
+
+    if plan.nprobe is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=plan.nprobe)
+    if plan.ef_search is not None:
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=plan.ef_search)
+    return faiss.SearchParameters(sel=selector)
