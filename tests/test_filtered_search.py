@@ -92,8 +92,8 @@ def test_widened_parameters_follow_the_selectivity():
     assert plan_filtered_search(ivf, 50_000, 10, 1).nprobe == 32  # 16 / 0.5
     assert plan_filtered_search(ivf, 100_000, 10, 1).nprobe == 16  # no filter: as configured
     hnsw = IndexShape(100_000, 512, ef_search=64)
-    assert plan_filtered_search(hnsw, 50_000, 10, 1).ef_search == 64  # k / s = 20 < 64
-    assert plan_filtered_search(hnsw, 5_000, 10, 1).ef_search == 200  # k / s
+    assert plan_filtered_search(hnsw, 50_000, 10, 1).ef_search == 128  # 64 / 0.5
+    assert plan_filtered_search(hnsw, 50_000, 100, 1).ef_search == 200  # k / s past efSearch
     assert plan_filtered_search(hnsw, 200, 10, 1).road == "exact"  # efSearch would pass EF_MAX
 
 

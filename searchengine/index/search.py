@@ -11,7 +11,7 @@ chosen by `plan_filtered_search` from a cost model:
   construction.
 - **selector**: the index's own search with the selector, its parameters widened for the
   selectivity s = a / n so that as many allowed candidates are scanned as an unfiltered search
-  scans vectors: IVF nprobe / s (up to every list), HNSW efSearch >= k / s (up to EF_MAX). Cost
+  scans vectors: IVF nprobe / s (up to every list), HNSW max(efSearch, k) / s (up to EF_MAX). Cost
   about q * (visited * VISIT) with `visited` the vectors the search touches. Rows that still come
   back with fewer than min(k, a) hits are answered exactly.
 
@@ -104,11 +104,11 @@ def plan_filtered_search(shape: IndexShape, allowed: int, k: int, queries: int) 
     exact_cost = allowed * d * (fetch + queries)
     nprobe = ef = None
     if shape.nlist is not None:
-        nprobe = min(shape.nlist, int(np.ceil(shape.nprobe / max(s, 1e-12))))
+        nprobe = min(shape.nlist, int(np.ceil((shape.nprobe or 1) / max(s, 1e-12))))
         visited = nprobe * n / shape.nlist + shape.nlist  # list entries + coarse centroids
         widened_past_bound = False
     elif shape.ef_search is not None:
-        wanted = max(shape.ef_search, int(np.ceil(k / max(s, 1e-12))))
+        wanted = int(np.ceil(max(shape.ef_search, k) / max(s, 1e-12)))
         ef = min(EF_MAX, wanted)
         visited = ef * HNSW_NEIGHBOURS
         widened_past_bound = wanted > EF_MAX
@@ -148,23 +148,31 @@ def filtered_search(
     import faiss
 
     exact_vectors = getattr(index, "stores_exact_vectors", index.kind in ("flat", "hnsw", "ivf"))
-    allowed = held_ids(index, allowed_ids)
     shape = index_shape(index, exact_vectors=exact_vectors or vectors_of is None)
-    plan = plan_filtered_search(shape, len(allowed), k, len(xq))
+    asked = np.ascontiguousarray(allowed_ids, dtype=np.int64)
+    # Ids the index does not hold count as allowed here (counting them costs a sort): a filter
+    # that names many such ids widens too little and is answered exactly for the rows it leaves
+    # short.
+    plan = plan_filtered_search(shape, len(asked), k, len(xq))
     if plan.road == "exact":
-        return exact_search(xq, k, *_allowed_vectors(index, allowed, exact_vectors, vectors_of))
-    selector = faiss.IDSelectorBatch(allowed)
-    D, I = index.index.search(xq, k, params=_search_params(plan, selector))
-    short = (I >= 0).sum(axis=1) < min(k, len(allowed))  # (m,) rows the widening did not fill
+        held = held_ids(index, asked)
+        return exact_search(xq, k, *_allowed_vectors(index, held, exact_vectors, vectors_of))
+    D, I = index.index.search(xq, k, params=_search_params(plan, faiss.IDSelectorBatch(asked)))
+    short = (I >= 0).sum(axis=1) < min(k, len(asked))  # (m,) rows perhaps left short
     if short.any():
-        ids, vectors = _allowed_vectors(index, allowed, exact_vectors, vectors_of)
+        held = held_ids(index, asked)
+        short &= (I >= 0).sum(axis=1) < min(k, len(held))
+    if short.any():
+        ids, vectors = _allowed_vectors(index, held, exact_vectors, vectors_of)
         D[short], I[short] = exact_search(xq[short], k, ids, vectors)
     return D, I
 
 
 def held_ids(index: VectorIndex, allowed_ids: np.ndarray) -> np.ndarray:
     """(a,) int64: the distinct `allowed_ids` the index holds, ascending."""
-    allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+    allowed = np.asarray(allowed_ids, dtype=np.int64)
+    if len(allowed) > 1 and not (allowed[1:] > allowed[:-1]).all():  # (sorting is the cost)
+        allowed = np.unique(allowed)
     held = index.sorted_ids()
     if not len(held):
         return allowed[:0]
