@@ -4,7 +4,8 @@ For each kind (flat, hnsw, ivf) over n clustered 512-d unit vectors and each sha
 ids (0.1%, 1%, 10%, 50%), one query at a time (as a lookup makes):
 - `old`: the FAISS selector with the kind's parameters unchanged (the search before the
   filtered-search change; it loses hits under hnsw and ivf);
-- `selector`: the selector with nprobe / efSearch widened for the selectivity;
+- `selector`: the new selector (a bitmap where small) with nprobe / efSearch widened for the
+  selectivity, unbounded (the search itself caps efSearch and then goes exact);
 - `exact`: inner products with the allowed vectors, reconstructed from the index;
 - `auto`: what `VectorIndex.search(..., allowed_ids=)` does (the cost model's road, and an
   exact answer for rows the selector leaves short), with the road it chose.
@@ -66,6 +67,7 @@ def roads(index, allowed: np.ndarray):
     from searchengine.index.search import (
         exact_search,
         held_ids,
+        id_selector,
         index_shape,
         plan_filtered_search,
     )
@@ -79,12 +81,13 @@ def roads(index, allowed: np.ndarray):
         ef = int(np.ceil(max(ef, K) * shape.count / len(allowed)))
 
     def selector_search(widened: bool):
-        """The selector made per search, as the search before this change made it."""
+        """The selector made per search: the old search's hash set, or the new one's."""
         def search(xq):
-            selector = faiss.IDSelectorBatch(allowed)
             if widened:
+                selector, _bits = id_selector(allowed)
                 params = params_for(selector, nprobe=nprobe, ef=ef)
             else:
+                selector = faiss.IDSelectorBatch(allowed)
                 params = params_for(selector, nprobe=shape.nprobe, ef=shape.ef_search)
             return index.index.search(xq, K, params=params)
 

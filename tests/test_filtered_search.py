@@ -16,6 +16,7 @@ from searchengine.index.devices import search_device, visible_gpus
 from searchengine.index.search import (
     IndexShape,
     filtered_search,
+    id_selector,
     index_shape,
     plan_filtered_search,
 )
@@ -172,6 +173,16 @@ def test_allowed_ids_the_index_does_not_hold_are_ignored(data, indexes):
     for index in indexes.values():
         D, I = index.search(xq[:2], K, allowed_ids=allowed)
         assert_equals_brute_force(D, I, xq[:2], xb[:3], ids[:3], K)
+
+
+@pytest.mark.parametrize("extra", [[], [2**40]], ids=["bitmap", "hash set"])
+def test_selectors_hold_exactly_the_allowed_ids(extra):
+    allowed = np.array([3, 5, 64, 65, 1000, 4095, *extra], dtype=np.int64)
+    selector, bits = id_selector(allowed)
+    assert (bits is None) == bool(extra)
+    probe = np.concatenate([np.arange(40_000), [2**40, 2**40 + 1, 2**62]])  # past the bitmap
+    chosen = [i for i in probe.tolist() if selector.is_member(i)]
+    assert chosen == sorted(allowed.tolist())
 
 
 def test_searches_run_on_the_cpu_without_a_visible_gpu(data, indexes):

@@ -7,12 +7,14 @@ chosen by `plan_filtered_search` from a cost model:
 
 - **exact**: inner products of the queries with the allowed vectors themselves (read back from
   the index when it stores full vectors, else from the catalog, the durable copy). Cost about
-  a * (FETCH + q * d) multiply-adds for a allowed vectors, q queries, d dimensions; exact by
+  a * d * (FETCH + q) multiply-adds for a allowed vectors, q queries, d dimensions; exact by
   construction.
 - **selector**: the index's own search with the selector, its parameters widened for the
   selectivity s = a / n so that as many allowed candidates are scanned as an unfiltered search
   scans vectors: IVF nprobe / s (up to every list), HNSW max(efSearch, k) / s (up to EF_MAX). Cost
-  about q * (visited * VISIT) with `visited` the vectors the search touches. Rows that still come
+  about q * d * (tested * SELECTOR_TEST + computed): a flat scan tests all n ids and computes
+  the a allowed, IVF tests the entries of its probed lists and computes the allowed ones (and
+  the nlist centroids), HNSW computes every neighbour its walk meets. Rows that still come
   back with fewer than min(k, a) hits are answered exactly.
 
 The exact road is taken when it is cheaper, when the widened parameters would pass their bound,
@@ -38,9 +40,10 @@ if TYPE_CHECKING:
 # Cost model, in multiply-adds of one float (bench/filters.py measures the crossing point).
 FETCH_FROM_INDEX = 4.0  # per dimension: reconstructing a stored vector (an id lookup and a copy)
 FETCH_FROM_CATALOG = 64.0  # per dimension: reading a vector back from the catalog (an SQL row)
-FLAT_VISIT = 0.25  # per dimension: a flat scan's selector test of a vector it then skips
+SELECTOR_TEST = 0.25  # per dimension: testing an id against the selector (skipped if not allowed)
 HNSW_NEIGHBOURS = 64  # distances computed per HNSW expansion (2M at level 0, M=32)
 EF_MAX = 4096  # efSearch is widened no further: beyond, the exact road is cheaper anyway
+BITMAP_MAX_BITS = 2**28  # a selector bitmap of at most 32 MiB
 EXACT_MAX_BYTES = 512 * 2**20  # the allowed vectors the exact road may hold in memory at once
 MISSING_SCORE = float(-np.finfo(np.float32).max)  # what FAISS pads scores with, beside id -1
 
@@ -105,19 +108,20 @@ def plan_filtered_search(shape: IndexShape, allowed: int, k: int, queries: int) 
     nprobe = ef = None
     if shape.nlist is not None:
         nprobe = min(shape.nlist, int(np.ceil((shape.nprobe or 1) / max(s, 1e-12))))
-        visited = nprobe * n / shape.nlist + shape.nlist  # list entries + coarse centroids
+        entries = nprobe * n / shape.nlist  # in the probed lists
+        work = shape.nlist + entries * (SELECTOR_TEST + s)
         widened_past_bound = False
     elif shape.ef_search is not None:
         wanted = int(np.ceil(max(shape.ef_search, k) / max(s, 1e-12)))
         ef = min(EF_MAX, wanted)
-        visited = ef * HNSW_NEIGHBOURS
+        work = ef * HNSW_NEIGHBOURS
         widened_past_bound = wanted > EF_MAX
     else:
-        visited = n * FLAT_VISIT + allowed  # tests every id, computes the allowed ones
+        work = n * SELECTOR_TEST + allowed
         widened_past_bound = False
-    selector_cost = queries * visited * d
+    selector_cost = queries * work * d  # work: vectors' worth of d multiply-adds a query
     if allowed == 0:
-        return FilterPlan("exact", 0, reason="no allowed vector is held")
+        return FilterPlan("exact", 0, reason="the filter allows nothing")
     if fits and allowed <= k:
         return FilterPlan("exact", allowed, reason="the filter allows no more than k vectors")
     if fits and widened_past_bound:
@@ -145,8 +149,6 @@ def filtered_search(
     copy; it is used when the index does not store full vectors (compressed kinds). Without it
     such an index's own reconstructions are used.
     """
-    import faiss
-
     exact_vectors = getattr(index, "stores_exact_vectors", index.kind in ("flat", "hnsw", "ivf"))
     shape = index_shape(index, exact_vectors=exact_vectors or vectors_of is None)
     asked = np.ascontiguousarray(allowed_ids, dtype=np.int64)
@@ -157,7 +159,8 @@ def filtered_search(
     if plan.road == "exact":
         held = held_ids(index, asked)
         return exact_search(xq, k, *_allowed_vectors(index, held, exact_vectors, vectors_of))
-    D, I = index.index.search(xq, k, params=_search_params(plan, faiss.IDSelectorBatch(asked)))
+    selector, _bits = id_selector(asked)  # _bits: the bitmap FAISS reads, alive while it does
+    D, I = index.index.search(xq, k, params=_search_params(plan, selector))
     short = (I >= 0).sum(axis=1) < min(k, len(asked))  # (m,) rows perhaps left short
     if short.any():
         held = held_ids(index, asked)
@@ -166,6 +169,26 @@ def filtered_search(
         ids, vectors = _allowed_vectors(index, held, exact_vectors, vectors_of)
         D[short], I[short] = exact_search(xq[short], k, ids, vectors)
     return D, I
+
+
+def id_selector(ids: np.ndarray) -> tuple[object, np.ndarray | None]:
+    """A FAISS selector of (a,) int64 `ids`, and the bitmap it reads (None for a hash set).
+
+    A bitmap over 0..max(ids) is made with NumPy in about a millisecond for 50k ids, where FAISS'
+    hash-set `IDSelectorBatch` takes about 30 ms; it is used while it is small (at most 64 bits
+    per allowed id, or 1 Mbit, and at most BITMAP_MAX_BITS). Keep the bitmap referenced for as
+    long as the selector is used: FAISS holds a bare pointer to it.
+    """
+    import faiss
+
+    bound = min(BITMAP_MAX_BITS, max(64 * len(ids), 2**20))
+    if not len(ids) or ids.min() < 0 or ids.max() >= bound:
+        return faiss.IDSelectorBatch(ids), None
+    top = int(ids.max()) + 1
+    member = np.zeros(top, dtype=bool)
+    member[ids] = True
+    bits = np.packbits(member, bitorder="little")  # FAISS reads bit i as byte i >> 3, bit i & 7
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits  # n in bytes
 
 
 def held_ids(index: VectorIndex, allowed_ids: np.ndarray) -> np.ndarray:
