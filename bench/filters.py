@@ -5,7 +5,7 @@ ids (0.1%, 1%, 10%, 50%), one query at a time (as a lookup makes):
 - `old`: the FAISS selector with the kind's parameters unchanged (the search before the
   filtered-search change; it loses hits under hnsw and ivf);
 - `selector`: the new selector (a bitmap where small) with nprobe / efSearch widened for the
-  selectivity, unbounded (the search itself caps efSearch and then goes exact);
+  selectivity (efSearch capped at EF_MAX, past which the search goes exact instead);
 - `exact`: inner products with the allowed vectors, reconstructed from the index;
 - `auto`: what `VectorIndex.search(..., allowed_ids=)` does (the cost model's road, and an
   exact answer for rows the selector leaves short), with the road it chose.
@@ -65,6 +65,7 @@ def roads(index, allowed: np.ndarray):
     import faiss
 
     from searchengine.index.search import (
+        EF_MAX,
         exact_search,
         held_ids,
         id_selector,
@@ -78,7 +79,7 @@ def roads(index, allowed: np.ndarray):
     if nprobe is not None:
         nprobe = min(shape.nlist, int(np.ceil(nprobe * shape.count / len(allowed))))
     elif ef is not None:
-        ef = int(np.ceil(max(ef, K) * shape.count / len(allowed)))
+        ef = min(EF_MAX, int(np.ceil(max(ef, K) * shape.count / len(allowed))))
 
     def selector_search(widened: bool):
         """The selector made per search: the old search's hash set, or the new one's."""
