@@ -173,6 +173,8 @@ def test_allowed_ids_the_index_does_not_hold_are_ignored(data, indexes):
     for index in indexes.values():
         D, I = index.search(xq[:2], K, allowed_ids=allowed)
         assert_equals_brute_force(D, I, xq[:2], xb[:3], ids[:3], K)
+        D, I = index.search(xq[:2], K, allowed_ids=np.zeros(0, dtype=np.int64))
+        assert (I == -1).all() and D.shape == (2, K)
 
 
 @pytest.mark.parametrize("extra", [[], [2**40]], ids=["bitmap", "hash set"])
