@@ -28,6 +28,7 @@ from searchengine.errors import (
 )
 from searchengine.home import Home
 from searchengine.index.registry import HomeSpaces
+from searchengine.index.search import search_space
 from searchengine.index.spaces import VectorSpace
 from searchengine.index.vectors import check_kind
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
@@ -589,7 +590,7 @@ class Engine:
         allowed = None
         if text_set is not None and modality == "text":
             allowed = np.fromiter(self.catalog.text_ids(text_set).values(), dtype=np.int64)
-        return space.index.search(queries, k, allowed_ids=allowed)
+        return search_space(space, queries, k, allowed_ids=allowed)
 
     def media_ids_by_path(self, paths: list[str | Path]) -> dict[str, int]:
         """`paths.catalog_path` of each path -> media id, for catalogued paths among `paths`."""

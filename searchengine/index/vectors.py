@@ -64,6 +64,7 @@ class VectorIndex:
         self.kind = kind
         self.dim = dim
         self._gpu = None
+        self._held: np.ndarray | None = None  # sorted ids, for filters; dropped on change
 
     @classmethod
     def build(
@@ -122,8 +123,11 @@ class VectorIndex:
 
     def train(self, vectors: np.ndarray) -> None:
         """Train an IVF index's lists on (n, d) float32 vectors (other kinds need nothing)."""
+        from searchengine.index.devices import gpu_training, visible_gpus
+
         if self.kind == "ivf" and len(vectors) and not self._inner().is_trained:
-            self._inner().train(np.ascontiguousarray(vectors, dtype=np.float32))
+            with gpu_training(self._inner(), visible_gpus()):
+                self._inner().train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     @property
     def count(self) -> int:
@@ -157,6 +161,12 @@ class VectorIndex:
 
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
 
+    def sorted_ids(self) -> np.ndarray:
+        """(n,) int64 ids held, ascending (kept until the index changes)."""
+        if self._held is None:
+            self._held = np.sort(self.ids())
+        return self._held
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add (n,) int64 ids with their (n, d) float32 unit vectors."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -166,7 +176,7 @@ class VectorIndex:
             )
         self.train(vectors)
         self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
-        self._gpu = None
+        self._gpu = self._held = None
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids (flat kind only); returns how many were present."""
@@ -176,7 +186,7 @@ class VectorIndex:
             raise InvalidInputError(
                 f"{self.kind} indexes cannot remove vectors; rebuild from the catalog"
             )
-        self._gpu = None
+        self._gpu = self._held = None
         return int(self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))))
 
     def reconstruct(self, vector_id: int) -> np.ndarray:
@@ -194,33 +204,39 @@ class VectorIndex:
             self._inner().make_direct_map()  # IVF rows are found through a map built on demand
 
     def search(
-        self, xq: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        vectors_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product for (m, d) float32 queries.
 
         Returns D (m, k) float32 scores, descending, and I (m, k) int64 ids; -1 pads rows when
-        fewer than k vectors qualify. `allowed_ids` restricts the search through a FAISS id
-        selector (no over-fetching).
+        fewer than k vectors qualify. `allowed_ids` restricts the search without losing hits to
+        the approximation (`index.search.filtered_search`: exact over the allowed vectors, or
+        the index with a selector and widened parameters); `vectors_of(ids)` reads durable
+        vectors for kinds that do not store them whole.
         """
-        import faiss
+        from searchengine.index.search import filtered_search
 
         xq = np.ascontiguousarray(np.atleast_2d(xq), dtype=np.float32)
         if xq.shape[1] != self.dim:
             raise InvalidInputError(f"query dimension {xq.shape[1]} != index dimension {self.dim}")
         k = max(1, min(int(k), max(self.count, 1)))
         if allowed_ids is None:
-            return self._searcher().search(xq, k)
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-        params = _search_params(self.kind, selector, self._inner())
-        return self.index.search(xq, k, params=params)
+            return self._searcher(k).search(xq, k)
+        return filtered_search(self, xq, k, allowed_ids, vectors_of=vectors_of)
 
-    def _searcher(self):
-        """The GPU copy when faiss sees a GPU (flat kind), else the CPU index."""
+    def _searcher(self, k: int):
+        """The GPU copy where `devices.search_device` says so (flat and IVF with faiss-gpu and a
+        visible GPU), else the CPU index."""
         import faiss
 
-        if self.kind != "flat" or not hasattr(faiss, "StandardGpuResources"):
-            return self.index
-        if faiss.get_num_gpus() == 0:
+        from searchengine.index.devices import search_device, visible_gpus
+
+        if search_device(self.index, k, visible_gpus()) == "cpu":
             return self.index
         if self._gpu is None:
             self._resources = faiss.StandardGpuResources()
@@ -298,16 +314,6 @@ def read_manifest(path: Path) -> Manifest:
         raise IndexMismatchError(f"{path.name} has no manifest") from None
     except (ValueError, TypeError) as error:
         raise IndexMismatchError(f"{path.name}: unreadable manifest ({error})") from None
-
-
-def _search_params(kind: str, selector, inner):
-    import faiss
-
-    if kind == "hnsw":
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
-    if kind == "ivf":
-        return faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
-    return faiss.SearchParameters(sel=selector)
 
 
 _TEMP_NAME = re.compile(r"\.(?:pid(?P<pid>\d+)\.)?[A-Za-z0-9_-]+\.tmp$")
