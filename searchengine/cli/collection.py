@@ -84,7 +84,7 @@ offset_option = click.option(
     "--index-kind",
     default=None,
     metavar="KIND",
-    help="auto (a new home's default: exact flat up to 50k vectors, IVF above), flat, hnsw, "
+    help="auto (a new home's default: exact flat up to 25k vectors, IVF above), flat, hnsw, "
     "ivf, ivf-sq8 or ivf-pq (compressed). Kept by later runs.",
 )
 @click.option(

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TARGET = 0.95
 RECALL_AT = 10
 QUERIES = 500  # held-out queries: recall is measured to about +-0.01 at 0.95
+PLATEAU = 0.001  # recall gained over two steps below which searching wider stops
 
 
 class RecallTargetError(InvalidInputError):
@@ -104,6 +105,8 @@ def tune(
         log.debug("%s=%d: recall@%d %.3f", name, value, k, measured)
         if measured >= target:
             return Tuning({name: value}, measured, target, len(qids), index.count, tuple(tried))
+        if len(tried) >= 3 and measured - tried[-3][1] < PLATEAU:
+            break  # two doublings gained nothing: the codes, not the search, limit recall
     value, measured = max(tried, key=lambda t: (t[1], -t[0]))
     space.set_index_parameter(index.index, name, float(value))
     return Tuning({name: value}, measured, target, len(qids), index.count, tuple(tried))
