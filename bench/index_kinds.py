@@ -2,7 +2,7 @@
 threshold), and each kind's build time, tuned parameters, recall@10 and memory.
 
     .venv/bin/python bench/index_kinds.py [--flat-sizes 10000,25000,50000,100000]
-        [--kind-size 50000] [--kinds flat,hnsw,ivf,ivf-sq8,ivf-pq,auto] [--record]
+        [--kind-size 50000] [--kinds flat,hnsw,ivf,ivf-sq8,ivf-pq,auto] [--removal] [--record]
 
 Vectors: 512-d unit vectors drawn around 1000 random centres (a clustered generator: uniform
 random vectors have no neighbours worth finding). Flat latency does not depend on the structure;
@@ -100,6 +100,25 @@ def kinds(kinds_: list[str], n: int, queries: int, target: float) -> list[dict]:
     return rows
 
 
+def removal(n: int, removed: int = 100) -> dict:
+    """Milliseconds to drop `removed` ids from an ivf index of `n` vectors in place, beside the
+    seconds of the rebuild from all vectors that every removal cost before (IndexIDMap2)."""
+    from searchengine.index.vectors import VectorIndex
+
+    xb = clustered(n, seed=5)
+    batches = batches_of(xb)
+    start = time.perf_counter()
+    index = VectorIndex.build_from_batches("ivf", DIM, n, batches)
+    rebuild_s = time.perf_counter() - start
+    start = time.perf_counter()
+    index.remove(np.arange(0, removed * 7, 7))
+    remove_ms = (time.perf_counter() - start) * 1000
+    print(f"ivf {n} vectors: remove {removed} ids in place {remove_ms:.1f} ms; "
+          f"a rebuild (what each removal cost before) {rebuild_s:.1f} s")
+    return {"vectors": n, "removed": removed, "remove_in_place_ms": round(remove_ms, 2),
+            "rebuild_s": round(rebuild_s, 2)}
+
+
 def _serialized(index) -> bytes:
     import faiss
 
@@ -113,12 +132,15 @@ def main() -> None:
     parser.add_argument("--kinds", default="flat,hnsw,ivf,ivf-sq8,ivf-pq,auto")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--removal", action="store_true", help="time removals from ivf")
     parser.add_argument("--record", action="store_true", help="write bench/results/*.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.flat_sizes.split(",") if s]
     payload = {"dim": DIM, "flat": flat_latency(sizes, args.queries) if sizes else []}
     if args.kinds:
         payload["kinds"] = kinds(args.kinds.split(","), args.kind_size, args.queries, args.target)
+    if args.removal:
+        payload["removal"] = removal(args.kind_size)
     if args.record:
         print(f"wrote {write_result('index_kinds', payload)}")
 

@@ -253,6 +253,7 @@ class Engine:
         space = self.space(
             model, "image", create=True, kind=index_kind, settings=index_settings
         )
+        space.plans(self.catalog.count_vectors("image", space.model.id))  # fits the budget?
         space.maintain()
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
