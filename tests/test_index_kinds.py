@@ -40,12 +40,12 @@ REGIMES = {
 BUILT = {"auto-flat": "flat", "auto-sq8": "ivf-sq8", "auto-pq": "ivf-pq"}
 
 
-def clustered(n: int, seed: int, centres: int = 20) -> np.ndarray:
+def clustered(n: int, seed: int, centres: int = 20, spread: float = 0.6) -> np.ndarray:
     """(n, DIM) float32 unit vectors around `centres` random directions (CLIP embeddings
     cluster; uniform random vectors have no neighbours worth finding)."""
     rng = np.random.default_rng(seed)
     middle = rng.normal(size=(centres, DIM))
-    x = middle[rng.integers(0, centres, n)] + 0.6 * rng.normal(size=(n, DIM))
+    x = middle[rng.integers(0, centres, n)] + spread * rng.normal(size=(n, DIM))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -169,7 +169,7 @@ def test_the_recall_guard_raises_parameters_that_miss_the_target(home, kind, par
     the held-out recall reaches the target, records it, and a float64 reference agrees."""
     tmp_path, catalog, model = home
     n = 2000
-    xb = clustered(n, seed=5, centres=40)
+    xb = clustered(n, seed=5, centres=40, spread=1.0)
     ids = store(catalog, model.id, [f"/p/{i}.jpg" for i in range(n)], xb)
     space = VectorSpace(catalog, tmp_path, model, "image", kind, IndexSettings(target_recall=0.95))
     index = space.index

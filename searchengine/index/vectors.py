@@ -362,7 +362,7 @@ class VectorIndex:
             raise IndexMismatchError(f"{path.name} wraps its IVF lists in an id map (version 1)")
         plan = IndexPlan(
             kind=manifest.kind,
-            factory=manifest.factory,
+            factory=manifest.factory or plan_index(manifest.kind, manifest.dim, 0).factory,
             count=manifest.planned_count or manifest.count,
             memory_bytes=manifest.memory_bytes or manifest.file_size,
             nlist=manifest.nlist or getattr(faiss.downcast_index(index), "nlist", 0),
