@@ -445,7 +445,7 @@ class VectorSpace:
         problem = None
         index_ids = np.zeros(0, dtype=np.int64)
         try:
-            on_disk = VectorIndex.load(self.path, self._expected(read_manifest(self.path).kind))
+            on_disk = VectorIndex.load(self.path, self._expected())
             index_ids = on_disk.ids()
         except IndexMismatchError as error:
             problem = str(error)
