@@ -18,7 +18,7 @@ from searchengine.catalog import Catalog
 from searchengine.catalog.records import NewImage
 from searchengine.errors import InvalidInputError
 from searchengine.images import ImageInfo
-from searchengine.index.kinds import IndexSettings, parse_size, plan_index
+from searchengine.index.kinds import IndexSettings, outgrown, parse_size, plan_index
 from searchengine.index.spaces import VectorSpace
 from searchengine.index.tuning import RecallTargetError, apply_params
 from searchengine.index.vectors import VectorIndex, manifest_path, read_manifest
@@ -224,6 +224,9 @@ def test_the_budget_picks_the_code_size(home):
         plan_index("flat", 512, 1_000_000, memory=parse_size("1GB"))  # needs ~2 GB
     with pytest.raises(InvalidInputError, match="no index kind holds"):
         plan_index("auto", 512, 1_000_000, memory=parse_size("1MB"))
+    grown = plan_index("auto", 512, 2_000_000, memory=parse_size("100MB"))  # twice the vectors
+    assert grown.factory.startswith("IVF1414,PQ32x8")
+    assert "32-byte codes fit" in outgrown(fitted, grown)
 
 
 @pytest.mark.parametrize("text, value", [("2GB", 2 * 10**9), ("512MB", 512 * 10**6),

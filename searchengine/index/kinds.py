@@ -160,10 +160,11 @@ def plan_index(
     if kind != "auto":
         plan = _plan(kind, dim, count, memory)
         if memory is not None and plan.memory_bytes > memory:
+            other = "" if kind == "ivf-pq" else " or choose --index-kind auto or ivf-pq"
             raise InvalidInputError(
-                f"a {kind} index of {count} vectors of dimension {dim} needs about "
+                f"the {kind} index of {count} vectors of dimension {dim} needs about "
                 f"{format_size(plan.memory_bytes)}, over the budget of {format_size(memory)}; "
-                f"raise --index-memory or choose --index-kind auto or ivf-pq"
+                f"raise --index-memory{other}"
             )
         return plan
     for candidate in auto_candidates(dim, count, memory=memory, flat_limit=flat_limit):
@@ -256,9 +257,22 @@ def outgrown(built: IndexPlan, wanted: IndexPlan) -> str | None:
             f"its {built.nlist} IVF lists were trained for {built.count} vectors; "
             f"{wanted.count} want about {wanted.nlist}"
         )
+    if built.kind == "ivf-pq" and _pq_bytes(wanted) < _pq_bytes(built):
+        return (
+            f"its {_pq_bytes(built)}-byte PQ codes for {wanted.count} vectors would pass the "
+            f"memory budget; {_pq_bytes(wanted)}-byte codes fit"
+        )
     if built.kind == "ivf-pq" and built.pq_bits < wanted.pq_bits:
         return (
             f"its {built.pq_bits}-bit PQ codes were trained on {built.count} vectors; "
             f"{wanted.count} allow {wanted.pq_bits}-bit codes"
         )
     return None
+
+
+def _pq_bytes(plan: IndexPlan) -> int:
+    """Bytes of one PQ code in an ivf-pq plan's factory string ("IVF100,PQ16x8np" -> 16)."""
+    match = re.search(r",PQ(\d+)x(\d+)", plan.factory)
+    if match is None:
+        return 0
+    return -(-int(match.group(1)) * int(match.group(2)) // 8)
