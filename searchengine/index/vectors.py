@@ -164,8 +164,14 @@ class VectorIndex:
         needed = max(1 << self.plan.pq_bits, self.plan.nlist)
         if len(vectors) < needed:
             vectors = np.tile(vectors, (-(-needed // len(vectors)), 1))
+        inner = self._inner()
+        # small homes train on few points a list by design (the next writer rebuilds the lists
+        # once the home outgrows them): no FAISS warning about it on the user's terminal
+        inner.cp.min_points_per_centroid = 1
+        if hasattr(inner, "pq"):
+            inner.pq.cp.min_points_per_centroid = 1
         with _one_thread_below(vectors.size, SMALL_TRAINING):
-            self._inner().train(vectors)
+            inner.train(vectors)
 
     @property
     def count(self) -> int:
