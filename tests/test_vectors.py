@@ -132,10 +132,10 @@ def test_ivf_built_empty_trains_on_its_first_add(data):
     assert recall(I_ref, I) >= 0.5
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw"])
 def test_approximate_kinds_refuse_removal_in_place(kind):
-    """HNSW cannot drop points; IVF inside IndexIDMap2 would shift every later id by one after
-    a removal. Both are rebuilt from the catalog instead (see spaces.VectorSpace.remove)."""
+    """HNSW cannot drop points: it is rebuilt from the catalog instead (see
+    spaces.VectorSpace.remove). The IVF kinds remove in place (tests/test_index_kinds.py)."""
     index = VectorIndex.build(kind, DIM, np.arange(50), unit_rows(50, 0))
     assert index.needs_rebuild_on_remove
     with pytest.raises(InvalidInputError, match=f"{kind} indexes cannot remove"):
