@@ -36,6 +36,7 @@ from searchengine.server.media import ServedImage
 from searchengine.server.service import SearchService
 from searchengine.server.settings import ServerSettings
 from searchengine.server.uploads import Upload, read_upload
+from searchengine.serving import INSTANCE_HEADER
 
 COOKIE = "searchengine_token"
 STATIC = resources.files("searchengine.server") / "static"
@@ -204,81 +205,103 @@ def open_session(body: schemas.TokenBody, service: Service, response: Response) 
 
 @api.get("/search", response_model=schemas.SearchResult, response_model_exclude_none=True,
          tags=["search"])
-def search(request: Request, response: Response, service: Service, page: Paged,
-           q: Annotated[str, Query(description="The sentence to search for.")]) -> dict:
+async def search(
+    request: Request, response: Response, service: Service, page: Paged,
+    q: Annotated[str, Query(description="The sentence to search for.")],
+    exact_scores: Annotated[bool, Query(description="Scores at full float32 precision instead "
+                                                    "of rounded to 6 decimals.")] = False,
+) -> dict:
     """Text -> image; the same JSON as `searchengine search --json`."""
     _check_length(q, service.settings.max_query_chars, "q")
-    return _paged(request, response, service.search(q, limit=page.limit, offset=page.offset), page)
+    result = await service.lanes.fast(service.search, q, limit=page.limit, offset=page.offset)
+    response.headers[INSTANCE_HEADER] = service.instance
+    answer = _paged(request, response, result, page)
+    if exact_scores:  # the CLI answering through `serve` rounds them itself, as it does locally
+        for shown, hit in zip(answer["hits"], result.hits, strict=True):
+            shown["score"] = hit.score
+    return answer
 
 
 @api.post("/search/image", response_model=schemas.SearchResult, response_model_exclude_none=True,
           tags=["search"])
-def search_image(request: Request, response: Response, service: Service, page: Paged,
-                 upload: Uploaded) -> dict:
+async def search_image(request: Request, response: Response, service: Service, page: Paged,
+                       upload: Uploaded) -> dict:
     """Image -> image, for an uploaded image (multipart field `image`)."""
-    result = service.search_upload(upload, limit=page.limit, offset=page.offset)
+    result = await service.lanes.slow(service.search_upload, upload, limit=page.limit,
+                                      offset=page.offset)
     return _paged(request, response, result, page)
 
 
 @api.get("/similar/{media_id}", response_model=schemas.SearchResult,
          response_model_exclude_none=True, tags=["search"])
-def similar(request: Request, response: Response, service: Service, page: Paged,
-            media_id: ImageId) -> dict:
+async def similar(request: Request, response: Response, service: Service, page: Paged,
+                  media_id: ImageId) -> dict:
     """Image -> image for an indexed image ("more like this"); it is its own first hit."""
-    result = service.similar(media_id, limit=page.limit, offset=page.offset)
+    result = await service.lanes.fast(service.similar, media_id, limit=page.limit,
+                                      offset=page.offset)
     return _paged(request, response, result, page)
 
 
 @api.get("/lookup/{media_id}", response_model=schemas.SearchResult,
          response_model_exclude_none=True, tags=["image to text"])
-def lookup(request: Request, response: Response, service: Service, page: Paged,
-           media_id: ImageId, text_set: TextSet) -> dict:
+async def lookup(request: Request, response: Response, service: Service, page: Paged,
+                 media_id: ImageId, text_set: TextSet) -> dict:
     """Image -> text: the indexed texts closest to an indexed image."""
-    result = service.lookup(media_id, limit=page.limit, offset=page.offset, text_set=text_set)
+    result = await service.lanes.fast(service.lookup, media_id, limit=page.limit,
+                                      offset=page.offset, text_set=text_set)
     return _paged(request, response, result, page)
 
 
 @api.post("/lookup", response_model=schemas.SearchResult, response_model_exclude_none=True,
           tags=["image to text"])
-def lookup_upload(request: Request, response: Response, service: Service, page: Paged,
-                  upload: Uploaded, text_set: TextSet) -> dict:
+async def lookup_upload(request: Request, response: Response, service: Service, page: Paged,
+                        upload: Uploaded, text_set: TextSet) -> dict:
     """Image -> text for an uploaded image."""
-    result = service.lookup(upload, limit=page.limit, offset=page.offset, text_set=text_set)
+    result = await service.lanes.slow(service.lookup, upload, limit=page.limit,
+                                      offset=page.offset, text_set=text_set)
     return _paged(request, response, result, page)
 
 
 @api.get("/classify/{media_id}", response_model=schemas.Classification, tags=["image to text"])
-def classify(service: Service, media_id: ImageId,
-             labels: Annotated[str, Query(description="Comma-separated, e.g. dog,cat,car.")],
-             templates: Templates = "ensemble") -> dict:
+async def classify(service: Service, media_id: ImageId,
+                   labels: Annotated[str, Query(description="Comma-separated, e.g. dog,cat,car.")],
+                   templates: Templates = "ensemble") -> dict:
     """Zero-shot classification of an indexed image against the given labels."""
-    return service.classify(media_id, _labels(service, labels), templates=templates).as_dict()
+    parts = _labels(service, labels)
+    return (await service.lanes.slow(service.classify, media_id, parts,
+                                     templates=templates)).as_dict()
 
 
 @api.post("/classify", response_model=schemas.Classification, tags=["image to text"])
-def classify_upload(service: Service, upload: Uploaded,
-                    labels: Annotated[str, Form(description="Comma-separated, e.g. dog,cat,car.")],
-                    templates: Templates = "ensemble") -> dict:
+async def classify_upload(
+    service: Service, upload: Uploaded,
+    labels: Annotated[str, Form(description="Comma-separated, e.g. dog,cat,car.")],
+    templates: Templates = "ensemble",
+) -> dict:
     """Zero-shot classification of an uploaded image against the given labels."""
-    return service.classify(upload, _labels(service, labels), templates=templates).as_dict()
+    parts = _labels(service, labels)
+    return (await service.lanes.slow(service.classify, upload, parts,
+                                     templates=templates)).as_dict()
 
 
 @api.get("/match/{media_id}", response_model=schemas.Match, tags=["image to text"])
-def match(service: Service, media_id: ImageId,
-          text: Annotated[str, Query(description="The text to score against the image.")]) -> dict:
+async def match(
+    service: Service, media_id: ImageId,
+    text: Annotated[str, Query(description="The text to score against the image.")],
+) -> dict:
     """Image-text consistency score of an indexed image and a text."""
     _check_length(text, service.settings.max_query_chars, "text")
-    return service.match(media_id, text)
+    return await service.lanes.fast(service.match, media_id, text)
 
 
 @api.post("/match", response_model=schemas.Match, tags=["image to text"])
-def match_upload(
+async def match_upload(
     service: Service, upload: Uploaded,
     text: Annotated[str, Form(description="The text to score against the image.")],
 ) -> dict:
     """Image-text consistency score of an uploaded image and a text."""
     _check_length(text, service.settings.max_query_chars, "text")
-    return service.match(upload, text)
+    return await service.lanes.slow(service.match, upload, text)
 
 
 @api.get("/status", response_model=schemas.Status, tags=["collection"])
