@@ -130,14 +130,24 @@ def index(paths, home, model, batch_size, workers, decode_priority, no_draft, in
 @k_option
 @offset_option
 @json_option
+@click.option("--no-serve", is_flag=True,
+              help="Search here even when a `searchengine serve` runs on the home (it answers "
+              "otherwise, in a fraction of the time: no model to load).")
 @handle_errors
-def search(query, home, model, k, offset, as_json):
+def search(query, home, model, k, offset, as_json, no_serve):
     """Find the photos that best match a sentence (text -> image).
+
+    When `searchengine serve` runs on the home, it answers (stderr says so).
 
     Example:
 
         searchengine search "a dog on the beach" -k 10
     """
+    from searchengine.cli.via_serve import search_through_serve
+
+    if not no_serve and search_through_serve(home, query, model=model, k=k, offset=offset,
+                                             as_json=as_json):
+        return
     with _engine(home) as engine:
         _print_result(engine.search(query, k=k, model=model, offset=offset), as_json)
 
