@@ -120,6 +120,55 @@ def test_the_batcher_waits_a_little_for_company_when_idle():
     assert [sorted(texts) for _, texts in encoder.calls] == [["s0", "s1", "s2"]]
 
 
+def test_a_waiting_search_batch_goes_before_waiting_slow_work():
+    """While slow work holds the gate, a slow call and then an urgent one queue: the urgent one
+    runs next, then the slow one; never two at once."""
+    from searchengine.server.gate import ModelGate
+
+    gate = ModelGate()
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate.turn(urgent=False):
+            holding.set()
+            assert release.wait(PATIENCE)
+            order.append("first slow")
+
+    def call(name: str, urgent: bool) -> None:
+        with gate.turn(urgent=urgent):
+            order.append(name)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(hold)
+        assert holding.wait(PATIENCE)
+        slow = pool.submit(call, "second slow", False)
+        wait_until(lambda: gate.waiting == 1, "the slow call to wait")
+        urgent = pool.submit(call, "urgent", True)
+        wait_until(lambda: gate.waiting == 2, "the urgent call to wait")
+        release.set()
+        for future in (first, slow, urgent):
+            future.result(PATIENCE)
+    assert order == ["first slow", "urgent", "second slow"]
+
+
+def test_slow_calls_take_the_gate_chunk_by_chunk():
+    from searchengine.server.gate import ModelGate, SlowCalls
+
+    turns: list[list[str]] = []
+    gate = ModelGate()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        assert gate.busy  # called inside a turn
+        turns.append(list(texts))
+        return text_vectors("m", texts)
+
+    texts = [f"label {i}" for i in range(10)]
+    vectors = SlowCalls(encode, gate, chunk=4)(texts)
+    assert turns == [texts[:4], texts[4:8], texts[8:]]
+    np.testing.assert_array_equal(vectors, text_vectors("m", texts))
+
+
 # -- through the app ------------------------------------------------------------------------
 
 QUERIES = [f"a photo of {thing}" for thing in

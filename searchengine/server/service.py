@@ -5,7 +5,8 @@ requests) and search the vector index and the catalog in their own thread: FAISS
 loaded index are thread-safe, and every catalog call opens its own session. Only opening a
 space or a model takes a lock (`_open`), so that an index another process saved
 (`changed_on_disk`) is read again once, while searches already under way finish on the copy
-they hold. Work that embeds an upload or many sentences runs in the slow lane (`lanes.py`).
+they hold. Work that embeds an upload or many sentences runs in the slow lane (`lanes.py`), and
+its model calls wait, chunk by chunk, while the batcher has sentences to encode (`gate.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from searchengine.query.images import stored_vector
 from searchengine.query.inputs import check_media_id
 from searchengine.server.batcher import TextBatcher
 from searchengine.server.errors import ApiError
+from searchengine.server.gate import ModelGate, gate_encoder, ungated_texts
 from searchengine.server.lanes import Lanes
 from searchengine.server.media import MediaFiles
 from searchengine.server.settings import ServerSettings
@@ -51,6 +53,7 @@ class SearchService:
         self.batcher = TextBatcher(self._encode_texts, max_batch=settings.text_batch_size,
                                    max_wait=settings.text_batch_wait_ms / 1000)
         self.lanes = Lanes(fast_threads=settings.fast_threads, slow_threads=1)
+        self.gate = ModelGate()  # one model call at a time, the batcher's first (`gate.py`)
         self._open = threading.Lock()
         self.instance = secrets.token_hex(8)  # names this server run (`searchengine.serving`)
 
@@ -159,12 +162,18 @@ class SearchService:
         return space
 
     def _encoder(self, model: str) -> Encoder:
+        """The engine's encoder, its calls made slow work behind this server's gate."""
         with self._open:
-            return self.engine.encoder(model)
+            encoder = self.engine.encoder(model)
+            if getattr(encoder.encode_texts, "gate", None) is not self.gate:
+                gate_encoder(encoder, self.gate, text_chunk=self.settings.slow_text_chunk)
+            return encoder
 
     def _encode_texts(self, model: str, texts: list[str]):
-        """(n, d) float32 unit vectors of `texts` (the batcher's one model call)."""
-        return self._encoder(model).encode_texts(texts)
+        """(n, d) float32 unit vectors of `texts`: the batcher's model call, urgent."""
+        encode = ungated_texts(self._encoder(model))
+        with self.gate.turn(urgent=True):
+            return encode(texts)
 
     def _prepare(self, *modalities: str) -> str:
         """The model id, with its encoder and the spaces of `modalities` opened under the lock,

@@ -48,6 +48,9 @@ class ServerSettings:
     text_batch_wait_ms: float = 2.0
     """How long a search sentence waits for others to join its model call while the model is
     idle (under load, sentences queue while the model works and need no wait)."""
+    slow_text_chunk: int = 32
+    """Sentences per model call of slow work (`classify`'s labels x templates): a search sentence
+    that arrives meanwhile waits for one such call at most."""
     fast_threads: int = 64
     """Threads for searches and lookups at once (each mostly waits for its batch or FAISS)."""
 
