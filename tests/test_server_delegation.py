@@ -91,6 +91,14 @@ def test_search_through_serve_prints_what_a_local_search_prints(serving, cli_run
     assert table.stdout.splitlines()[:3] == local_table.splitlines()[:3]
 
 
+def test_similar_of_an_id_through_serve_prints_what_a_local_one_prints(serving, cli_run):
+    home, record, _ = serving
+    asked = cli_run("similar", "id:2", "--home", home, "-k", 3, "--json")
+    local = cli_run("similar", "id:2", "--home", home, "-k", 3, "--json", "--no-serve")
+    assert f"answered by the serve at {record.url}" in asked.stderr
+    compare(json.loads(asked.stdout), json.loads(local.stdout))
+
+
 def test_another_model_is_searched_here(serving, cli_run):
     home, record, _ = serving
     result = cli_run("search", "a dog", "--home", home, "--model", TINY_MODEL, "--json")

@@ -1,4 +1,4 @@
-"""`searchengine search` answered by a `serve` running on the home: no torch loaded here.
+"""`search` and `similar id:N` answered by a `serve` running on the home: no torch loaded here.
 
 `serve` records itself in HOME/serve.json (`searchengine.serving`). When that record is live
 and the server uses the model this command would, the search is one HTTP request on loopback
@@ -25,11 +25,23 @@ def search_through_serve(home: Path, query: str, *, model: str | None, k: int, o
                          as_json: bool) -> bool:
     """Ask the `serve` running on `home` for a text search and print its answer as `search`
     does; False (nothing printed on stdout) when no such server can answer it."""
+    return _through_serve(home, "/api/search", {"q": query}, model=model, k=k, offset=offset,
+                          as_json=as_json)
+
+
+def similar_through_serve(home: Path, media_id: int, *, model: str | None, k: int, offset: int,
+                          as_json: bool) -> bool:
+    """As `search_through_serve`, for `similar id:N` (the stored vector of catalog id N)."""
+    return _through_serve(home, f"/api/similar/{int(media_id)}", {}, model=model, k=k,
+                          offset=offset, as_json=as_json)
+
+
+def _through_serve(home: Path, path: str, params: dict, *, model: str | None, k: int,
+                   offset: int, as_json: bool) -> bool:
     record = read_record(Path(home))
     if record is None or not _same_model(record, model):
         return False
-    params = {"q": query, "k": k, "offset": offset, "exact_scores": "true"}
-    answer = _ask(record, "/api/search", params)
+    answer = _ask(record, path, {**params, "k": k, "offset": offset, "exact_scores": "true"})
     if answer is None:
         return False
     try:

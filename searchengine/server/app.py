@@ -180,7 +180,9 @@ def _labels(service: SearchService, labels: str) -> list[str]:
 
 
 def _paged(request: Request, response: Response, result, page: Page) -> dict:
-    """The result's JSON; a `Link: <...>; rel="next"` header when the page is full."""
+    """The result's JSON; a `Link: <...>; rel="next"` header when the page is full, and the
+    server run's id (`searchengine.serving`: the CLI checks it is the server it meant)."""
+    response.headers[INSTANCE_HEADER] = request.app.state.service.instance
     if len(result.hits) == page.limit:
         following = request.url.include_query_params(offset=page.offset + page.limit)
         response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
@@ -214,7 +216,6 @@ async def search(
     """Text -> image; the same JSON as `searchengine search --json`."""
     _check_length(q, service.settings.max_query_chars, "q")
     result = await service.lanes.fast(service.search, q, limit=page.limit, offset=page.offset)
-    response.headers[INSTANCE_HEADER] = service.instance
     answer = _paged(request, response, result, page)
     if exact_scores:  # the CLI answering through `serve` rounds them itself, as it does locally
         for shown, hit in zip(answer["hits"], result.hits, strict=True):
