@@ -85,15 +85,17 @@ def _page() -> FileResponse:
 
 
 # -- dependencies ---------------------------------------------------------------------------
+# Checks of a few microseconds are `async`: FastAPI runs them on the event loop, where a plain
+# `def` would cost a hop to a worker thread and back per dependency and request.
 
-def get_service(request: Request) -> SearchService:
+async def get_service(request: Request) -> SearchService:
     return request.app.state.service
 
 
 Service = Annotated[SearchService, Depends(get_service)]
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """With a token configured, the request must carry it (Bearer header or session cookie)."""
     expected = request.app.state.service.settings.token
     if expected is None:
@@ -114,7 +116,7 @@ class Page(NamedTuple):
     offset: int
 
 
-def get_page(
+async def get_page(
     service: Service,
     k: Annotated[int | None, Query(ge=1, description="Hits per page (as the CLI's -k).")] = None,
     limit: Annotated[int | None, Query(ge=1, description="Same as k.")] = None,
@@ -135,7 +137,7 @@ Paged = Annotated[Page, Depends(get_page)]
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Catalog id of an indexed image.")]
 
 
-def get_text_set(
+async def get_text_set(
     service: Service,
     text_set: Annotated[str | None, Query(alias="set", description="Only texts of this set.")]
     = None,
