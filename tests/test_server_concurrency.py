@@ -152,6 +152,38 @@ def test_a_waiting_search_batch_goes_before_waiting_slow_work():
     assert order == ["first slow", "urgent", "second slow"]
 
 
+def test_slow_work_gets_every_other_turn_while_searches_keep_coming():
+    """An urgent call holds the gate while a slow one and another urgent one wait: the slow one
+    goes next (it waited through an urgent turn), so searches cannot starve it."""
+    from searchengine.server.gate import ModelGate
+
+    gate = ModelGate()
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate.turn(urgent=True):
+            holding.set()
+            assert release.wait(PATIENCE)
+            order.append("first urgent")
+
+    def call(name: str, urgent: bool) -> None:
+        with gate.turn(urgent=urgent):
+            order.append(name)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(hold)
+        assert holding.wait(PATIENCE)
+        slow = pool.submit(call, "slow", False)
+        wait_until(lambda: gate.waiting == 1, "the slow call to wait")
+        urgent = pool.submit(call, "second urgent", True)
+        wait_until(lambda: gate.waiting == 2, "the urgent call to wait")
+        release.set()
+        for future in (first, slow, urgent):
+            future.result(PATIENCE)
+    assert order == ["first urgent", "slow", "second urgent"]
+
+
 def test_slow_calls_take_the_gate_chunk_by_chunk():
     from searchengine.server.gate import ModelGate, SlowCalls
 

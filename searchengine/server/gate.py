@@ -22,18 +22,22 @@ import numpy as np
 
 
 class ModelGate:
-    """A lock where a waiting urgent holder goes before every waiting slow one."""
+    """A lock where a waiting urgent holder goes before waiting slow ones, except right after
+    an urgent turn that slow work waited through: then one slow turn goes first. So a search
+    batch waits for one slow chunk at most, and a steady stream of searches cannot starve the
+    slow work (it gets every other turn while both wait)."""
 
     def __init__(self):
         self._state = threading.Condition()
         self._busy = False
         self._urgent_waiting = 0
-        self._waiting = 0
+        self._slow_waiting = 0
+        self._slow_owed = False  # an urgent turn ended while slow work waited
 
     @property
     def waiting(self) -> int:
         """Calls waiting for their turn now (statistics)."""
-        return self._waiting
+        return self._urgent_waiting + self._slow_waiting
 
     @property
     def busy(self) -> bool:
@@ -44,20 +48,29 @@ class ModelGate:
     def turn(self, *, urgent: bool) -> Iterator[None]:
         """Hold the gate for one model call."""
         with self._state:
-            self._urgent_waiting += urgent
-            self._waiting += 1
-            try:
-                while self._busy or (not urgent and self._urgent_waiting):
-                    self._state.wait()
-            finally:
-                self._urgent_waiting -= urgent
-                self._waiting -= 1
+            if urgent:
+                self._urgent_waiting += 1
+                try:
+                    while self._busy or self._slow_owed:
+                        self._state.wait()
+                finally:
+                    self._urgent_waiting -= 1
+            else:
+                self._slow_waiting += 1
+                try:
+                    while self._busy or (self._urgent_waiting and not self._slow_owed):
+                        self._state.wait()
+                finally:
+                    self._slow_waiting -= 1
+                self._slow_owed = False
             self._busy = True
         try:
             yield
         finally:
             with self._state:
                 self._busy = False
+                if urgent and self._slow_waiting:
+                    self._slow_owed = True
                 self._state.notify_all()
 
 
