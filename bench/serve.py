@@ -67,6 +67,11 @@ def make_photos(count: int, folder: Path) -> Path:
     return folder
 
 
+def server_log(port: int) -> Path:
+    """Where the server on `port` writes its log."""
+    return CACHE / f"serve-{port}.log"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -85,11 +90,11 @@ def start_server(home: Path, model: str, port: int,
     if code is not None:
         env["PYTHONPATH"] = str(code)
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=env)
+    log = server_log(port)  # a file, not a pipe: uvicorn logs every request, a full pipe blocks it
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env)
     while time.perf_counter() - started < 300:
         if process.poll() is not None:
-            raise SystemExit(f"serve exited: {process.stderr.read().decode()}")
+            raise SystemExit(f"serve exited: {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2).status_code == 200:
                 return process, time.perf_counter() - started
@@ -115,6 +120,7 @@ async def load_round(base: str, clients: int, requests: int, k: int, *,
     import httpx
 
     latencies: list[float] = []
+    errors: list[str] = []
     numbers = itertools.count(offset)
     last = offset + requests
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -122,15 +128,20 @@ async def load_round(base: str, clients: int, requests: int, k: int, *,
         async def one_client() -> None:
             while (i := next(numbers)) < last:
                 start = time.perf_counter()
-                response = await client.get("/api/search", params={"q": query(i), "k": k})
-                response.raise_for_status()
+                try:
+                    response = await client.get("/api/search", params={"q": query(i), "k": k})
+                    response.raise_for_status()
+                except httpx.HTTPError as error:  # counted and shown, not fatal to the round
+                    errors.append(f"{type(error).__name__}: {error}")
+                    continue
                 latencies.append((time.perf_counter() - start) * 1000)
 
         start = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
         seconds = time.perf_counter() - start
     return {"clients": clients, "requests": requests,
-            "throughput_per_s": round(requests / seconds, 2), **percentiles(latencies),
+            "throughput_per_s": round(len(latencies) / seconds, 2), **percentiles(latencies),
+            "errors": len(errors), "first_error": errors[0] if errors else None,
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
@@ -318,6 +329,11 @@ def load(servers: dict[str, tuple[subprocess.Popen, str]], args) -> dict:
                       f"{figures['throughput_per_s']:.1f}/s, p50 {figures['p50_ms']:.0f} ms, "
                       f"p95 {figures['p95_ms']:.0f} ms, p99 {figures['p99_ms']:.0f} ms "
                       f"(load average {figures['loadavg_1m']})")
+                if figures["errors"]:
+                    print(f"  {figures['errors']} failed, e.g. {figures['first_error']}")
+                if servers[name][0].poll() is not None:
+                    port = int(servers[name][1].rsplit(":", 1)[1])
+                    raise SystemExit(f"{name} exited: {server_log(port).read_text()[-3000:]}")
     return results
 
 
