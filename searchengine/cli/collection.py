@@ -160,14 +160,24 @@ def index(
 @k_option
 @offset_option
 @json_option
+@click.option("--no-serve", is_flag=True,
+              help="Search here even when a `searchengine serve` runs on the home (it answers "
+              "otherwise, in a fraction of the time: no model to load).")
 @handle_errors
-def search(query, home, model, k, offset, as_json):
+def search(query, home, model, k, offset, as_json, no_serve):
     """Find the photos that best match a sentence (text -> image).
+
+    When `searchengine serve` runs on the home, it answers (stderr says so).
 
     Example:
 
         searchengine search "a dog on the beach" -k 10
     """
+    from searchengine.cli.via_serve import search_through_serve
+
+    if not no_serve and search_through_serve(home, query, model=model, k=k, offset=offset,
+                                             as_json=as_json):
+        return
     with _engine(home) as engine:
         _print_result(engine.search(query, k=k, model=model, offset=offset), as_json)
 
@@ -179,11 +189,15 @@ def search(query, home, model, k, offset, as_json):
 @k_option
 @offset_option
 @json_option
+@click.option("--no-serve", is_flag=True,
+              help="Search here even when a `searchengine serve` runs on the home (it answers "
+              "id:N queries otherwise).")
 @handle_errors
-def similar(image, home, model, k, offset, as_json):
+def similar(image, home, model, k, offset, as_json, no_serve):
     """Find photos like IMAGE, a file or id:N for catalog id N (image -> image).
 
     A bare number is a file name, never an id: write `id:42` for the image with id 42.
+    When `searchengine serve` runs on the home, it answers id:N (stderr says so).
 
     Example:
 
@@ -191,6 +205,12 @@ def similar(image, home, model, k, offset, as_json):
 
         searchengine similar id:42 -k 10
     """
+    from searchengine.cli.via_serve import similar_through_serve
+
+    if (not no_serve and isinstance(image, int)
+            and similar_through_serve(home, image, model=model, k=k, offset=offset,
+                                      as_json=as_json)):
+        return
     with _engine(home) as engine:
         _print_result(engine.similar(image, k=k, model=model, offset=offset), as_json)
 

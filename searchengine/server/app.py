@@ -36,6 +36,7 @@ from searchengine.server.media import ServedImage
 from searchengine.server.service import SearchService
 from searchengine.server.settings import ServerSettings
 from searchengine.server.uploads import Upload, read_upload
+from searchengine.serving import INSTANCE_HEADER
 
 COOKIE = "searchengine_token"
 STATIC = resources.files("searchengine.server") / "static"
@@ -84,15 +85,17 @@ def _page() -> FileResponse:
 
 
 # -- dependencies ---------------------------------------------------------------------------
+# Checks of a few microseconds are `async`: FastAPI runs them on the event loop, where a plain
+# `def` would cost a hop to a worker thread and back per dependency and request.
 
-def get_service(request: Request) -> SearchService:
+async def get_service(request: Request) -> SearchService:
     return request.app.state.service
 
 
 Service = Annotated[SearchService, Depends(get_service)]
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """With a token configured, the request must carry it (Bearer header or session cookie)."""
     expected = request.app.state.service.settings.token
     if expected is None:
@@ -113,7 +116,7 @@ class Page(NamedTuple):
     offset: int
 
 
-def get_page(
+async def get_page(
     service: Service,
     k: Annotated[int | None, Query(ge=1, description="Hits per page (as the CLI's -k).")] = None,
     limit: Annotated[int | None, Query(ge=1, description="Same as k.")] = None,
@@ -134,7 +137,7 @@ Paged = Annotated[Page, Depends(get_page)]
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Catalog id of an indexed image.")]
 
 
-def get_text_set(
+async def get_text_set(
     service: Service,
     text_set: Annotated[str | None, Query(alias="set", description="Only texts of this set.")]
     = None,
@@ -179,7 +182,9 @@ def _labels(service: SearchService, labels: str) -> list[str]:
 
 
 def _paged(request: Request, response: Response, result, page: Page) -> dict:
-    """The result's JSON; a `Link: <...>; rel="next"` header when the page is full."""
+    """The result's JSON; a `Link: <...>; rel="next"` header when the page is full, and the
+    server run's id (`searchengine.serving`: the CLI checks it is the server it meant)."""
+    response.headers[INSTANCE_HEADER] = request.app.state.service.instance
     if len(result.hits) == page.limit:
         following = request.url.include_query_params(offset=page.offset + page.limit)
         response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
@@ -204,81 +209,102 @@ def open_session(body: schemas.TokenBody, service: Service, response: Response) 
 
 @api.get("/search", response_model=schemas.SearchResult, response_model_exclude_none=True,
          tags=["search"])
-def search(request: Request, response: Response, service: Service, page: Paged,
-           q: Annotated[str, Query(description="The sentence to search for.")]) -> dict:
+async def search(
+    request: Request, response: Response, service: Service, page: Paged,
+    q: Annotated[str, Query(description="The sentence to search for.")],
+    exact_scores: Annotated[bool, Query(description="Scores at full float32 precision instead "
+                                                    "of rounded to 6 decimals.")] = False,
+) -> dict:
     """Text -> image; the same JSON as `searchengine search --json`."""
     _check_length(q, service.settings.max_query_chars, "q")
-    return _paged(request, response, service.search(q, limit=page.limit, offset=page.offset), page)
+    result = await service.lanes.fast(service.search, q, limit=page.limit, offset=page.offset)
+    answer = _paged(request, response, result, page)
+    if exact_scores:  # the CLI answering through `serve` rounds them itself, as it does locally
+        for shown, hit in zip(answer["hits"], result.hits, strict=True):
+            shown["score"] = hit.score
+    return answer
 
 
 @api.post("/search/image", response_model=schemas.SearchResult, response_model_exclude_none=True,
           tags=["search"])
-def search_image(request: Request, response: Response, service: Service, page: Paged,
-                 upload: Uploaded) -> dict:
+async def search_image(request: Request, response: Response, service: Service, page: Paged,
+                       upload: Uploaded) -> dict:
     """Image -> image, for an uploaded image (multipart field `image`)."""
-    result = service.search_upload(upload, limit=page.limit, offset=page.offset)
+    result = await service.lanes.slow(service.search_upload, upload, limit=page.limit,
+                                      offset=page.offset)
     return _paged(request, response, result, page)
 
 
 @api.get("/similar/{media_id}", response_model=schemas.SearchResult,
          response_model_exclude_none=True, tags=["search"])
-def similar(request: Request, response: Response, service: Service, page: Paged,
-            media_id: ImageId) -> dict:
+async def similar(request: Request, response: Response, service: Service, page: Paged,
+                  media_id: ImageId) -> dict:
     """Image -> image for an indexed image ("more like this"); it is its own first hit."""
-    result = service.similar(media_id, limit=page.limit, offset=page.offset)
+    result = await service.lanes.fast(service.similar, media_id, limit=page.limit,
+                                      offset=page.offset)
     return _paged(request, response, result, page)
 
 
 @api.get("/lookup/{media_id}", response_model=schemas.SearchResult,
          response_model_exclude_none=True, tags=["image to text"])
-def lookup(request: Request, response: Response, service: Service, page: Paged,
-           media_id: ImageId, text_set: TextSet) -> dict:
+async def lookup(request: Request, response: Response, service: Service, page: Paged,
+                 media_id: ImageId, text_set: TextSet) -> dict:
     """Image -> text: the indexed texts closest to an indexed image."""
-    result = service.lookup(media_id, limit=page.limit, offset=page.offset, text_set=text_set)
+    result = await service.lanes.fast(service.lookup, media_id, limit=page.limit,
+                                      offset=page.offset, text_set=text_set)
     return _paged(request, response, result, page)
 
 
 @api.post("/lookup", response_model=schemas.SearchResult, response_model_exclude_none=True,
           tags=["image to text"])
-def lookup_upload(request: Request, response: Response, service: Service, page: Paged,
-                  upload: Uploaded, text_set: TextSet) -> dict:
+async def lookup_upload(request: Request, response: Response, service: Service, page: Paged,
+                        upload: Uploaded, text_set: TextSet) -> dict:
     """Image -> text for an uploaded image."""
-    result = service.lookup(upload, limit=page.limit, offset=page.offset, text_set=text_set)
+    result = await service.lanes.slow(service.lookup, upload, limit=page.limit,
+                                      offset=page.offset, text_set=text_set)
     return _paged(request, response, result, page)
 
 
 @api.get("/classify/{media_id}", response_model=schemas.Classification, tags=["image to text"])
-def classify(service: Service, media_id: ImageId,
-             labels: Annotated[str, Query(description="Comma-separated, e.g. dog,cat,car.")],
-             templates: Templates = "ensemble") -> dict:
+async def classify(service: Service, media_id: ImageId,
+                   labels: Annotated[str, Query(description="Comma-separated, e.g. dog,cat,car.")],
+                   templates: Templates = "ensemble") -> dict:
     """Zero-shot classification of an indexed image against the given labels."""
-    return service.classify(media_id, _labels(service, labels), templates=templates).as_dict()
+    parts = _labels(service, labels)
+    return (await service.lanes.slow(service.classify, media_id, parts,
+                                     templates=templates)).as_dict()
 
 
 @api.post("/classify", response_model=schemas.Classification, tags=["image to text"])
-def classify_upload(service: Service, upload: Uploaded,
-                    labels: Annotated[str, Form(description="Comma-separated, e.g. dog,cat,car.")],
-                    templates: Templates = "ensemble") -> dict:
+async def classify_upload(
+    service: Service, upload: Uploaded,
+    labels: Annotated[str, Form(description="Comma-separated, e.g. dog,cat,car.")],
+    templates: Templates = "ensemble",
+) -> dict:
     """Zero-shot classification of an uploaded image against the given labels."""
-    return service.classify(upload, _labels(service, labels), templates=templates).as_dict()
+    parts = _labels(service, labels)
+    return (await service.lanes.slow(service.classify, upload, parts,
+                                     templates=templates)).as_dict()
 
 
 @api.get("/match/{media_id}", response_model=schemas.Match, tags=["image to text"])
-def match(service: Service, media_id: ImageId,
-          text: Annotated[str, Query(description="The text to score against the image.")]) -> dict:
+async def match(
+    service: Service, media_id: ImageId,
+    text: Annotated[str, Query(description="The text to score against the image.")],
+) -> dict:
     """Image-text consistency score of an indexed image and a text."""
     _check_length(text, service.settings.max_query_chars, "text")
-    return service.match(media_id, text)
+    return await service.lanes.fast(service.match, media_id, text)
 
 
 @api.post("/match", response_model=schemas.Match, tags=["image to text"])
-def match_upload(
+async def match_upload(
     service: Service, upload: Uploaded,
     text: Annotated[str, Form(description="The text to score against the image.")],
 ) -> dict:
     """Image-text consistency score of an uploaded image and a text."""
     _check_length(text, service.settings.max_query_chars, "text")
-    return service.match(upload, text)
+    return await service.lanes.slow(service.match, upload, text)
 
 
 @api.get("/status", response_model=schemas.Status, tags=["collection"])

@@ -1,12 +1,17 @@
-"""Starting the server: the binding rules and the uvicorn call."""
+"""Starting the server: the binding rules, the uvicorn call and the home's serve record."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
+from datetime import datetime, timezone
 
 from searchengine.engine import Engine
 from searchengine.errors import InvalidInputError
 from searchengine.server.settings import LOOPBACK_NAMES, ServerSettings, is_loopback
+from searchengine.serving import ServeRecord, catalog_identity, remove_record, write_record
 
 log = logging.getLogger(__name__)
 MIN_TOKEN_LENGTH = 16
@@ -30,11 +35,76 @@ def settings_for(host: str, *, token: str | None, model: str | None) -> ServerSe
 
 
 def run(engine: Engine, host: str, port: int, settings: ServerSettings) -> None:
-    """Load the model, open the indexes, and answer HTTP requests until interrupted."""
+    """Load the model, open the indexes, and answer HTTP requests until interrupted.
+
+    While it listens, HOME/serve.json says where (`searchengine.serving`), so that `search` on
+    this home can ask it; a clean stop (Ctrl-C, SIGTERM) removes the file."""
     import uvicorn
 
     from searchengine.server.app import create_app
 
     app = create_app(engine, settings)
-    log.info("serving %s on http://%s:%d", engine.home, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    service = app.state.service
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
+    server = uvicorn.Server(config)
+    listening = config.bind_socket()  # before the record: port 0 becomes the port chosen
+    record = _record(engine, host, listening.getsockname()[1], settings, service.instance)
+    announced = _announce(engine, record)
+    previous = _exit_on_sigterm()
+    try:
+        log.info("serving %s on %s", engine.home, record.url)
+        server.run(sockets=[listening])
+    finally:
+        if announced:
+            remove_record(engine.home, record.instance)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        service.close()
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL a process on this machine reaches a server bound to `host` at (a wildcard bind
+    is reached on loopback)."""
+    bare = host.strip("[]")
+    if bare in ("", "0.0.0.0"):
+        bare = "127.0.0.1"
+    elif bare == "::":
+        bare = "::1"
+    shown = f"[{bare}]" if ":" in bare else bare
+    return f"http://{shown}:{port}"
+
+
+def _record(engine: Engine, host: str, port: int, settings: ServerSettings,
+            instance: str) -> ServeRecord:
+    return ServeRecord(
+        pid=os.getpid(), url=client_url(host, port),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"), instance=instance,
+        home=str(engine.home.resolve()), catalog=catalog_identity(engine.home),
+        model=settings.model, token=settings.token is not None,
+    )
+
+
+def _announce(engine: Engine, record: ServeRecord) -> bool:
+    """Write the home's serve record; a home that cannot be written is served all the same."""
+    if engine.catalog.read_only:
+        return False
+    try:
+        write_record(engine.home, record)
+    except OSError as error:
+        log.warning("could not write %s/serve.json (%s); `search` will not find this server",
+                    engine.home, error)
+        return False
+    return True
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM a SystemExit (uvicorn shuts down gracefully on it, then raises the signal
+    again with the handler found before it started: this one), so `finally` blocks run.
+    Returns the previous handler, None off the main thread (signals cannot be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)

@@ -15,7 +15,8 @@ BYTES_HELP = "Only where the path is not UTF-8 (then shown with \\xNN escapes): 
 
 class Hit(BaseModel):
     rank: int = Field(description="1-based rank over the whole result (offset included).")
-    score: float = Field(description="Cosine similarity, rounded to 6 decimals.")
+    score: float = Field(description="Cosine similarity, rounded to 6 decimals "
+                        "(full float32 precision with `exact_scores=true`).")
     id: int = Field(description="Catalog id: of the image (image hits) or the text (text hits).")
     path: str | None = Field(None, description="Image hits: the catalogued file.")
     path_bytes: str | None = Field(None, description=BYTES_HELP)

@@ -1,23 +1,36 @@
-"""The engine behind the HTTP API: one model, loaded at start, and one request at a time.
+"""The engine behind the HTTP API: one model, loaded at start, many requests at once.
 
-The Engine caches models and indexes in plain dicts and its catalog sessions are short, so the
-server serialises engine calls behind a lock (torch already spreads one query over the cores).
-Thumbnails and originals do not take the lock.
+Text searches hand their sentence to a `TextBatcher` (one encoder call for the sentences of many
+requests) and search the vector index and the catalog in their own thread: FAISS searches of a
+loaded index are thread-safe, and every catalog call opens its own session. Only opening a
+space or a model takes a lock (`_open`), so that an index another process saved
+(`changed_on_disk`) is read again once, while searches already under way finish on the copy
+they hold. Work that embeds an upload or many sentences runs in the slow lane (`lanes.py`), and
+its model calls wait, chunk by chunk, while the batcher has sentences to encode (`gate.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import threading
 from datetime import timezone
 
 from PIL import Image
 
+from searchengine.encoder import Encoder
 from searchengine.engine import Classification, Engine, SearchResult
 from searchengine.errors import NotIndexedError
+from searchengine.index.spaces import VectorSpace
 from searchengine.paths import display_path, path_fields
+from searchengine.query.hits import check_query_text, image_hits
+from searchengine.query.images import stored_vector
+from searchengine.query.inputs import check_media_id
+from searchengine.server.batcher import TextBatcher
 from searchengine.server.errors import ApiError
+from searchengine.server.gate import ModelGate, gate_encoder, ungated_texts
+from searchengine.server.lanes import Lanes
 from searchengine.server.media import MediaFiles
 from searchengine.server.settings import ServerSettings
 from searchengine.server.uploads import Upload
@@ -28,14 +41,21 @@ ImageRef = int | Upload  # an indexed image's catalog id, or an uploaded image
 
 
 class SearchService:
-    """Every operation the API offers, on one engine and its pinned model."""
+    """Every operation the API offers, on one engine and its pinned model.
+
+    Methods are blocking and thread-safe; the app runs them in `lanes` (fast or slow)."""
 
     def __init__(self, engine: Engine, settings: ServerSettings):
         self.engine = engine
         self.settings = settings
         self.media = MediaFiles(engine.catalog, cache_bytes=settings.thumbnail_cache_bytes,
                                 max_original_bytes=settings.max_original_bytes)
-        self._lock = threading.Lock()
+        self.batcher = TextBatcher(self._encode_texts, max_batch=settings.text_batch_size,
+                                   max_wait=settings.text_batch_wait_ms / 1000)
+        self.lanes = Lanes(fast_threads=settings.fast_threads, slow_threads=1)
+        self.gate = ModelGate()  # one model call at a time, the batcher's first (`gate.py`)
+        self._open = threading.Lock()
+        self.instance = secrets.token_hex(8)  # names this server run (`searchengine.serving`)
 
     @property
     def model(self) -> str:
@@ -46,30 +66,43 @@ class SearchService:
 
     def warm_up(self) -> None:
         """Load the model and open its vector indexes now, so the first request is not slow."""
-        with self._lock:
-            self.engine.encoder(self.model)
-            for modality in ("image", "text"):
-                if self._vector_count(modality):
-                    self.engine.space(self.model, modality)
-                else:
-                    log.warning("no %s vectors for %s in %s yet", modality, self.model,
-                                self.engine.home)
+        model = self.model
+        self._encoder(model)
+        for modality in ("image", "text"):
+            if self._vector_count(modality):
+                self._space(model, modality)
+            else:
+                log.warning("no %s vectors for %s in %s yet", modality, self.model,
+                            self.engine.home)
+
+    def close(self) -> None:
+        """Stop the batcher's and the lanes' threads."""
+        self.batcher.close()
+        self.lanes.close()
 
     # -- searches ----------------------------------------------------------------------
 
     def search(self, query: str, *, limit: int, offset: int) -> SearchResult:
-        with self._lock:
-            return self.engine.search(query, k=limit, model=self.model, offset=offset)
+        """As `Engine.search`, the sentence encoded in a batch with other requests'."""
+        query = check_query_text(query)
+        model = self.model
+        space = self._space(model, "image")
+        vector = self.batcher.encode(model, query)  # (1, d)
+        hits = image_hits(self.engine.catalog, space, vector, limit, offset)
+        return SearchResult(query, space.model.spec, hits)
 
     def search_upload(self, upload: Upload, *, limit: int, offset: int) -> SearchResult:
-        with self._lock:
-            result = self.engine.similar(upload.image, k=limit, model=self.model, offset=offset)
+        model = self._prepare("image")
+        result = self.engine.similar(upload.image, k=limit, model=model, offset=offset)
         return dataclasses.replace(result, query=upload.name)
 
     def similar(self, media_id: int, *, limit: int, offset: int) -> SearchResult:
+        """As `Engine.similar` of an id: the stored vector, no model call."""
         self.require_media(media_id)
-        with self._lock:
-            return self.engine.similar(media_id, k=limit, model=self.model, offset=offset)
+        space = self._space(self.model, "image")
+        vector, label = stored_vector(self.engine.catalog, space.model, check_media_id(media_id))
+        hits = image_hits(self.engine.catalog, space, vector, limit, offset)
+        return SearchResult(label, space.model.spec, hits)
 
     def lookup(self, image: ImageRef, *, limit: int, offset: int,
                text_set: str | None) -> SearchResult:
@@ -78,29 +111,35 @@ class SearchService:
                 f"no texts are indexed for model {self.model} in {self.engine.home}; run "
                 f"`searchengine add-texts FILE.csv --model {self.model}` first")
         source, name = self._resolved(image)
-        with self._lock:
-            result = self.engine.lookup(source, k=limit, text_set=text_set, model=self.model,
-                                        offset=offset)
+        model = self._prepare("text", *_stored(source))
+        result = self.engine.lookup(source, k=limit, text_set=text_set, model=model,
+                                    offset=offset)
         return dataclasses.replace(result, query=name)
 
     # -- single answers ------------------------------------------------------------------
 
     def classify(self, image: ImageRef, labels: list[str], *, templates: str) -> Classification:
         source, name = self._resolved(image)
-        with self._lock:
-            result = self.engine.classify(source, labels, templates=templates, model=self.model)
+        model = self._prepare(*_stored(source))
+        result = self.engine.classify(source, labels, templates=templates, model=model)
         return dataclasses.replace(result, image=name)
 
     def match(self, image: ImageRef, text: str) -> dict:
+        """As `Engine.match`; for an indexed image, the text joins the batcher."""
         source, name = self._resolved(image)
-        with self._lock:
-            score = self.engine.match(source, text, model=self.model)
-        return {"image": display_path(name), "text": text, "model": self.model,
+        model = self._prepare(*_stored(source))
+        if isinstance(source, int):
+            text = check_query_text(text)
+            space = self._space(model, "image")
+            vector, _ = stored_vector(self.engine.catalog, space.model, check_media_id(source))
+            score = float(self.batcher.encode(model, text)[0] @ vector[0])
+        else:
+            score = self.engine.match(source, text, model=model)
+        return {"image": display_path(name), "text": text, "model": model,
                 "score": round(score, 6)}
 
     def status(self) -> dict:
-        with self._lock:
-            report = self.engine.status()
+        report = self.engine.status()
         return {**report.as_dict(), "serving_model": self.model}
 
     def info(self, media_id: int) -> dict:
@@ -114,6 +153,36 @@ class SearchService:
         } | path_fields(row.path)
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _space(self, model: str, modality: str) -> VectorSpace:
+        """The space, its index loaded (read again when another process saved it)."""
+        with self._open:
+            space = self.engine.space(model, modality)
+            space.index  # noqa: B018 (loads it now, under the lock, not in each search)
+        return space
+
+    def _encoder(self, model: str) -> Encoder:
+        """The engine's encoder, its calls made slow work behind this server's gate."""
+        with self._open:
+            encoder = self.engine.encoder(model)
+            if getattr(encoder.encode_texts, "gate", None) is not self.gate:
+                gate_encoder(encoder, self.gate, text_chunk=self.settings.slow_text_chunk)
+            return encoder
+
+    def _encode_texts(self, model: str, texts: list[str]):
+        """(n, d) float32 unit vectors of `texts`: the batcher's model call, urgent."""
+        encode = ungated_texts(self._encoder(model))
+        with self.gate.turn(urgent=True):
+            return encode(texts)
+
+    def _prepare(self, *modalities: str) -> str:
+        """The model id, with its encoder and the spaces of `modalities` opened under the lock,
+        so that the engine call that follows finds them open and only reads."""
+        model = self.model
+        self._encoder(model)
+        for modality in modalities:
+            self._space(model, modality)
+        return model
 
     def require_media(self, media_id: int):
         row = self.engine.catalog.media([media_id]).get(media_id)
@@ -132,3 +201,8 @@ class SearchService:
             return image.image, image.name
         row = self.require_media(image)
         return image, row.path
+
+
+def _stored(source: int | Image.Image) -> tuple[str, ...]:
+    """The spaces an image query reads: the image space for an indexed image's stored vector."""
+    return ("image",) if isinstance(source, int) else ()

@@ -31,8 +31,8 @@ class ServerSettings:
     """Longest search sentence or `match` text, in characters (the model reads 77 tokens)."""
     max_labels: int = 50
     """Most labels one `classify` request may give (each label costs one text encoding per
-    prompt template, and every other request waits meanwhile). The library's own cap is
-    `engine.MAX_LABELS`."""
+    prompt template; classifications run one at a time, beside the searches). The library's
+    own cap is `engine.MAX_LABELS`."""
     max_label_chars: int = 100
     """Longest `classify` label, in characters."""
     max_set_name_chars: int = 200
@@ -43,6 +43,16 @@ class ServerSettings:
     """Memory for rendered thumbnails (least recently used are dropped first)."""
     max_original_bytes: int = 200 * 1024 * 1024
     """Catalogued files larger than this are not served as originals (thumbnails still are)."""
+    text_batch_size: int = 64
+    """Most search sentences encoded in one model call (the text batcher)."""
+    text_batch_wait_ms: float = 2.0
+    """How long a search sentence waits for others to join its model call while the model is
+    idle (under load, sentences queue while the model works and need no wait)."""
+    slow_text_chunk: int = 32
+    """Sentences per model call of slow work (`classify`'s labels x templates): a search sentence
+    that arrives meanwhile waits for one such call at most."""
+    fast_threads: int = 64
+    """Threads for searches and lookups at once (each mostly waits for its batch or FAISS)."""
 
 
 def is_loopback(host: str) -> bool:
