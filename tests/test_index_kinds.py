@@ -339,3 +339,47 @@ def test_check_finds_a_stale_code_in_a_compressed_kind_and_only_that(home, kind)
     store(catalog, model.id, paths[:1], clustered(1, seed=12), tag="changed")  # file not saved
     result = space.check()
     assert (result.stale, result.missing, result.extra) == (1, 0, 0)
+
+
+def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home):
+    """Photos in tight clusters, captions between two clusters (as text sits across CLIP's
+    modality gap): photo queries alone are satisfied by nprobe 1, which finds about half of a
+    caption's neighbours. With the home's captions as cross-modal queries the tuner raises nprobe
+    until they too reach the target, checked against float64 brute force."""
+    tmp_path, catalog, model = home
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(40, DIM))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    n = 2000
+    xb = centres[rng.integers(0, 40, n)] + 0.05 * rng.normal(size=(n, DIM))
+    xb = (xb / np.linalg.norm(xb, axis=1, keepdims=True)).astype(np.float32)
+    ids = store(catalog, model.id, [f"/p/{i}.jpg" for i in range(n)], xb)
+    pairs = rng.integers(0, 40, (300, 2))
+    captions = centres[pairs[:, 0]] + centres[pairs[:, 1]]
+    captions = (captions / np.linalg.norm(captions, axis=1, keepdims=True)).astype(np.float32)
+    catalog.add_texts("captions", [f"caption {i}" for i in range(len(captions))])
+    text_ids = sorted(catalog.text_ids("captions").values())
+    catalog.write_text_vectors(model.id, text_ids, captions)
+
+    def caption_recall(index: VectorIndex) -> float:
+        _, found = index.search(captions, 10)
+        exact = xb.astype(np.float64) @ captions.astype(np.float64).T  # (n, c)
+        hits = 0
+        for column, row in enumerate(found):
+            truth = set(ids[np.argsort(-exact[:, column], kind="stable")[:10]].tolist())
+            hits += len(truth & set(row.tolist()))
+        return hits / (10 * len(captions))
+
+    settings = IndexSettings(target_recall=0.95)
+    space = VectorSpace(catalog, tmp_path, model, "image", "ivf", settings)
+    photo_only = VectorIndex.build_from_batches(
+        "ivf", DIM, n, space._batches, plan=plan_index("ivf", DIM, n)
+    )
+    from searchengine.index.tuning import tune
+
+    alone = tune(photo_only, space._batches, target=0.95)
+    photo_only.apply_tuning(alone)
+    assert alone.reached and caption_recall(photo_only) < 0.9  # photo queries miss captions'
+    guarded = space.index
+    assert guarded.tuning.params["nprobe"] > alone.params["nprobe"]
+    assert guarded.tuning.recall >= 0.95 and caption_recall(guarded) >= 0.93

@@ -32,7 +32,7 @@ from searchengine.index.kinds import (
     outgrown,
     plan_index,
 )
-from searchengine.index.tuning import RecallTargetError, Tuning, tune
+from searchengine.index.tuning import QUERIES, RecallTargetError, Tuning, held_out, tune
 from searchengine.index.vectors import (
     MANIFEST_VERSION,
     Manifest,
@@ -239,9 +239,22 @@ class VectorSpace:
         raise RecallTargetError(self._missed_message(*best))  # type: ignore[misc]
 
     def _tune(self, index: VectorIndex) -> Tuning:
-        tuning = tune(index, self._batches, target=self.settings.target_recall)
+        tuning = tune(
+            index, self._batches, target=self.settings.target_recall, cross=self._cross_queries()
+        )
         index.apply_tuning(tuning)
         return tuning
+
+    def _cross_queries(self) -> np.ndarray | None:
+        """(c, d) float32: up to QUERIES stored vectors of the other modality under this model
+        (captions for a photo index, photos for a text index), spread over their ids; the
+        queries users actually send across the modality gap. None when there are none."""
+        other = "text" if self.modality == "image" else "image"
+        count, _ = self.catalog.vector_stats(other, self.model.id)
+        if not count:
+            return None
+        _, vectors = held_out(self.catalog.iter_vectors(other, self.model.id), count, QUERIES)
+        return vectors
 
     def _missed_message(self, index: VectorIndex, tuning: Tuning) -> str:
         budget = self.settings.memory
