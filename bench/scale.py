@@ -1,13 +1,15 @@
 """Index kinds against collection size on CLIP-structured vectors: latency, recall, memory, build.
 
-For each size (10k, 100k, 1M, 10M by default) and index kind, in a fresh process (so its peak RSS
-is its own): draw the collection from a generator fitted to real embeddings (`clipgen.py`: the
-flickr8k-1k photos under the bundled `demo` model, lifted isometrically to 512-d), build the index
-through searchengine's own `VectorIndex` (streamed batches, never the whole collection in
-memory; approximate kinds tuned by the recall guard), then search it with real caption vectors
-(one query at a time, k=10) and compare with exact search streamed over the same collection.
-Kinds too big for `--memory` (flat at 10M is 20 GB) are skipped and say so. Also reports recall
-of each kind on the real embeddings themselves, and the relative contrast of real, generated and
+For each size (10k, 100k, 1M, 10M by default) and index kind, in a fresh process (so its peak RSS is
+its own): draw the collection from a generator fitted to real embeddings (`clipgen.py`: the
+flickr8k-1k photos under the bundled `demo` model, lifted isometrically to 512-d) into a float16
+file (the catalog's form of the durable copy), build the index through searchengine's own
+`VectorIndex` from it (streamed batches, never the whole collection in memory; approximate kinds
+tuned by the recall guard, with 500 other captions as the home's text set unless --no-cross;
+compressed kinds re-score their candidates from the float16 copy), then search it with real caption
+vectors (one query at a time, k=10) and compare with exact search streamed over the same collection.
+Kinds too big for `--memory` (flat at 10M is 20 GB) are skipped and say so. Also reports recall of
+each kind on the real embeddings themselves, and the relative contrast of real, generated and
 uniform vectors (how much neighbour structure each has).
 
     .venv/bin/python bench/scale.py [--sizes 10000,100000,1000000] [--kinds flat,ivf,auto]
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -35,13 +38,42 @@ K = 10
 BATCH = 50_000
 
 
-def generator(args) -> tuple[ClipLike, np.ndarray, dict]:
-    """The fitted generator, the (m, D) caption query vectors, and the structure report."""
+def generator(args) -> tuple[ClipLike, np.ndarray, np.ndarray, dict]:
+    """The fitted generator, the (m, D) caption query vectors, (c, D) other captions the home
+    holds as a text set (the recall guard's cross-modal queries), and the structure report."""
     real = real_embeddings(SHARED_DATA / "flickr8k-1k", args.model)
     gen = ClipLike.fit(real.images, dim=args.dim)
     rng = np.random.default_rng(7)
-    picked = rng.choice(len(real.captions), size=args.queries, replace=False)
-    return gen, gen.lifted(real.captions[picked]), structure_report(gen, real)
+    picked = rng.permutation(len(real.captions))
+    queries = gen.lifted(real.captions[picked[: args.queries]])
+    held = gen.lifted(real.captions[picked[args.queries : args.queries + 500]])
+    return gen, queries, held, structure_report(gen, real)
+
+
+class Stored:
+    """The durable copy of a generated collection: float16 rows in a file, as the catalog
+    stores vectors, read by id (ids are row numbers) for the re-ranking of compressed kinds."""
+
+    def __init__(self, gen: ClipLike, n: int):
+        self.path = Path(tempfile.gettempdir()) / f"scale-{n}-{gen.dim}-{os.getpid()}.f16"
+        rows = np.lib.format.open_memmap(self.path, "w+", np.float16, (n, gen.dim))
+        for ids, vectors in gen.batches(n, BATCH):
+            rows[ids[0] : ids[-1] + 1] = vectors
+        rows.flush()
+        self.rows = np.load(self.path, mmap_mode="r")
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids, np.asarray(self.rows[ids], dtype=np.float32)
+
+    def batches(self):
+        for start in range(0, len(self.rows), BATCH):
+            stop = min(start + BATCH, len(self.rows))
+            ids = np.arange(start, stop, dtype=np.int64)
+            yield ids, np.asarray(self.rows[start:stop], dtype=np.float32)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def index_bytes(index) -> int:
@@ -57,20 +89,25 @@ def one(args) -> dict:
     """Build and measure one (size, kind); runs in its own process."""
     from searchengine.index.vectors import VectorIndex
 
-    gen, queries, _ = generator(args)
+    gen, queries, held, _ = generator(args)
     n, kind = args.one_size, args.one_kind
-    start = time.perf_counter()
-    index = build(VectorIndex, kind, gen.dim, n, lambda: gen.batches(n, BATCH), args)
-    build_s = time.perf_counter() - start
-    index.search(queries[:1], K)  # warm
-    samples = []
-    found = np.zeros((len(queries), K), dtype=np.int64)
-    for i, query in enumerate(queries):
-        t = time.perf_counter()
-        _, ids = index.search(query[None], K)
-        samples.append((time.perf_counter() - t) * 1000)
-        found[i] = ids[0]
-    exact = exact_top_k(queries, gen.batches(n, BATCH), K)[1]
+    stored = Stored(gen, n)  # the catalog's float16 copy; the index is built from it, as a home's
+    try:
+        start = time.perf_counter()
+        index = build(VectorIndex, kind, gen.dim, n, stored.batches, args,
+                      cross=None if args.no_cross else held, vectors_of=stored)
+        build_s = time.perf_counter() - start
+        index.search(queries[:1], K, vectors_of=stored)  # warm
+        samples = []
+        found = np.zeros((len(queries), K), dtype=np.int64)
+        for i, query in enumerate(queries):
+            t = time.perf_counter()
+            _, ids = index.search(query[None], K, vectors_of=stored)
+            samples.append((time.perf_counter() - t) * 1000)
+            found[i] = ids[0]
+        exact = exact_top_k(queries, stored.batches(), K)[1]
+    finally:
+        stored.close()
     row = {
         "vectors": n,
         "kind": kind,
@@ -87,7 +124,8 @@ def one(args) -> dict:
     return row
 
 
-def build(VectorIndex, kind: str, dim: int, n: int, batches, args):
+def build(VectorIndex, kind: str, dim: int, n: int, batches, args, *, cross=None,
+          vectors_of=None):
     """searchengine's own build from streamed batches, as a home builds it (`VectorSpace._build`):
     the plan for the size and budget (auto tries its candidates in order until one reaches the
     target), then the recall guard tunes the search parameters on held-out stored vectors."""
@@ -102,7 +140,8 @@ def build(VectorIndex, kind: str, dim: int, n: int, batches, args):
         plans = [plan_index(kind, dim, n)]
     for plan in plans:
         index = VectorIndex.build_from_batches(plan.kind, dim, n, batches, plan=plan)
-        tuning = tune(index, batches, target=args.target_recall)
+        tuning = tune(index, batches, target=args.target_recall, cross=cross,
+                      vectors_of=vectors_of)
         index.apply_tuning(tuning)
         if tuning.reached:
             break
@@ -125,14 +164,17 @@ def real_recall(args) -> list[dict]:
     exact = exact_top_k(xq, iter([(ids, xb)]), K)[1]
     rows = []
     for kind in args.kinds.split(","):
-        index = build(VectorIndex, kind, xb.shape[1], len(xb), lambda: iter([(ids, xb)]), args)
+        index = build(VectorIndex, kind, xb.shape[1], len(xb), lambda: iter([(ids, xb)]), args,
+                      vectors_of=lambda i: (i, xb[i]))
         rows.append(
             {
                 "vectors": len(xb),
                 "kind": kind,
                 "built_kind": index.kind,
                 "params": dict(index.tuning.params) if index.tuning else {},
-                "recall_at_10_vs_exact": recall(exact, index.search(xq, K)[1]),
+                "recall_at_10_vs_exact": recall(
+                    exact, index.search(xq, K, vectors_of=lambda i: (i, xb[i]))[1]
+                ),
             }
         )
     return rows
@@ -159,6 +201,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=8 * 2**30, help="index memory budget, bytes")
     parser.add_argument("--hnsw-max", type=int, default=1_000_000,
                         help="largest size HNSW is built at (its build is slow on 2 cores)")
+    parser.add_argument("--no-cross", action="store_true",
+                        help="tune on photo queries only (a home without a caption text set)")
     parser.add_argument("--record", action="store_true", help="write bench/results/scale.json")
     parser.add_argument("--plot", type=Path, default=None, help="write the latency/recall plot")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
@@ -170,7 +214,7 @@ def main() -> None:
         print(json.dumps(one(args)))
         return
 
-    _, _, structure = generator(args)
+    _, _, _, structure = generator(args)
     print("structure:", structure)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -180,6 +224,8 @@ def main() -> None:
                 rows.append({"vectors": n, "kind": kind, "skipped": True})
                 continue
             command = [sys.executable, __file__, "--one-size", str(n), "--one-kind", kind]
+            if args.no_cross:
+                command.append("--no-cross")
             for flag in ("model", "dim", "queries", "target_recall", "memory"):
                 value = getattr(args, flag)
                 if value is not None:

@@ -321,7 +321,7 @@ def test_status_shows_the_kind_auto_chose_and_its_recall(
     (space,) = cli_run.json("status", "--home", home)["spaces"]
     assert space["kind"] == "ivf-sq8" and space["chosen_by_auto"] is False
     assert space["target_recall"] == 0.9 and space["memory_budget"] == 2 * 10**9
-    assert space["recall"] >= 0.9 and set(space["params"]) == {"nprobe"}
+    assert space["recall"] >= 0.9 and set(space["params"]) == {"nprobe", "rerank"}
     text = cli_run("status", "--home", home).output
     assert "recall@10" in text and "nprobe=" in text
 
@@ -383,3 +383,38 @@ def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home)
     guarded = space.index
     assert guarded.tuning.params["nprobe"] > alone.params["nprobe"]
     assert guarded.tuning.recall >= 0.95 and caption_recall(guarded) >= 0.93
+
+
+@pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])
+def test_a_compressed_kind_rescores_its_candidates_with_the_catalogs_vectors(home, kind):
+    """With the catalog to read (as every engine search has), a compressed kind's hits come back
+    with the exact scores of the stored vectors, and with every list probed they are the float64
+    brute-force top-k over the candidates' own vectors; without it, the scores are the codes'."""
+    from searchengine.index.search import rescore, space_vectors
+
+    tmp_path, catalog, model = home
+    n = 1500
+    xb = clustered(n, seed=21)
+    ids = store(catalog, model.id, [f"/p/{i}.jpg" for i in range(n)], xb)
+    space = VectorSpace(catalog, tmp_path, model, "image", kind, IndexSettings(target_recall=0.3))
+    index, read = space.index, space_vectors(space)
+    assert index.rerank > 1 and index.tuning.params["rerank"] == index.rerank
+    exhaustive(index)
+    xq = clustered(15, seed=98)
+    D, I = index.search(xq, 10, vectors_of=read)
+    rows = {int(i): r for r, i in enumerate(ids)}
+    exact = np.array([[xq[q].astype(np.float64) @ xb[rows[int(i)]] for i in row]
+                      for q, row in enumerate(I)])
+    np.testing.assert_allclose(D, exact, rtol=0, atol=score_noise(DIM))  # the stored vectors'
+    # the reference: every candidate of the codes' own top-(rerank * k), scored in float64
+    _, wide = index.search(xq, 10 * index.rerank)
+    for q, row in enumerate(wide):
+        scores = sorted((xq[q].astype(np.float64) @ xb[rows[int(i)]] for i in row), reverse=True)
+        np.testing.assert_allclose(sorted(exact[q], reverse=True), scores[:10], rtol=0,
+                                   atol=score_noise(DIM))
+    coded, _ = index.search(xq, 10)  # no reader: the codes' approximate scores
+    assert np.abs(coded - exact).max() > score_noise(DIM)
+    # rescore pads a row with fewer candidates than k as FAISS does
+    few = np.array([[int(ids[0]), -1, -1]], dtype=np.int64)
+    D1, I1 = rescore(xq[:1], few, 3, read)
+    assert I1.tolist() == [[int(ids[0]), -1, -1]] and D1[0, 1] < -1e30

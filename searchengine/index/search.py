@@ -261,3 +261,47 @@ def _search_params(plan: FilterPlan, selector):
     if plan.ef_search is not None:
         return faiss.SearchParametersHNSW(sel=selector, efSearch=plan.ef_search)
     return faiss.SearchParameters(sel=selector)
+
+
+def reranked_search(
+    index: VectorIndex, xq: np.ndarray, k: int, vectors_of: VectorsOf, factor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of a compressed index re-scored exactly: its `factor * k` best candidates by their
+    codes, then inner products with their durable vectors (`vectors_of`, the catalog's copy).
+
+    FAISS' IndexRefine does this with a second index in memory; here the full vectors stay on
+    disk and only the candidates are read, so memory stays that of the codes while the ranking
+    and the scores are those of the stored vectors."""
+    wide = max(k, min(index.count, k * factor))
+    _, candidates = index._searcher(wide).search(xq, wide)
+    return rescore(xq, candidates, k, vectors_of)
+
+
+def rescore(
+    xq: np.ndarray, candidates: np.ndarray, k: int, vectors_of: VectorsOf, chunk: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(m, k) scores and ids: the best k of each row of (m, c) int64 `candidates` (-1 = none) by
+    inner product of (m, d) `xq` with their vectors read through `vectors_of`, descending; rows
+    with fewer than k candidates are padded with -1 ids as FAISS pads them."""
+    m = len(xq)
+    D = np.full((m, k), MISSING_SCORE, dtype=np.float32)
+    I = np.full((m, k), -1, dtype=np.int64)
+    held = np.unique(candidates[candidates >= 0])
+    if not len(held):
+        return D, I
+    found, vectors = vectors_of(held)
+    order = np.argsort(found)
+    found, vectors = np.asarray(found, dtype=np.int64)[order], vectors[order]
+    for start in range(0, m, chunk):  # (chunk, c, d) gathered at a time
+        rows = candidates[start : start + chunk]
+        at = np.clip(np.searchsorted(found, rows), 0, max(len(found) - 1, 0))
+        valid = (rows >= 0) & (found[at] == rows)
+        scores = np.einsum("md,mcd->mc", xq[start : start + chunk], vectors[at])
+        scores[~valid] = -np.inf
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(scores, best, axis=1)
+        ids = np.take_along_axis(rows, best, axis=1)
+        missing = ~np.isfinite(top)
+        D[start : start + chunk, : top.shape[1]] = np.where(missing, MISSING_SCORE, top)
+        I[start : start + chunk, : ids.shape[1]] = np.where(missing, -1, ids)
+    return D, I

@@ -239,8 +239,14 @@ class VectorSpace:
         raise RecallTargetError(self._missed_message(*best))  # type: ignore[misc]
 
     def _tune(self, index: VectorIndex) -> Tuning:
+        from searchengine.index.search import space_vectors
+
         tuning = tune(
-            index, self._batches, target=self.settings.target_recall, cross=self._cross_queries()
+            index,
+            self._batches,
+            target=self.settings.target_recall,
+            cross=self._cross_queries(),
+            vectors_of=space_vectors(self),
         )
         index.apply_tuning(tuning)
         return tuning

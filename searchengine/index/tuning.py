@@ -70,7 +70,8 @@ def apply_params(faiss_index, params: dict[str, int]) -> None:
 
     space = faiss.ParameterSpace()
     for name, value in params.items():
-        space.set_index_parameter(faiss_index, name, float(value))
+        if name != "rerank":  # ours, read by VectorIndex.rerank, not a FAISS parameter
+            space.set_index_parameter(faiss_index, name, float(value))
 
 
 def tune(
@@ -81,12 +82,15 @@ def tune(
     k: int = RECALL_AT,
     queries: int = QUERIES,
     cross: np.ndarray | None = None,
+    vectors_of: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Tuning:
     """The cheapest search parameter of `index` whose recall@`k` reaches `target` on held-out
     stored vectors (`batches()` yields ((b,) int64 ids, (b, d) float32) and is read twice), set
     on the index. When no value reaches it, the best one is set and returned (`reached` False).
     `cross`: (c, d) float32 queries of the other modality (not stored in this index); recall is
-    then the lower of the held-out and the cross-modal figure. Exact kinds return recall 1.0 and
+    then the lower of the held-out and the cross-modal figure. `vectors_of(ids)` reads durable
+    vectors: a compressed kind is then measured as it searches, its candidates re-scored
+    (`VectorIndex.rerank`, recorded as the "rerank" parameter). Exact kinds return recall 1.0 and
     no parameters."""
     import faiss
 
@@ -111,10 +115,16 @@ def tune(
         qids = np.concatenate([qids, np.full(len(cross), -2, dtype=np.int64)])
         xq = np.ascontiguousarray(np.concatenate([xq, cross]))
     truth = exact_neighbours(batches(), qids, xq, k)
+    rerank = index.rerank if vectors_of is not None else 1
+    extra = {"rerank": rerank} if rerank > 1 else {}
     tried: list[tuple[int, float]] = []
     for value in values:
         space.set_index_parameter(index.index, name, float(value))
-        _, I = index.index.search(xq, k + 1)
+        _, I = index.index.search(xq, (k + 1) * rerank)
+        if rerank > 1:
+            from searchengine.index.search import rescore
+
+            _, I = rescore(xq, I, k + 1, vectors_of)  # type: ignore[arg-type]
         found = _without_self(I, qids, k)
         measured = recall_at(found[:own], truth[:own])
         if len(qids) > own:
@@ -122,12 +132,14 @@ def tune(
         tried.append((value, measured))
         log.debug("%s=%d: recall@%d %.3f", name, value, k, measured)
         if measured >= target:
-            return Tuning({name: value}, measured, target, len(qids), index.count, tuple(tried))
+            params = {name: value, **extra}
+            return Tuning(params, measured, target, len(qids), index.count, tuple(tried))
         if len(tried) >= 3 and measured - tried[-3][1] < PLATEAU:
             break  # two doublings gained nothing: the codes, not the search, limit recall
     value, measured = max(tried, key=lambda t: (t[1], -t[0]))
     space.set_index_parameter(index.index, name, float(value))
-    return Tuning({name: value}, measured, target, len(qids), index.count, tuple(tried))
+    params = {name: value, **extra}
+    return Tuning(params, measured, target, len(qids), index.count, tuple(tried))
 
 
 def held_out(

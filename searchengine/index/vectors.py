@@ -43,6 +43,10 @@ SMALL_TRAINING = 1_000_000  # floats: IVF training samples smaller than this run
 # query gains nothing from a second thread, and on a busy host waiting for it costs more than
 # the search (a flat 10k x 512 query: 1.0 ms on one thread, 40 ms on two; bench/scale.py)
 FEW_QUERIES = 4
+# compressed kinds: candidates per hit re-scored with the catalog's vectors. Their 8-bit codes
+# misorder near-duplicates (IVF-SQ8 stalled at recall@10 0.93 on CLIP-structured photos at 100k
+# whatever nprobe; bench/scale.py)
+RERANK = 4
 STALE_TEMP_SECONDS = 3600  # a temporary file without a writer's pid is stale after this long
 
 
@@ -191,6 +195,14 @@ class VectorIndex:
         return self.kind not in COMPRESSED_KINDS
 
     @property
+    def rerank(self) -> int:
+        """Candidates a hit that a compressed kind re-scores with the durable vectors when it can
+        read them (the tuned value, else RERANK); 1 for kinds that store vectors whole."""
+        if self.stores_exact_vectors:
+            return 1
+        return int((self.tuning.params if self.tuning else {}).get("rerank", RERANK))
+
+    @property
     def wants_retraining(self) -> bool:
         """An IVF index built on few vectors has too few lists once many more arrive."""
         if self.kind not in IVF_KINDS:
@@ -304,15 +316,18 @@ class VectorIndex:
         fewer than k vectors qualify. `allowed_ids` restricts the search without losing hits to
         the approximation (`index.search.filtered_search`: exact over the allowed vectors, or
         the index with a selector and widened parameters); `vectors_of(ids)` reads durable
-        vectors for kinds that do not store them whole.
+        vectors for kinds that do not store them whole: with it, a compressed kind's candidates
+        are re-scored exactly (`rerank`).
         """
-        from searchengine.index.search import filtered_search
+        from searchengine.index.search import filtered_search, reranked_search
 
         xq = np.ascontiguousarray(np.atleast_2d(xq), dtype=np.float32)
         if xq.shape[1] != self.dim:
             raise InvalidInputError(f"query dimension {xq.shape[1]} != index dimension {self.dim}")
         k = max(1, min(int(k), max(self.count, 1)))
         with _one_thread_below(len(xq), FEW_QUERIES):
+            if allowed_ids is None and vectors_of is not None and self.rerank > 1:
+                return reranked_search(self, xq, k, vectors_of, self.rerank)
             if allowed_ids is None:
                 return self._searcher(k).search(xq, k)
             return filtered_search(self, xq, k, allowed_ids, vectors_of=vectors_of)
