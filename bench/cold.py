@@ -28,19 +28,15 @@ STAGES = r"""
 import json, sys, time
 marks = [("start", time.perf_counter())]
 def mark(name): marks.append((name, time.perf_counter()))
-from searchengine.engine import Engine; mark("import engine")
-import torch; mark("import torch")
-import open_clip; mark("import open_clip")
-import faiss; mark("import faiss")
-engine = Engine.open(sys.argv[1], create=False); mark("open home")
+from searchengine.engine import Engine; mark("import searchengine.engine")
+engine = Engine.open(sys.argv[1], create=False); mark("open home (catalog)")
 model = sys.argv[2]
-engine.model_id_of(model); mark("parse model spec")
-space = engine.space(model, "image"); mark("load index")
-encoder = engine.encoder(model); mark("build encoder (model + weights)")
+engine.model_id_of(model); mark("model spec (imports torch, open_clip; digest)")
+space = engine.space(model, "image"); mark("load index (faiss)")
+encoder = engine.encoder(model); mark("build encoder (model, weights, probe)")
 engine.search(sys.argv[3], k=10, model=model); mark("first search")
 print(json.dumps([(b[0], round((b[1] - a[1]) * 1000, 1)) for a, b in zip(marks, marks[1:])]))
 """
-
 
 def build_home(home: Path, n: int) -> str:
     """A home with `n` fake photos and random unit vectors under a random ViT-B-32 checkpoint
@@ -69,13 +65,16 @@ def build_home(home: Path, n: int) -> str:
     return model
 
 
-def cli_seconds(args: list[str], repeats: int) -> tuple[list[float], str]:
-    """Wall seconds of `repeats` fresh `searchengine ARGS` processes, and the last stdout."""
+def cli_seconds(
+    args: list[str], repeats: int, source: Path | None = None
+) -> tuple[list[float], str]:
+    """Wall seconds of `repeats` fresh `searchengine ARGS` processes, and the last stdout;
+    `source`: a folder holding another `searchengine` package to run instead (PYTHONPATH)."""
     command = [str(Path(sys.executable).with_name("searchengine")), *args]
     samples, output = [], ""
     for _ in range(repeats):
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=_env())
+        done = subprocess.run(command, capture_output=True, text=True, env=_env(source))
         samples.append(time.perf_counter() - start)
         if done.returncode:
             raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
@@ -83,8 +82,13 @@ def cli_seconds(args: list[str], repeats: int) -> tuple[list[float], str]:
     return samples, output
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _env(source: Path | None = None) -> dict[str, str]:
+    extra = {"PYTHONPATH": str(source)} if source else {}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
+
+
+def _p50(samples: list[float]) -> float:
+    return sorted(samples)[len(samples) // 2]
 
 
 def main() -> None:
@@ -93,18 +97,37 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None, help="reused when already built")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--record", action="store_true", help="write bench/results/cold.json")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="a folder with another checkout's `searchengine` package (e.g. `git archive` of the "
+        "commit before): its cold searches are timed too, interleaved with this tree's",
+    )
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.gettempdir()) / f"searchengine-cold-{args.vectors}"
     model = build_home(home, args.vectors)
     print(f"uptime: {os.getloadavg()}")
     help_s, _ = cli_seconds(["--help"], args.repeats)
-    print(f"searchengine --help: p50 {sorted(help_s)[len(help_s) // 2]:.2f} s")
+    print(f"searchengine --help: p50 {_p50(help_s):.2f} s")
     search_args = ["search", QUERY, "--home", str(home), "--model", model, "--json"]
-    search_s, output = cli_seconds(search_args, args.repeats)
+    search_s, compare_s, output = [], [], ""
+    for _ in range(args.repeats):  # interleaved, so both see the same load on the host
+        seconds, output = cli_seconds(search_args, 1)
+        search_s += seconds
+        if args.compare:
+            seconds, compared = cli_seconds(search_args, 1, args.compare)
+            compare_s += seconds
+            if json.loads(compared)["hits"] != json.loads(output)["hits"]:
+                raise SystemExit("the compared checkout answers the search differently")
     hits = [hit["id"] for hit in json.loads(output)["hits"]]
-    print(f"searchengine search: p50 {sorted(search_s)[len(search_s) // 2]:.2f} s "
+    print(f"searchengine search: p50 {_p50(search_s):.2f} s "
           f"({', '.join(f'{s:.2f}' for s in search_s)}); top ids {hits[:3]}")
+    if args.compare:
+        print(f"  the same with {args.compare}: p50 {_p50(compare_s):.2f} s "
+              f"({', '.join(f'{s:.2f}' for s in compare_s)}); same hits")
+    print(f"loadavg after: {os.getloadavg()}")
     stages = subprocess.run(
         [sys.executable, "-c", STAGES, str(home), model, QUERY],
         capture_output=True, text=True, env=_env(), check=True,
@@ -119,6 +142,7 @@ def main() -> None:
             "loadavg": os.getloadavg(),
             "help_ms": percentiles([s * 1000 for s in help_s]),
             "search_ms": percentiles([s * 1000 for s in search_s]),
+            "compared_search_ms": percentiles([s * 1000 for s in compare_s]) if compare_s else None,
             "search_stages_ms": dict(stage_ms),
         })
 
