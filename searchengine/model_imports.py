@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -64,20 +65,57 @@ def libraries_needed(arch: str | None) -> set[str]:
     return needed
 
 
+def known_architectures() -> list[str]:
+    """The architecture names open_clip knows plus the bundled ones (`searchengine/model_configs`),
+    in open_clip's order. While open_clip is not imported yet they are read from its config files
+    as open_clip itself reads them (a JSON file with `embed_dim`, `vision_cfg` and `text_cfg`), so
+    validating a `--model` costs milliseconds instead of importing torch."""
+    if "open_clip" in sys.modules:
+        open_clip = sys.modules["open_clip"]
+        if not set(_bundled_names()) <= set(open_clip.list_models()):
+            open_clip.add_model_config(CONFIG_DIR)
+        return open_clip.list_models()
+    names = set()
+    for folder in _config_folders():
+        for path in folder.glob("*.json"):
+            config = _read_config(path)
+            if config and all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):
+                names.add(path.stem)
+    return sorted(names, key=_natural_key)
+
+
+def _bundled_names() -> list[str]:
+    return [path.stem for path in CONFIG_DIR.glob("*.json")]
+
+
+def _natural_key(name: str) -> list:
+    """open_clip's sort key for architecture names (`factory._natural_key`)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def _config_folders() -> list[Path]:
+    found = importlib.util.find_spec("open_clip")
+    folders = []
+    if found and found.submodule_search_locations:
+        folders += [Path(p) / "model_configs" for p in found.submodule_search_locations]
+    return [*folders, CONFIG_DIR]
+
+
+def _read_config(path: Path) -> dict | None:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _config(arch: str) -> dict | None:
     if "/" in arch or ":" in arch or not arch:
         return None
-    found = importlib.util.find_spec("open_clip")
-    folders = [CONFIG_DIR]
-    if found and found.submodule_search_locations:
-        folders += [Path(p) / "model_configs" for p in found.submodule_search_locations]
-    for folder in folders:
+    for folder in _config_folders():
         path = folder / f"{arch}.json"
         if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
-                return None
+            return _read_config(path)
     return None
 
 

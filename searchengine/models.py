@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from searchengine.errors import ModelError, ModelUnavailableError
-from searchengine.model_imports import CONFIG_DIR, import_open_clip
+from searchengine.model_imports import CONFIG_DIR, import_open_clip, known_architectures
 
 if TYPE_CHECKING:
     import torch
@@ -122,9 +122,7 @@ def parse_model_spec(text: str) -> ModelSpec:
             f"the bundled models: {', '.join(BUNDLED_ALIASES)}"
         )
     arch, rest = text.split("/", 1)
-    register_bundled_configs(arch)
-    open_clip = import_open_clip(arch)
-    known = open_clip.list_models()
+    known = known_architectures()  # no import of open_clip (torch) just to check a name
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -144,7 +142,7 @@ def parse_model_spec(text: str) -> ModelSpec:
             checkpoint=path.resolve(),
             digest=checkpoint_digest(path.resolve()),
         )
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = _published_weights_table().list_pretrained_tags_by_model(arch)
     if rest not in tags:
         choices = ", ".join(tags) if tags else "none published"
         raise ModelError(

@@ -101,3 +101,35 @@ def test_a_cold_cli_search_equals_a_warm_one(tmp_path, photo_folder, tiny_checkp
         gaps = np.diff([h["score"] for h in warm_hits])
         if np.all(np.abs(gaps) > 2 * score_noise(64) + 2e-6):
             assert [h["id"] for h in cold] == [h["id"] for h in warm_hits]
+
+
+def test_a_model_spec_is_checked_without_importing_torch(tiny_checkpoint):
+    source = f"""
+import sys
+from searchengine.models import parse_model_spec
+from searchengine.errors import ModelError
+specs = [parse_model_spec(s).id for s in
+         ("ViT-B-32/random", "se-tiny/random", "demo", "se-tiny/{tiny_checkpoint}")]
+try:
+    parse_model_spec("ViT-B-32/not_a_tag")
+except ModelError as error:
+    specs.append(str(error)[:40])
+print({{"torch": "torch" in sys.modules, "specs": specs}})
+"""
+    import ast
+
+    result = ast.literal_eval(_run_python(textwrap.dedent(source)))
+    assert result["torch"] is False
+    assert result["specs"][:3] == ["ViT-B-32/random", "se-tiny/random", "demo"]
+    assert result["specs"][4].startswith("unknown pretrained tag 'not_a_tag'")
+
+
+def test_the_architectures_read_from_files_are_open_clips_own():
+    from searchengine.model_imports import import_open_clip, known_architectures
+    from searchengine.models import register_bundled_configs
+
+    source = "from searchengine.model_imports import known_architectures as k; print(k())"
+    from_files = _run_python(source)
+    register_bundled_configs()
+    assert from_files == str(import_open_clip().list_models()) == str(known_architectures())
+    assert "se-tiny" in from_files and "ViT-B-32" in from_files
