@@ -46,7 +46,6 @@ class Encoder:
     """
 
     def __init__(self, spec: ModelSpec, settings: EncoderSettings = EncoderSettings()):
-        import torch
 
         self.spec = spec
         self.device = resolve_device(settings.device)
@@ -58,9 +57,8 @@ class Encoder:
         self.draft_crop = resizes_then_centre_crops(self.preprocess, self.image_size)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> (d,) float32
         self._text_cache_lock = threading.Lock()
-        with torch.inference_mode():
-            probe = self.encode_texts(["probe"])
-        self.dim = int(probe.shape[1])
+        probe = _text_projection_width(self.model)
+        self.dim = probe or int(self._vectors(self.tokenizer(["probe"])).shape[1])
 
     @classmethod
     def load(cls, spec: str | ModelSpec, settings: EncoderSettings = EncoderSettings()) -> Encoder:
@@ -190,6 +188,20 @@ class Encoder:
         with torch.inference_mode():
             features = self.model.encode_text(tokens, normalize=True)
         return features.float().cpu().numpy()
+
+
+def _text_projection_width(model) -> int | None:
+    """The embedding width d read from the text projection of open_clip's CLIP (a (width, d)
+    matrix or a Linear layer); None for other text towers, which a probe sentence then measures
+    (a forward pass a cold command would otherwise pay once more)."""
+    import torch
+
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):
+        return int(projection.out_features)
+    if isinstance(projection, torch.Tensor) and projection.ndim == 2:
+        return int(projection.shape[1])
+    return None
 
 
 def _supports_truncation(model) -> bool:

@@ -151,12 +151,14 @@ def vit_b32():
 
 
 def test_fast_text_path_equals_open_clip_on_vit_b_32(vit_b32):
-    assert vit_b32.tokenizer.context_length == 77
+    assert vit_b32.tokenizer.context_length == 77 and vit_b32.dim == 512
     lengths = (vit_b32.tokenizer(VIT_TEXTS) != 0).sum(dim=1).tolist()
     assert lengths == [3, 9, 77, 77]
     reference = vit_b32.encode_texts_reference(VIT_TEXTS)  # open_clip over all 77 tokens
     vit_b32.clear_text_cache()
-    assert_same_embeddings(vit_b32.encode_texts(VIT_TEXTS), reference)  # one mixed batch
+    fast = vit_b32.encode_texts(VIT_TEXTS)
+    assert fast.shape == (4, vit_b32.dim) and reference.shape == fast.shape
+    assert_same_embeddings(fast, reference)  # one mixed batch
     for text, row in zip(VIT_TEXTS, reference, strict=True):
         vit_b32.clear_text_cache()
         assert_same_embeddings(vit_b32.encode_texts([text])[0], row)  # cut at its own length
