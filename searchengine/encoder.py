@@ -102,7 +102,7 @@ class Encoder:
         if len(texts) > QUERY_CACHE_BATCH:
             return self._vectors(tokens)
         with self._text_cache_lock:
-            cached = {text: self._text_cache.get(text) for text in texts}
+            cached: dict[str, np.ndarray | None] = {t: self._text_cache.get(t) for t in texts}
             for text, vector in cached.items():
                 if vector is not None:
                     self._text_cache.move_to_end(text)
@@ -115,7 +115,8 @@ class Encoder:
                     cached[text] = self._text_cache[text] = vector
                 while len(self._text_cache) > QUERY_CACHE_SIZE:
                     self._text_cache.popitem(last=False)
-        return np.stack([cached[text] for text in texts])  # (n, d) float32, a new array
+        rows_out = [cached[text] for text in texts]
+        return np.stack([row for row in rows_out if row is not None])  # (n, d) float32, new
 
     def clear_text_cache(self) -> None:
         """Forget the cached text vectors (see `encode_texts`)."""

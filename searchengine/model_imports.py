@@ -157,7 +157,8 @@ class _DeferredDynamo:
             module.__getattr__ = functools.partial(self._real_attribute, name)  # type: ignore
             sys.modules[name] = module
         self.stand_ins["torch._dynamo"].__path__ = []  # a package, so `.utils` may be imported
-        self.stand_ins["torch._dynamo.utils"].is_compile_supported = _is_compile_supported
+        utils = self.stand_ins["torch._dynamo.utils"]
+        utils.is_compile_supported = _is_compile_supported  # type: ignore[attr-defined]
 
     def _real_attribute(self, module_name: str, attribute: str):
         if attribute.startswith("__"):
