@@ -31,9 +31,9 @@ def mark(name): marks.append((name, time.perf_counter()))
 from searchengine.engine import Engine; mark("import searchengine.engine")
 engine = Engine.open(sys.argv[1], create=False); mark("open home (catalog)")
 model = sys.argv[2]
-engine.model_id_of(model); mark("model spec (imports torch, open_clip; digest)")
+engine.model_id_of(model); mark("model spec (config files, digest)")
 space = engine.space(model, "image"); mark("load index (faiss)")
-encoder = engine.encoder(model); mark("build encoder (model, weights, probe)")
+encoder = engine.encoder(model); mark("encoder (import torch, open_clip; weights)")
 engine.search(sys.argv[3], k=10, model=model); mark("first search")
 print(json.dumps([(b[0], round((b[1] - a[1]) * 1000, 1)) for a, b in zip(marks, marks[1:])]))
 """
