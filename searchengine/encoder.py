@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +19,11 @@ if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
+
+QUERY_CACHE_SIZE = 256
+"""Text vectors an Encoder keeps (least recently used out): 0.5 MB at 512 dimensions."""
+QUERY_CACHE_BATCH = 64
+"""Calls with more texts than this (indexing captions) neither read nor fill the cache."""
 
 
 def resolve_device(device: str) -> str:
@@ -39,7 +46,6 @@ class Encoder:
     """
 
     def __init__(self, spec: ModelSpec, settings: EncoderSettings = EncoderSettings()):
-        import torch
 
         self.spec = spec
         self.device = resolve_device(settings.device)
@@ -49,9 +55,10 @@ class Encoder:
         size = self.model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.draft_crop = resizes_then_centre_crops(self.preprocess, self.image_size)
-        with torch.inference_mode():
-            probe = self.encode_texts(["probe"])
-        self.dim = int(probe.shape[1])
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> (d,) float32
+        self._text_cache_lock = threading.Lock()
+        probe = _text_projection_width(self.model)
+        self.dim = probe or int(self._vectors(self.tokenizer(["probe"])).shape[1])
 
     @classmethod
     def load(cls, spec: str | ModelSpec, settings: EncoderSettings = EncoderSettings()) -> Encoder:
@@ -81,16 +88,47 @@ class Encoder:
         end-of-text token, so padding after it cannot change the result (tested against the full
         context), and a 10-token query costs a seventh of the full context. Longer sentences are
         cut to the context, with a warning through logging.
-        """
-        import torch
 
+        The vectors of the last `QUERY_CACHE_SIZE` distinct texts of calls with at most
+        `QUERY_CACHE_BATCH` texts are kept (exact text as key; one cache per Encoder, so per model
+        and weights): a repeated query (paging, a refresh, several clients) costs no forward pass.
+        A cached row was computed in another batch, so it may differ from a fresh one by float
+        noise (`MODEL_NOISE` in the tests), never more.
+        """
         if not texts or any(not text.strip() for text in texts):
             raise InvalidInputError("empty text: give at least one non-blank sentence")
-        tokens = self.tokenizer(texts)
+        tokens = self.tokenizer(texts)  # (n, context) int64; ~0.1 ms a text
         self._warn_if_cut(texts, tokens)
-        tokens = tokens.to(self.device)
+        if len(texts) > QUERY_CACHE_BATCH:
+            return self._vectors(tokens)
+        with self._text_cache_lock:
+            cached: dict[str, np.ndarray | None] = {t: self._text_cache.get(t) for t in texts}
+            for text, vector in cached.items():
+                if vector is not None:
+                    self._text_cache.move_to_end(text)
+        missing = [text for text, vector in cached.items() if vector is None]
+        if missing:
+            rows = [texts.index(text) for text in missing]
+            fresh = self._vectors(tokens[rows])  # (m, d)
+            with self._text_cache_lock:
+                for text, vector in zip(missing, fresh, strict=True):
+                    cached[text] = self._text_cache[text] = vector
+                while len(self._text_cache) > QUERY_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        rows_out = [cached[text] for text in texts]
+        return np.stack([row for row in rows_out if row is not None])  # (n, d) float32, new
+
+    def clear_text_cache(self) -> None:
+        """Forget the cached text vectors (see `encode_texts`)."""
+        with self._text_cache_lock:
+            self._text_cache.clear()
+
+    def _vectors(self, tokens: torch.Tensor) -> np.ndarray:
+        """(n, context) int64 tokens -> (n, d) float32 unit vectors (no cache)."""
+        import torch
+
         with torch.inference_mode():
-            features = self._encode_tokens(tokens)
+            features = self._encode_tokens(tokens.to(self.device))
         return features.float().cpu().numpy()
 
     def _warn_if_cut(self, texts: list[str], tokens: torch.Tensor) -> None:
@@ -151,6 +189,20 @@ class Encoder:
         with torch.inference_mode():
             features = self.model.encode_text(tokens, normalize=True)
         return features.float().cpu().numpy()
+
+
+def _text_projection_width(model) -> int | None:
+    """The embedding width d read from the text projection of open_clip's CLIP (a (width, d)
+    matrix or a Linear layer); None for other text towers, which a probe sentence then measures
+    (a forward pass a cold command would otherwise pay once more)."""
+    import torch
+
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):
+        return int(projection.out_features)
+    if isinstance(projection, torch.Tensor) and projection.ndim == 2:
+        return int(projection.shape[1])
+    return None
 
 
 def _supports_truncation(model) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from searchengine.errors import ModelError, ModelUnavailableError
+from searchengine.model_imports import CONFIG_DIR, import_open_clip, known_architectures
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "searchengine.checkpoint/1"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-CONFIG_DIR = Path(__file__).with_name("model_configs")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 # Aliases for models that ship inside the package: name -> (arch, file under WEIGHTS_DIR).
 BUNDLED_ALIASES: dict[str, tuple[str, str]] = {"demo": ("se-scenes", "demo.pt")}
@@ -77,9 +77,10 @@ class ModelSpec:
         return self.id
 
 
-def register_bundled_configs() -> None:
-    """Make the architectures in `searchengine/model_configs/` known to open_clip (idempotent)."""
-    import open_clip
+def register_bundled_configs(arch: str | None = None) -> None:
+    """Make the architectures in `searchengine/model_configs/` known to open_clip (idempotent);
+    `arch`: the architecture about to be used (see `model_imports.import_open_clip`)."""
+    open_clip = import_open_clip(arch)
 
     if CONFIG_DIR.is_dir() and not any(
         name in open_clip.list_models() for name in _bundled_config_names()
@@ -99,8 +100,6 @@ def parse_model_spec(text: str) -> ModelSpec:
     size and mtime); a `#digest` suffix as `ModelSpec.key` writes it is accepted and ignored: the
     file's present content decides.
     """
-    import open_clip
-
     text = (text or "").strip()
     suffix = DIGEST_SUFFIX.search(text)
     if suffix and not Path(text.split("/", 1)[-1]).expanduser().is_file():
@@ -122,9 +121,8 @@ def parse_model_spec(text: str) -> ModelSpec:
             f"ARCH/random; for example `ViT-B-32/laion2b_s34b_b79k`, `ViT-B-32/random`, or one of "
             f"the bundled models: {', '.join(BUNDLED_ALIASES)}"
         )
-    register_bundled_configs()
     arch, rest = text.split("/", 1)
-    known = open_clip.list_models()
+    known = known_architectures()  # no import of open_clip (torch) just to check a name
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -144,7 +142,7 @@ def parse_model_spec(text: str) -> ModelSpec:
             checkpoint=path.resolve(),
             digest=checkpoint_digest(path.resolve()),
         )
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = _published_weights_table().list_pretrained_tags_by_model(arch)
     if rest not in tags:
         choices = ", ".join(tags) if tags else "none published"
         raise ModelError(
@@ -188,10 +186,10 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
     Returns `(model, preprocess, tokenizer)`: `preprocess` maps a PIL image to a (3, H, W) float32
     tensor exactly as open_clip's own validation transform does.
     """
-    import open_clip
     import torch
 
-    register_bundled_configs()
+    register_bundled_configs(spec.arch)
+    open_clip = import_open_clip(spec.arch)
     if spec.source == "pretrained":
         ensure_weights_available(spec.id)
     if spec.source == "random":
@@ -199,6 +197,10 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
             "model %s has random weights: results are meaningless (tests and speed figures only)",
             spec.id,
         )
+    if spec.source == "checkpoint" and precision == "fp32":
+        built = _build_from_checkpoint(spec, device)
+        if built is not None:
+            return built
     torch.manual_seed(seed)
     pretrained = spec.tag if spec.source == "pretrained" else None
     # open_clip warns that the model "initialized randomly" whenever no hub weights are asked for:
@@ -226,6 +228,75 @@ def build_model(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32"
     return model, preprocess, tokenizer
 
 
+def _build_from_checkpoint(spec: ModelSpec, device: str):
+    """`build_model` for a checkpoint without random initialisation: open_clip builds the model
+    while its random initialisers do nothing (`_skipping_random_init`), and the checkpoint's
+    tensors become its parameters (`load_state_dict(strict=True, assign=True)`: every parameter
+    and persistent buffer is replaced, none is copied). For ViT-B-32 that saves filling 151M
+    floats with random numbers and copying 600 MB of weights over them.
+
+    Returns `(model, preprocess, tokenizer)` as `build_model` does, or None (the caller then
+    takes the ordinary path) when the model has a buffer that no checkpoint holds other than the
+    causal masks (computed, never random). The meta device would skip the allocation too, but
+    arithmetic on meta tensors imports torch._dynamo, a second and a half.
+    Tested against the ordinary path: the same parameters and buffers.
+    """
+    open_clip = import_open_clip(spec.arch)
+    quiet = _DropRecords(_OPEN_CLIP_NO_WEIGHTS)
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        with _skipping_random_init():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch, pretrained=None, precision="fp32", load_weights=False
+            )
+    finally:
+        root.removeFilter(quiet)
+    unsaved = {
+        name
+        for module in model.modules()
+        for name in getattr(module, "_non_persistent_buffers_set", ())
+    }
+    if unsaved - {"attn_mask"}:
+        log.debug("building %s the ordinary way: buffers %s are not in checkpoints", spec, unsaved)
+        return None
+    load_checkpoint_weights(model, spec, assign=True)
+    model.float()  # the ordinary path copies a half-precision checkpoint into fp32 parameters
+    model.to(device)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(spec.arch)
+
+
+def _skipping_random_init():
+    """A context in which torch's random initialisers (`torch.nn.init.*_`, `Tensor.normal_`,
+    `Tensor.uniform_`) leave their tensor as it is and `torch.randn`/`torch.rand` are
+    `torch.empty` (uninitialised memory), for a model whose every parameter a checkpoint is about
+    to replace."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    init = torch.nn.init
+    skipped = {
+        init.normal_, init.uniform_, init.trunc_normal_, init.kaiming_uniform_,
+        init.kaiming_normal_, init.xavier_uniform_, init.xavier_normal_, init.orthogonal_,
+        torch.Tensor.normal_, torch.Tensor.uniform_,
+    }
+
+    drawn = {torch.randn, torch.rand}  # `scale * torch.randn(width)`: made, then replaced
+
+    class SkipRandomInit(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in skipped:
+                return args[0] if args else kwargs["tensor"]
+            if func in drawn:
+                kwargs.pop("generator", None)
+                return torch.empty(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    return SkipRandomInit()
+
+
 _OPEN_CLIP_NO_WEIGHTS = "No pretrained weights loaded for model "
 
 
@@ -240,11 +311,16 @@ class _DropRecords(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
-def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
-    """Load a local checkpoint into `model`: this project's format or open_clip_train's."""
-    import open_clip
+def load_checkpoint_weights(
+    model: torch.nn.Module, spec: ModelSpec, *, assign: bool = False
+) -> None:
+    """Load a local checkpoint into `model`: this project's format or open_clip_train's.
+
+    `assign`: the checkpoint's tensors become the parameters (a model built on the meta device);
+    otherwise they are copied into the existing ones."""
     import torch
 
+    open_clip = import_open_clip(spec.arch)
     path = spec.checkpoint
     if path is None or not path.is_file():
         hint = " (train it with `make demo-model`)" if spec.alias else ""
@@ -269,7 +345,7 @@ def load_checkpoint_weights(model: torch.nn.Module, spec: ModelSpec) -> None:
         state_dict = {_strip_module_prefix(k): v for k, v in state_dict.items()}
     try:
         open_clip.factory.resize_pos_embed(state_dict, model)
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True, assign=assign)
     except RuntimeError as error:
         raise ModelError(
             f"checkpoint {path} does not fit architecture {spec.arch}: {str(error)[:300]}"
@@ -421,9 +497,8 @@ def _published_weights(arch: str, tag: str) -> dict[str, Any]:
 
 def available_models(*, pretrained: bool = False) -> list[str]:
     """Architecture names, or `ARCH/TAG` specs with published weights, plus bundled aliases."""
-    import open_clip
-
     register_bundled_configs()
+    open_clip = import_open_clip()
     if pretrained:
         names = [f"{arch}/{tag}" for arch, tag in open_clip.list_pretrained()]
     else:

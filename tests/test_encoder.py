@@ -31,6 +31,7 @@ def test_fast_text_path_equals_open_clip_encode_text(tiny_encoder):
     assert_same_embeddings(fast, reference)
     # one at a time too: each batch is cut at its own longest sentence
     for sentence, row in zip(SENTENCES, reference, strict=True):
+        tiny_encoder.clear_text_cache()
         assert_same_embeddings(tiny_encoder.encode_texts([sentence])[0], row)
 
 
@@ -134,3 +135,95 @@ def test_uncached_pretrained_weights_fail_at_once_offline(monkeypatch):
     with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE.*random"):
         Encoder.load("ViT-B-32/laion2b_s34b_b79k")
     assert time.perf_counter() - start < 10
+
+
+# -- the fast text path on a real architecture, and the query cache -------------------------------
+
+# 1 word (sot, "a", eot: 3 tokens), a 5-15 token query, a sentence that fills the 77-token context
+# exactly (75 words) and one cut to it (80 words)
+VIT_TEXTS = ["a", "a dog on the beach at sunset", "word " * 75, "photo " * 80]
+
+
+@pytest.fixture(scope="module")
+def vit_b32():
+    """ViT-B-32 (CLIP's 12-layer, 512-wide, 77-token text tower) with random weights."""
+    return Encoder.load("ViT-B-32/random", EncoderSettings(device="cpu"))
+
+
+def test_fast_text_path_equals_open_clip_on_vit_b_32(vit_b32):
+    assert vit_b32.tokenizer.context_length == 77 and vit_b32.dim == 512
+    lengths = (vit_b32.tokenizer(VIT_TEXTS) != 0).sum(dim=1).tolist()
+    assert lengths == [3, 9, 77, 77]
+    reference = vit_b32.encode_texts_reference(VIT_TEXTS)  # open_clip over all 77 tokens
+    vit_b32.clear_text_cache()
+    fast = vit_b32.encode_texts(VIT_TEXTS)
+    assert fast.shape == (4, vit_b32.dim) and reference.shape == fast.shape
+    assert_same_embeddings(fast, reference)  # one mixed batch
+    for text, row in zip(VIT_TEXTS, reference, strict=True):
+        vit_b32.clear_text_cache()
+        assert_same_embeddings(vit_b32.encode_texts([text])[0], row)  # cut at its own length
+
+
+FLOAT64_BOUND = 1e-9
+"""Relative bound of the fast path against open_clip in float64. Causal attention gives the
+padding after the end-of-text token weight exp(-inf) = 0 exactly, so the two computations agree
+in exact arithmetic and differ only by the order of float64 sums (d * eps64 ~ 1e-13 per layer);
+a real fault (a wrong pooling position, positions shifted) moves the vector by ~1e-1."""
+
+
+@pytest.mark.parametrize("which", ["se-tiny", "ViT-B-32"])
+def test_fast_text_path_is_exact_in_float64(which, tiny_encoder, vit_b32):
+    import copy
+
+    encoder = copy.copy(tiny_encoder if which == "se-tiny" else vit_b32)
+    encoder.model = copy.deepcopy(encoder.model).double()
+    texts = VIT_TEXTS + SENTENCES
+    tokens = encoder.tokenizer(texts)
+    with torch.inference_mode():
+        reference = encoder.model.encode_text(tokens, normalize=True)  # (n, d) float64
+        for batch in (list(range(len(texts))), [0], [1], [3], [0, 1]):
+            fast = encoder._encode_tokens(tokens[batch])
+            assert fast.dtype == torch.float64
+            error = torch.linalg.vector_norm(fast - reference[batch], dim=1)
+            assert float(error.max()) <= FLOAT64_BOUND, (which, batch, error)
+
+
+def _forward_counter(encoder):
+    calls = []
+    handle = encoder.model.transformer.register_forward_hook(
+        lambda module, args, output: calls.append(args[0].shape[0])
+    )
+    return calls, handle
+
+
+def test_a_repeated_query_costs_no_forward_pass(tiny_encoder):
+    from searchengine.encoder import QUERY_CACHE_BATCH, QUERY_CACHE_SIZE
+
+    tiny_encoder.clear_text_cache()
+    calls, handle = _forward_counter(tiny_encoder)
+    try:
+        first = tiny_encoder.encode_texts(["a red car"])
+        again = tiny_encoder.encode_texts(["a red car"])
+        assert calls == [1]
+        np.testing.assert_array_equal(first, again)
+        again[0, 0] += 1  # the caller's own copy: the cache is not changed through it
+        mixed = tiny_encoder.encode_texts(["a blue bus", "a red car"])
+        assert calls == [1, 1]  # only the new text is encoded
+        np.testing.assert_array_equal(mixed[1], first[0])
+        assert_same_embeddings(mixed, tiny_encoder.encode_texts_reference(["a blue bus",
+                                                                            "a red car"]))
+        # least recently used out: after QUERY_CACHE_SIZE other texts, "a red car" is encoded again
+        others = [f"text {i}" for i in range(QUERY_CACHE_SIZE)]
+        for start in range(0, len(others), QUERY_CACHE_BATCH):
+            tiny_encoder.encode_texts(others[start : start + QUERY_CACHE_BATCH])
+        calls.clear()
+        tiny_encoder.encode_texts(["a red car"])
+        assert calls == [1]
+        # a bulk call (captions) neither reads nor fills the cache
+        bulk = [f"caption {i}" for i in range(QUERY_CACHE_BATCH + 1)]
+        tiny_encoder.encode_texts(bulk)
+        tiny_encoder.encode_texts(bulk[:1])
+        assert calls == [1, QUERY_CACHE_BATCH + 1, 1]
+    finally:
+        handle.remove()
+        tiny_encoder.clear_text_cache()
