@@ -32,7 +32,7 @@ from searchengine.index.kinds import (
     ivf_lists,
     plan_index,
 )
-from searchengine.index.tuning import Tuning, apply_params
+from searchengine.index.tuning import RERANK, Tuning, apply_params
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ SMALL_TRAINING = 1_000_000  # floats: IVF training samples smaller than this run
 # query gains nothing from a second thread, and on a busy host waiting for it costs more than
 # the search (a flat 10k x 512 query: 1.0 ms on one thread, 40 ms on two; bench/scale.py)
 FEW_QUERIES = 4
-# compressed kinds: candidates per hit re-scored with the catalog's vectors. Their 8-bit codes
-# misorder near-duplicates (IVF-SQ8 stalled at recall@10 0.93 on CLIP-structured photos at 100k
-# whatever nprobe; bench/scale.py)
-RERANK = 4
 STALE_TEMP_SECONDS = 3600  # a temporary file without a writer's pid is stale after this long
 
 
