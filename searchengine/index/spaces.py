@@ -149,9 +149,12 @@ class VectorSpace:
             self._clears_marker = True
             return self._build()
         try:
-            stored_kind = read_manifest(self.path).kind
-            if stored_kind != self.kind:
-                raise _Outgrown(f"the index kind changes from {stored_kind} to {self.kind}")
+            stored = read_manifest(self.path)
+            if stored.kind != self.kind:
+                raise _Outgrown(f"the index kind changes from {stored.kind} to {self.kind}")
+            if stored.catalog_revision != head_revision():  # e.g. the vectors' stored form
+                raise _Outgrown(f"the catalog moved from schema revision "
+                                f"{stored.catalog_revision} to {head_revision()}")
             index = VectorIndex.load(self.path, self._expected())
             self._unsaved = self._sync(index)
         except _Outgrown as change:  # routine: not worth a warning
@@ -168,7 +171,7 @@ class VectorSpace:
             self.kind,
             self.model.dim,
             count,
-            lambda: self.catalog.iter_vectors(self.modality, self.model.id),
+            lambda: self.catalog.vector_store.iter_batches(self.modality, self.model.id),
         )
 
     def rebuild(self, reason: str | None) -> VectorIndex:
@@ -368,7 +371,7 @@ class VectorSpace:
         vectors are copies of the same stored bytes, so they compare exactly)."""
         held = set(on_disk.ids().tolist())
         stale = 0
-        for ids, vectors in self.catalog.iter_vectors(self.modality, self.model.id):
+        for ids, vectors in self.catalog.vector_store.iter_batches(self.modality, self.model.id):
             present = np.fromiter((i in held for i in ids.tolist()), dtype=bool, count=len(ids))
             if present.any():
                 stored = on_disk.reconstruct_batch(ids[present])  # (m, d) float32
