@@ -297,3 +297,22 @@ def test_a_rebuild_streams_its_peak_memory_follows_the_index_not_the_rows(tmp_pa
     assert rebuild["growth"] <= 3 * index_bytes + 16 * 2**20, (rebuild, index_bytes)
     beyond = rebuild["growth"] - faiss_only["growth"]
     assert beyond < rows["growth"] / 4, (rebuild, faiss_only, rows)
+
+
+def test_a_new_catalog_keeps_a_512_d_vector_in_little_more_than_its_1024_bytes(catalog, tmp_path):
+    """float16 (2 bytes a value) in 16 KB pages: 15 rows a page, so about 1.1 KB a vector on
+    disk; float32 rows in 4 KB pages took a page each (4.1 KB, `bench/storage.py`)."""
+    model = catalog.ensure_model("m/random", 512)
+    n = 3000
+    catalog.add_texts("a", [f"t{i}" for i in range(n)])
+    ids = sorted(catalog.text_ids("a").values())
+    for start in range(0, n, 1000):
+        catalog.write_text_vectors(model.id, ids[start:start + 1000],
+                                   unit_rows(1000, 512, seed=start))
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as raw:
+        try:
+            used = raw.execute("SELECT SUM(pgsize) FROM dbstat WHERE name IN (SELECT name FROM "
+                               "sqlite_master WHERE tbl_name = 'text_embeddings')").fetchone()[0]
+        except sqlite3.OperationalError:
+            pytest.skip("this SQLite has no dbstat table")
+    assert used / n < 1.2 * 1024, used / n
