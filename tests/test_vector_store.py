@@ -316,3 +316,24 @@ def test_a_new_catalog_keeps_a_512_d_vector_in_little_more_than_its_1024_bytes(c
         except sqlite3.OperationalError:
             pytest.skip("this SQLite has no dbstat table")
     assert used / n < 1.2 * 1024, used / n
+
+
+def test_an_index_file_far_behind_the_catalog_catches_up_batch_by_batch(tmp_path):
+    """Loading an index that lacks more vectors than a batch adds them all (read a batch of ids
+    at a time), each with the catalog's own vector."""
+    from searchengine.index.spaces import VectorSpace
+    from searchengine.index.vectors import VectorIndex
+
+    n, d = BATCH_SIZE + 7, 4
+    path = tmp_path / "catalog.sqlite"
+    _fill_texts(path, n, d)
+    catalog = Catalog(f"sqlite:///{path}")
+    [model] = catalog.models()
+    ids, vectors = catalog.vectors("text", model.id)
+    VectorSpace(catalog, tmp_path, model, "text", "flat").save(
+        VectorIndex.build("flat", d, ids[:5], vectors[:5]))
+    space = VectorSpace(catalog, tmp_path, model, "text", "flat")
+    assert space.index.count == n
+    np.testing.assert_array_equal(np.sort(space.index.ids()), ids)
+    np.testing.assert_array_equal(space.index.reconstruct_batch(ids), vectors)
+    catalog.close()

@@ -21,6 +21,7 @@ import numpy as np
 
 from searchengine.catalog import Catalog, head_revision
 from searchengine.catalog.records import ModelRow
+from searchengine.catalog.vectors import BATCH_SIZE
 from searchengine.errors import IndexMismatchError
 from searchengine.index.vectors import (
     Manifest,
@@ -192,9 +193,9 @@ class VectorSpace:
             if index.needs_rebuild_on_remove:
                 raise _Outgrown(f"{len(extra)} vectors were removed from the catalog")
             index.remove(extra)
-        if len(missing):
-            ids, vectors = self.catalog.vectors(self.modality, self.model.id, ids=missing.tolist())
-            index.add(ids, vectors)
+        for start in range(0, len(missing), BATCH_SIZE):  # a batch at a time, however many
+            chunk = missing[start : start + BATCH_SIZE].tolist()
+            index.add(*self.catalog.vectors(self.modality, self.model.id, ids=chunk))
         if len(missing) or len(extra):
             log.info(
                 "%s: re-synced with the catalog (+%d, -%d)",
