@@ -23,13 +23,16 @@ from searchengine.catalog import Catalog, as_stored
 from searchengine.catalog.records import ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import (
+    IndexMismatchError,
     InvalidInputError,
     NotIndexedError,
 )
 from searchengine.home import Home
+from searchengine.index.kinds import IndexSettings
 from searchengine.index.registry import HomeSpaces
-from searchengine.index.spaces import VectorSpace
-from searchengine.index.vectors import check_kind
+from searchengine.index.search import search_space
+from searchengine.index.spaces import VectorSpace, index_path
+from searchengine.index.vectors import check_kind, read_manifest
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
 from searchengine.ingest.scan import Plan, check_roots, plan
 from searchengine.models import (
@@ -165,21 +168,30 @@ class Engine:
         return self._encoders[spec.key]
 
     def space(
-        self, model: str | None, modality: str, *, create: bool = False, kind: str | None = None
+        self,
+        model: str | None,
+        modality: str,
+        *,
+        create: bool = False,
+        kind: str | None = None,
+        settings: IndexSettings | None = None,
     ) -> VectorSpace:
         """The vector space of (model, modality); getting and searching it never writes.
 
         Writers pass `create=True`: a missing model is added to the catalog and the space's index
-        kind recorded (`kind`, else the stored one); they call `VectorSpace.maintain` before their
+        kind recorded (`kind`, else the stored one; auto for a new space) with its `settings`
+        (else the stored ones); they call `VectorSpace.maintain` before their
         first change. Without `create`, a missing space is an error. A cached space whose file
         another process saved since (`index`, `remove`, `use-model` while `serve` runs) is read
         again: one stat of its manifest per call.
         """
         spec = parse_model_spec(model or self.default_model())
         spec_id = self._spaces.key_of(spec)
-        cached = self._spaces.cached(spec_id, modality, kind)
+        cached = self._spaces.cached(spec_id, modality, kind, settings)
         if cached is not None:
             return cached
+        if kind is None and create and not self._spaces.recorded(spec_id, modality):
+            kind = "auto"  # a new space; one written before kinds were recorded reads as flat
         kind = check_kind(kind or self._spaces.stored_kind(spec_id, modality))  # before writing
         row = self.catalog.find_model(spec_id)
         if row is None:
@@ -188,7 +200,7 @@ class Engine:
             row = self.catalog.ensure_model(spec_id, self.encoder(model).dim, spec.digest)
         elif create and spec.digest and row.content_hash is None:  # a row from before 0002
             row = self.catalog.ensure_model(spec_id, row.dim, spec.digest)
-        return self._spaces.open(row, modality, kind, record=create)
+        return self._spaces.open(row, modality, kind, record=create, settings=settings)
 
     def _not_indexed_message(self, spec_id: str, modality: str) -> str:
         if modality == "image":
@@ -211,9 +223,18 @@ class Engine:
         model: str | None = None,
         settings: IngestSettings = IngestSettings(),
         index_kind: str | None = None,
+        target_recall: float | None = None,
+        index_memory: str | int | None = None,
+        flat_limit: int | None = None,
         progress: bool = False,
     ) -> IngestReport:
-        """Embed every image file under `paths` that is new or changed; forget vanished ones."""
+        """Embed every image file under `paths` that is new or changed; forget vanished ones.
+
+        `index_kind`: flat, hnsw, ivf, ivf-sq8, ivf-pq or auto (a new space's default: exact
+        up to `flat_limit` vectors, IVF above). An approximate index's search parameters are
+        tuned to reach `target_recall` (recall@10, default 0.95) within `index_memory` (bytes,
+        or a size such as "2GB"). Kind and settings are recorded and kept by later runs.
+        """
         start = time.perf_counter()
         roots = check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
@@ -223,9 +244,17 @@ class Engine:
                 f"unknown decode priority {settings.decode_priority!r}; "
                 f"use one of {', '.join(DECODE_PRIORITIES)}"
             )
+        if index_kind is not None:
+            check_kind(index_kind)
+        index_settings = self._spaces.stored_settings(self.model_id_of(model), "image").updated(
+            target_recall=target_recall, memory=index_memory, flat_limit=flat_limit
+        )
         ensure_weights_available(model or self.default_model())  # offline: fail in a second
         self._spaces.resync()
-        space = self.space(model, "image", create=True, kind=index_kind)
+        space = self.space(
+            model, "image", create=True, kind=index_kind, settings=index_settings
+        )
+        space.plans(self.catalog.count_vectors("image", space.model.id))  # fits the budget?
         space.maintain()
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, space.model.spec)  # the first model indexed
@@ -590,7 +619,7 @@ class Engine:
         allowed = None
         if text_set is not None and modality == "text":
             allowed = np.fromiter(self.catalog.text_ids(text_set).values(), dtype=np.int64)
-        return space.index.search(queries, k, allowed_ids=allowed)
+        return search_space(space, queries, k, allowed_ids=allowed)
 
     def media_ids_by_path(self, paths: list[str | Path]) -> dict[str, int]:
         """`paths.catalog_path` of each path -> media id, for catalogued paths among `paths`."""
@@ -609,8 +638,7 @@ class Engine:
             for modality in ("image", "text"):
                 count = self.catalog.count_vectors(modality, row.id)
                 if count or self._spaces.recorded(row.spec, modality):
-                    kind = self._spaces.stored_kind(row.spec, modality)
-                    spaces.append(SpaceStatus(row.spec, modality, count, kind))
+                    spaces.append(self._space_status(row, modality, count))
         return Status(
             home=str(self.home),
             images=self.catalog.count_media(),
@@ -619,6 +647,32 @@ class Engine:
             text_sets=self.catalog.text_sets(),
             skipped=[(s.path, s.reason) for s in self.catalog.skipped()],
             warnings=self._spaces.changed_checkpoints(),
+        )
+
+    def _space_status(self, row: ModelRow, modality: str, count: int) -> SpaceStatus:
+        """A space's line of `status`: the kind asked for and, from its manifest (one small
+        file read), the kind built and how it was tuned."""
+        asked = self._spaces.stored_kind(row.spec, modality)
+        settings = self._spaces.stored_settings(row.spec, modality)
+        try:
+            manifest = read_manifest(index_path(self._spaces.home, row.spec, modality))
+        except IndexMismatchError:
+            manifest = None
+        return SpaceStatus(
+            row.spec,
+            modality,
+            count,
+            manifest.kind if manifest else asked,
+            chosen_by_auto=asked == "auto",
+            recall=manifest.recall if manifest and manifest.kind != "flat" else (
+                1.0 if manifest else None
+            ),
+            params=dict(manifest.params) if manifest else {},
+            memory_bytes=manifest.memory_bytes if manifest else None,
+            build_seconds=manifest.build_seconds if manifest else None,
+            factory=manifest.factory if manifest else None,
+            target_recall=settings.target_recall,
+            memory_budget=settings.memory,
         )
 
     @_writes("check --repair", only_if="repair")

@@ -113,10 +113,14 @@ def test_match_json_and_plain(cli_run, home, photo_folder, open_engine):
 def test_status_json(cli_run, home, photo_folder):
     payload = cli_run.json("status", "--home", home)
     assert payload["images"] == ALL_PHOTOS and payload["default_model"] == TINY_MODEL
-    assert payload["spaces"] == [
-        {"model": TINY_MODEL, "modality": "image", "vectors": ALL_PHOTOS, "kind": "flat"},
-        {"model": TINY_MODEL, "modality": "text", "vectors": len(CAPTIONS), "kind": "flat"},
+    shown = ("model", "modality", "vectors", "kind", "recall", "params")
+    assert [{key: space[key] for key in shown} for space in payload["spaces"]] == [
+        {"model": TINY_MODEL, "modality": "image", "vectors": ALL_PHOTOS, "kind": "flat",
+         "recall": 1.0, "params": {}},
+        {"model": TINY_MODEL, "modality": "text", "vectors": len(CAPTIONS), "kind": "flat",
+         "recall": 1.0, "params": {}},
     ]
+    assert all(space["memory_bytes"] > 0 and space["chosen_by_auto"] for space in payload["spaces"])
     assert payload["text_sets"] == {"captions": len(CAPTIONS)}
     assert payload["skipped"] == []
 

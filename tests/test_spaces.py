@@ -90,7 +90,7 @@ def test_a_change_in_many_batches_rebuilds_an_approximate_index_once_per_save(
     builds = []
     original = VectorIndex.build_from_batches.__func__
     monkeypatch.setattr(VectorIndex, "build_from_batches", classmethod(
-        lambda cls, *args: builds.append(args[2]) or original(cls, *args)))
+        lambda cls, *args, **options: builds.append(args[2]) or original(cls, *args, **options)))
     settings = fast_ingest(batch_size=2, save_every=100)
     report = engine.index([copy_photos], model=TINY_MODEL, settings=settings)
     assert report.embedded == len(changed) > 4  # in several batches, one final save

@@ -84,11 +84,39 @@ offset_option = click.option(
     "--index-kind",
     default=None,
     metavar="KIND",
-    help="flat (exact, default), hnsw or ivf (approximate).",
+    help="auto (a new home's default: exact flat up to 25k vectors, IVF above), flat, hnsw, "
+    "ivf, ivf-sq8 or ivf-pq (compressed). Kept by later runs.",
+)
+@click.option(
+    "--target-recall",
+    type=float,
+    default=None,
+    metavar="R",
+    help="Recall@10 an approximate index must reach against exact search; its search "
+    "parameters are tuned until it does [default: 0.95; kept by later runs].",
+)
+@click.option(
+    "--index-memory",
+    default=None,
+    metavar="SIZE",
+    help="Memory the index may take, e.g. 2GB or 512MB; auto picks the kind and code size "
+    "to fit [default: no bound; kept by later runs].",
 )
 @json_option
 @handle_errors
-def index(paths, home, model, batch_size, workers, decode_priority, no_draft, index_kind, as_json):
+def index(
+    paths,
+    home,
+    model,
+    batch_size,
+    workers,
+    decode_priority,
+    no_draft,
+    index_kind,
+    target_recall,
+    index_memory,
+    as_json,
+):
     """Embed every photo under PATHS, incrementally (unchanged files are not redone).
 
     Example:
@@ -108,6 +136,8 @@ def index(paths, home, model, batch_size, workers, decode_priority, no_draft, in
             model=model,
             settings=settings,
             index_kind=index_kind,
+            target_recall=target_recall,
+            index_memory=index_memory,
             progress=show_progress(as_json),
         )
     payload = {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
@@ -278,6 +308,22 @@ def match(image, text, home, model, as_json):
         click.echo(f"{score:.4f}")
 
 
+def _space_row(space) -> list:
+    from searchengine.index.kinds import format_size
+
+    kind = f"{space.kind} (auto)" if space.chosen_by_auto else space.kind
+    return [
+        space.model,
+        space.modality,
+        space.vectors,
+        kind,
+        "-" if space.recall is None else f"{space.recall:.3f}",
+        " ".join(f"{k}={v}" for k, v in space.params.items()) or "-",
+        "-" if space.memory_bytes is None else format_size(space.memory_bytes),
+        "-" if space.build_seconds is None else f"{space.build_seconds:.1f} s",
+    ]
+
+
 @click.command()
 @home_option
 @json_option
@@ -297,8 +343,8 @@ def status(home, as_json):
     echo_line(f"home {report.home}: {report.images} images; default model {report.default_model}")
     if report.spaces:
         echo_table(
-            ["model", "modality", "vectors", "kind"],
-            [[s.model, s.modality, s.vectors, s.kind] for s in report.spaces],
+            ["model", "modality", "vectors", "kind", "recall@10", "params", "memory", "built in"],
+            [_space_row(s) for s in report.spaces],
         )
     for name, count in report.text_sets.items():
         click.echo(f"text set {name!r}: {count} texts")

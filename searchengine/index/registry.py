@@ -13,6 +13,7 @@ from pathlib import Path
 from searchengine.catalog import Catalog
 from searchengine.catalog.records import ModelRow
 from searchengine.errors import ModelError
+from searchengine.index.kinds import IndexSettings
 from searchengine.index.spaces import SpaceCheck, VectorSpace
 from searchengine.index.vectors import remove_stale_temps
 from searchengine.models import DIGEST_SUFFIX, ModelSpec, parse_model_spec
@@ -24,6 +25,12 @@ MODALITIES = ("image", "text")
 def kind_key(spec_id: str, modality: str) -> str:
     """The settings key under which a space's index kind is recorded."""
     return f"index_kind:{modality}:{spec_id}"
+
+
+def settings_key(spec_id: str, modality: str) -> str:
+    """The settings key under which a space's `IndexSettings` (target recall, memory budget)
+    are recorded, as JSON."""
+    return f"index_settings:{modality}:{spec_id}"
 
 
 class HomeSpaces:
@@ -82,6 +89,9 @@ class HomeSpaces:
     def stored_kind(self, spec_id: str, modality: str) -> str:
         return self.catalog.get_setting(kind_key(spec_id, modality)) or "flat"
 
+    def stored_settings(self, spec_id: str, modality: str) -> IndexSettings:
+        return IndexSettings.from_json(self.catalog.get_setting(settings_key(spec_id, modality)))
+
     def recorded(self, spec_id: str, modality: str) -> bool:
         """Whether a writer created this space (its kind is recorded)."""
         return self.catalog.get_setting(kind_key(spec_id, modality)) is not None
@@ -95,23 +105,44 @@ class HomeSpaces:
             if self.recorded(row.spec, modality)
         ]
 
-    def cached(self, spec_id: str, modality: str, kind: str | None) -> VectorSpace | None:
-        """The open space, unless its kind differs from `kind` or another process saved its
-        file since (`index`, `remove`, `use-model` while `serve` runs): one stat per call."""
+    def cached(
+        self,
+        spec_id: str,
+        modality: str,
+        kind: str | None,
+        settings: IndexSettings | None = None,
+    ) -> VectorSpace | None:
+        """The open space, unless its kind differs from `kind`, its settings from `settings`,
+        or another process saved its file since (`index`, `remove`, `use-model` while `serve`
+        runs): one stat per call."""
         space = self._open.get((spec_id, modality))
         if space is None or (kind is not None and space.kind != kind):
+            return None
+        if settings is not None and space.settings != settings:
             return None
         if space.changed_on_disk():
             log.info("%s changed on disk; reading it again", space.path.name)
             return None
         return space
 
-    def open(self, row: ModelRow, modality: str, kind: str, *, record: bool) -> VectorSpace:
-        """Open the space of `row` x `modality` as `kind`; `record` (writers only) stores the
-        kind in the catalog when it differs."""
+    def open(
+        self,
+        row: ModelRow,
+        modality: str,
+        kind: str,
+        *,
+        record: bool,
+        settings: IndexSettings | None = None,
+    ) -> VectorSpace:
+        """Open the space of `row` x `modality` as `kind` with `settings` (else the recorded
+        ones); `record` (writers only) stores the kind and settings in the catalog when they
+        differ."""
+        settings = settings or self.stored_settings(row.spec, modality)
         if record and self.catalog.get_setting(kind_key(row.spec, modality)) != kind:
             self.catalog.set_setting(kind_key(row.spec, modality), kind)
-        space = VectorSpace(self.catalog, self.home, row, modality, kind)
+        if record and self.stored_settings(row.spec, modality) != settings:
+            self.catalog.set_setting(settings_key(row.spec, modality), settings.as_json())
+        space = VectorSpace(self.catalog, self.home, row, modality, kind, settings)
         self._open[(row.spec, modality)] = space
         return space
 
@@ -130,7 +161,12 @@ class HomeSpaces:
     def _fresh(self, row: ModelRow, modality: str) -> VectorSpace:
         """A space read from its file, not a cached copy the catalog may have moved past."""
         return VectorSpace(
-            self.catalog, self.home, row, modality, self.stored_kind(row.spec, modality)
+            self.catalog,
+            self.home,
+            row,
+            modality,
+            self.stored_kind(row.spec, modality),
+            self.stored_settings(row.spec, modality),
         )
 
     def resync(self) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,18 @@ from searchengine.catalog import Catalog, head_revision
 from searchengine.catalog.records import ModelRow
 from searchengine.catalog.vectors import BATCH_SIZE
 from searchengine.errors import IndexMismatchError
+from searchengine.index.kinds import (
+    IVF_KINDS,
+    IndexPlan,
+    IndexSettings,
+    auto_candidates,
+    format_size,
+    outgrown,
+    plan_index,
+)
+from searchengine.index.tuning import RecallTargetError, Tuning, tune
 from searchengine.index.vectors import (
+    MANIFEST_VERSION,
     Manifest,
     VectorIndex,
     manifest_path,
@@ -98,11 +110,20 @@ class VectorSpace:
     (sync and save if anything differed), `save`, `repair`.
     """
 
-    def __init__(self, catalog: Catalog, home: Path, model: ModelRow, modality: str, kind: str):
+    def __init__(
+        self,
+        catalog: Catalog,
+        home: Path,
+        model: ModelRow,
+        modality: str,
+        kind: str,
+        settings: IndexSettings | None = None,
+    ):
         self.catalog = catalog
         self.model = model
         self.modality = modality
-        self.kind = kind
+        self.kind = kind  # as asked: a kind, or auto (the index built says which it chose)
+        self.settings = settings or IndexSettings()
         self.path = index_path(home, model.spec, modality)
         self._index: VectorIndex | None = None
         self._stale = False  # the in-memory index is rebuilt from the catalog before next use
@@ -127,11 +148,16 @@ class VectorSpace:
         self._stale = False
         self._unsaved = True
 
-    def _expected(self) -> Manifest:
+    def _expected(self, kind: str | None = None) -> Manifest:
+        """The identity an index file must have; `kind`: the kind built (auto: the file's)."""
+        if kind is None and self.kind == "auto":
+            kind = "flat"
+            with contextlib.suppress(IndexMismatchError):
+                kind = read_manifest(self.path).kind
         return Manifest(
             model=self.model.spec,
             modality=self.modality,
-            kind=self.kind,
+            kind=kind or self.kind,
             dim=self.model.dim,
             count=0,
             catalog_revision=head_revision(),
@@ -150,13 +176,15 @@ class VectorSpace:
             self._clears_marker = True
             return self._build()
         try:
-            stored = read_manifest(self.path)
-            if stored.kind != self.kind:
-                raise _Outgrown(f"the index kind changes from {stored.kind} to {self.kind}")
-            if stored.catalog_revision != head_revision():  # e.g. the vectors' stored form
+            manifest = read_manifest(self.path)
+            if not self._accepts(manifest.kind):
+                raise _Outgrown(f"the index kind changes from {manifest.kind} to {self.kind}")
+            if manifest.version < MANIFEST_VERSION and manifest.kind in IVF_KINDS:
+                raise _Outgrown("its IVF lists were written in the id-map form of version 1")
+            if manifest.catalog_revision != head_revision():  # e.g. the vectors' stored form
                 raise _Outgrown(f"the catalog moved from schema revision "
-                                f"{stored.catalog_revision} to {head_revision()}")
-            index = VectorIndex.load(self.path, self._expected())
+                                f"{manifest.catalog_revision} to {head_revision()}")
+            index = VectorIndex.load(self.path, self._expected(manifest.kind))
             self._unsaved = self._sync(index)
         except _Outgrown as change:  # routine: not worth a warning
             log.info("%s: built from the catalog's vectors (%s)", self.path.name, change)
@@ -166,13 +194,68 @@ class VectorSpace:
             return self._build()
         return index
 
+    def _accepts(self, kind: str) -> bool:
+        """Whether an index file of `kind` serves this space as asked (auto takes any kind it
+        may choose; whether that still fits the collection is `retrain_if_needed`'s call)."""
+        return kind != "hnsw" if self.kind == "auto" else kind == self.kind
+
+    def plans(self, count: int) -> list[IndexPlan]:
+        """What to build for `count` vectors, best first: the kind asked for, or auto's
+        candidates within the memory budget (an error says when none fits)."""
+        settings = self.settings
+        if self.kind != "auto":
+            return [plan_index(self.kind, self.model.dim, count, memory=settings.memory)]
+        plans = auto_candidates(
+            self.model.dim, count, memory=settings.memory, flat_limit=settings.flat_limit
+        )
+        return plans or [
+            plan_index("auto", self.model.dim, count, memory=settings.memory)  # raises
+        ]
+
+    def _batches(self):
+        return self.catalog.vector_store.iter_batches(self.modality, self.model.id)
+
     def _build(self) -> VectorIndex:
+        """An index of the catalog's vectors, its search parameters tuned to the target recall
+        (auto tries its next candidate when one misses it). Raises RecallTargetError when no
+        index within the memory budget reaches the target; nothing stored changes."""
         count, _ = self.catalog.vector_stats(self.modality, self.model.id)
-        return VectorIndex.build_from_batches(
-            self.kind,
-            self.model.dim,
-            count,
-            lambda: self.catalog.vector_store.iter_batches(self.modality, self.model.id),
+        plans = self.plans(count)
+        best: tuple[VectorIndex, Tuning] | None = None
+        for plan in plans:
+            index = VectorIndex.build_from_batches(
+                plan.kind, self.model.dim, count, self._batches, plan=plan
+            )
+            start = time.perf_counter()
+            tuning = self._tune(index)
+            index.build_seconds = (index.build_seconds or 0.0) + time.perf_counter() - start
+            if tuning.reached:
+                return index
+            log.info(
+                "%s: %s reaches recall@10 %.3f at best, under the target %.2f",
+                self.path.name,
+                plan.factory,
+                tuning.recall,
+                tuning.target,
+            )
+            if best is None or tuning.recall > best[1].recall:
+                best = (index, tuning)
+        raise RecallTargetError(self._missed_message(*best))  # type: ignore[misc]
+
+    def _tune(self, index: VectorIndex) -> Tuning:
+        tuning = tune(index, self._batches, target=self.settings.target_recall)
+        index.apply_tuning(tuning)
+        return tuning
+
+    def _missed_message(self, index: VectorIndex, tuning: Tuning) -> str:
+        budget = self.settings.memory
+        within = f"within {format_size(budget)} " if budget is not None else ""
+        return (
+            f"no {self.kind} index of {index.count} {self.modality} vectors of {self.model.spec} "
+            f"{within}reaches recall@10 {tuning.target:.2f}: the best, {index.plan.factory} with "
+            f"{tuning.params}, reaches {tuning.recall:.3f}. Raise --index-memory, lower "
+            "--target-recall, or choose --index-kind flat (exact); the stored vectors are kept "
+            "and the next `searchengine index` builds the index with the new options"
         )
 
     def rebuild(self, reason: str | None) -> VectorIndex:
@@ -224,10 +307,10 @@ class VectorSpace:
     def save(self, index: VectorIndex | None = None) -> None:
         """Write the in-memory index (or `index`) and its manifest atomically."""
         if index is None or index is self._index:
-            self.index.save(self.path, self._expected())
+            self.index.save(self.path, self._expected(self.index.kind))
             self._unsaved = False
         else:
-            index.save(self.path, self._expected())
+            index.save(self.path, self._expected(index.kind))
         self._identity = self._manifest_identity()
         if self._clears_marker:
             self._marker().unlink(missing_ok=True)
@@ -266,8 +349,8 @@ class VectorSpace:
         (new or replaced), `removed` ids are gone. Safe whatever the index held before: no id
         ends up twice, no id keeps an old vector.
 
-        The flat kind drops and adds in place. The approximate kinds cannot drop ids (see
-        `VectorIndex.needs_rebuild_on_remove`): when the change touches an id they hold, the
+        Flat and the IVF kinds drop and add in place. HNSW cannot drop ids (see
+        `VectorIndex.needs_rebuild_on_remove`): when the change touches an id it holds, the
         index is rebuilt from the catalog (which already holds the change) before its next use,
         once however many batches come first.
         """
@@ -298,10 +381,33 @@ class VectorSpace:
         self.update(np.zeros(0, dtype=np.int64), np.zeros((0, self.model.dim)), removed=ids)
 
     def retrain_if_needed(self) -> None:
-        """Rebuild an IVF index whose lists were trained on far fewer vectors than it now holds."""
-        if self.index.wants_retraining:
-            log.info("%s: retraining IVF lists on %d vectors", self.path.name, self.index.count)
-            self.index = self.rebuild(reason=None)
+        """After a writer's adds: rebuild an index whose structure no longer fits the collection
+        (IVF lists or PQ codes trained on far fewer vectors, or auto's choice changed with the
+        size), saying why; else re-tune the search parameters of an approximate index that has
+        grown past twice the size they were tuned at."""
+        index = self.index
+        reason = self.outgrown(index)
+        if reason is not None:
+            log.warning("%s: rebuilding the index: %s", self.path.name, reason)
+            self.index = self._build()
+            return
+        tuned = index.tuning
+        if index.plan.kind != "flat" and (tuned is None or index.count > 2 * tuned.vectors):
+            log.info("%s: re-tuning search parameters for %d vectors", self.path.name, index.count)
+            tuning = self._tune(index)
+            self._unsaved = True
+            if not tuning.reached:
+                log.warning("%s: rebuilding the index: %s", self.path.name,
+                            f"recall@10 fell to {tuning.recall:.3f} as it grew")
+                self.index = self._build()
+
+    def outgrown(self, index: VectorIndex) -> str | None:
+        """Why `index` no longer fits the collection it holds (a sentence), or None."""
+        plans = self.plans(index.count)
+        same = [plan for plan in plans if plan.kind == index.plan.kind]
+        if not same:
+            return outgrown(index.plan, plans[0])
+        return outgrown(index.plan, same[0])
 
     # -- state ----------------------------------------------------------------------------
 
@@ -316,8 +422,7 @@ class VectorSpace:
         if self.interrupted():
             return False
         expected = self._expected()
-        if (manifest.kind, manifest.catalog_revision, manifest.dim) != (
-            expected.kind,
+        if not self._accepts(manifest.kind) or (manifest.catalog_revision, manifest.dim) != (
             expected.catalog_revision,
             expected.dim,
         ):
@@ -369,12 +474,17 @@ class VectorSpace:
 
     def _stale_vectors(self, on_disk: VectorIndex) -> int:
         """How many ids the file holds with another vector than the catalog's (streamed; the
-        vectors are copies of the same stored bytes, so they compare exactly)."""
+        vectors are copies of the same stored bytes, so they compare exactly; compressed codes
+        are compared with the catalog vector's own code, decoded, within float noise)."""
         held = set(on_disk.ids().tolist())
         stale = 0
         for ids, vectors in self.catalog.vector_store.iter_batches(self.modality, self.model.id):
             present = np.fromiter((i in held for i in ids.tolist()), dtype=bool, count=len(ids))
             if present.any():
                 stored = on_disk.reconstruct_batch(ids[present])  # (m, d) float32
-                stale += int(np.any(stored != vectors[present], axis=1).sum())
+                expected = on_disk.stored_form(vectors[present])
+                if on_disk.stores_exact_vectors:
+                    stale += int(np.any(stored != expected, axis=1).sum())
+                else:  # a changed photo moves its vector far more than 1e-3
+                    stale += int((np.abs(stored - expected).max(axis=1) > 1e-3).sum())
         return stale

@@ -8,6 +8,7 @@ import numpy as np
 
 from searchengine.catalog import Catalog
 from searchengine.errors import InvalidInputError
+from searchengine.index.search import search_space
 from searchengine.index.spaces import VectorSpace
 from searchengine.query.results import SearchHit
 
@@ -48,7 +49,7 @@ def _search(
     """The top `k + offset` of `space` for a (1, d) query: (1, k + offset) scores and ids."""
     if k < 1 or offset < 0:
         raise InvalidInputError("k must be >= 1 and offset >= 0")
-    return space.index.search(vector, k + offset, allowed_ids=allowed_ids)
+    return search_space(space, vector, k + offset, allowed_ids=allowed_ids)
 
 
 def _ranked(

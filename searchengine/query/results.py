@@ -75,10 +75,20 @@ class AddTextsReport:
 
 @dataclass(frozen=True)
 class SpaceStatus:
+    """One vector space: its index kind as built and how it was tuned (from its manifest)."""
+
     model: str
     modality: str
     vectors: int
-    kind: str
+    kind: str  # the kind built (what auto chose), else the kind asked for
+    chosen_by_auto: bool = False  # the kind was chosen by `--index-kind auto`
+    recall: float | None = None  # recall@10 measured against exact search (1.0 for flat)
+    params: dict = field(default_factory=dict)  # search parameters, e.g. {"nprobe": 8}
+    memory_bytes: int | None = None  # bytes of the index file (what loading it holds)
+    build_seconds: float | None = None  # train + add + tune, when last built
+    factory: str | None = None  # the faiss.index_factory string it was built from
+    target_recall: float | None = None  # the recorded target of the recall guard
+    memory_budget: int | None = None  # the recorded --index-memory, in bytes
 
 
 @dataclass(frozen=True)

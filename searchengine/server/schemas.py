@@ -51,7 +51,15 @@ class Space(BaseModel):
     model: str
     modality: str
     vectors: int
-    kind: str
+    kind: str = Field(description="The index kind built (what auto chose).")
+    chosen_by_auto: bool = False
+    recall: float | None = Field(None, description="recall@10 against exact search (1.0: flat).")
+    params: dict[str, int] = Field(default_factory=dict, description="e.g. {\"nprobe\": 8}.")
+    memory_bytes: int | None = None
+    build_seconds: float | None = None
+    factory: str | None = Field(None, description="The faiss.index_factory string.")
+    target_recall: float | None = None
+    memory_budget: int | None = Field(None, description="--index-memory, in bytes.")
 
 
 class Skipped(BaseModel):
