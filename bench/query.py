@@ -44,7 +44,7 @@ def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
 
 def fill_home(engine, model: str, n: int, dim: int) -> None:
     """A home with `n` catalogued fake images and random unit vectors (no files needed)."""
-    from searchengine.catalog import NewImage
+    from searchengine.catalog import NewImage, as_stored
     from searchengine.images import ImageInfo
 
     space = engine.space(model, "image", create=True)
@@ -56,7 +56,7 @@ def fill_home(engine, model: str, n: int, dim: int) -> None:
             NewImage(f"/bench/{start + i:08d}.jpg", 1, 1, f"h{start + i}", info)
             for i in range(count)
         ]
-        vectors = unit_vectors(count, dim, seed=start)
+        vectors = as_stored(unit_vectors(count, dim, seed=start))  # what the catalog keeps
         written = engine.catalog.write_images(space.model.id, images, vectors, [])
         space.add(np.asarray(written.ids), vectors)
     space.save()

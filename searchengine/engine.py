@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchengine.catalog import Catalog
+from searchengine.catalog import Catalog, as_stored
 from searchengine.catalog.records import ModelRow
 from searchengine.encoder import Encoder
 from searchengine.errors import (
@@ -395,7 +395,8 @@ class Engine:
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             ids = np.array([i for i, _ in chunk], dtype=np.int64)
-            vectors = encoder.encode_texts([t for _, t in chunk])  # (b, d) float32 unit
+            # (b, d) float32 unit, rounded as the catalog stores it: the index holds the same
+            vectors = as_stored(encoder.encode_texts([t for _, t in chunk]))
             self.catalog.write_text_vectors(space.model.id, ids, vectors)
             space.add(ids, vectors)
             bar.update(len(chunk))

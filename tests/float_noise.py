@@ -82,6 +82,27 @@ def assert_same_embeddings(got: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(got, expected, rtol=0, atol=MODEL_NOISE)
 
 
+STORED_ROUNDING = 2.0**-12
+"""How far one entry of a unit embedding moves when the catalog stores it: float16 keeps 11
+significant bits, so a value in [-1, 1] is rounded by at most half a unit in its last place,
+2^-12 (2.4e-4) for values in [0.5, 1), less below (`searchengine.catalog.vectors.as_stored`)."""
+
+
+def stored_score_noise(dim: int) -> float:
+    """How far a score involving stored (float16-rounded) unit vectors may differ from the same
+    score of the float32 vectors, e.g. a stored image's score with itself from 1: each rounded
+    vector moves by at most u = 2^-11 of its norm (float16's unit roundoff), so by Cauchy-Schwarz
+    the inner product moves by at most 2u + u^2 (9.8e-4), plus the float32 `score_noise`."""
+    u = 2.0**-11
+    return 2 * u + u * u + score_noise(dim)
+
+
+def assert_same_stored_embeddings(got: np.ndarray, expected: np.ndarray) -> None:
+    """Embeddings read back from the catalog (`got`) against a forward pass of the same inputs
+    (`expected`, float32): equal up to `MODEL_NOISE` plus the storage's `STORED_ROUNDING`."""
+    np.testing.assert_allclose(got, expected, rtol=0, atol=MODEL_NOISE + STORED_ROUNDING)
+
+
 def assert_recall_close(got: dict, expected: dict, slack: float) -> None:
     """Recall@k figures {k: value} of two correct computations: equal keys, values within the
     near-tie share `slack` (0 when no query has a near-tie: then they must be equal, up to the

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from searchengine.catalog import Catalog, NewImage, Skip, head_revision
+from searchengine.catalog import Catalog, NewImage, Skip, as_stored, head_revision
 from searchengine.catalog.schema import Base
 from searchengine.errors import CatalogError
 from searchengine.images import ImageInfo
@@ -17,8 +17,9 @@ INFO = ImageInfo(width=40, height=30, format="JPEG", taken_at=datetime(2024, 5, 
 
 
 def vec(seed: int, dim: int = 4) -> np.ndarray:
+    """A unit vector in the catalog's stored form (float16 values), so it reads back exactly."""
     x = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
-    return x / np.linalg.norm(x)
+    return as_stored(x / np.linalg.norm(x))
 
 
 def image(path: str, content_hash: str = "h", size: int = 10) -> NewImage:

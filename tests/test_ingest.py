@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from blake3 import blake3
 from conftest import TINY_MODEL, draw_image, fast_ingest, write_image
-from float_noise import assert_same_embeddings
+from float_noise import assert_same_stored_embeddings
 from PIL import Image
 
 from searchengine.encoder import Encoder
@@ -317,7 +317,7 @@ def test_exif_orientation_is_applied_before_embedding(engine, tmp_path, tiny_enc
     assert (row.width, row.height) == (40, 60)
     upright = Image.open(path).convert("RGB").transpose(Image.Transpose.ROTATE_270)
     expected = tiny_encoder.encode_images(tiny_encoder.preprocess(upright)[None])[0]
-    assert_same_embeddings(stored(engine, path)[1], expected)
+    assert_same_stored_embeddings(stored(engine, path)[1], expected)
     sideways = tiny_encoder.preprocess(Image.open(path).convert("RGB"))
     unrotated = tiny_encoder.encode_images(sideways[None])[0]
     assert not np.allclose(stored(engine, path)[1], unrotated, atol=1e-3)
@@ -333,7 +333,7 @@ def test_alpha_is_flattened_over_white_before_embedding(engine, tmp_path, tiny_e
     flat = np.full((40, 40, 3), 255, dtype=np.uint8)
     flat[:, 20:] = (0, 0, 200)
     expected = tiny_encoder.encode_images(tiny_encoder.preprocess(Image.fromarray(flat))[None])[0]
-    assert_same_embeddings(stored(engine, folder / "logo.png")[1], expected)
+    assert_same_stored_embeddings(stored(engine, folder / "logo.png")[1], expected)
 
 
 class Killed(BaseException):
@@ -408,7 +408,7 @@ def test_decoding_in_worker_processes_gives_the_same_vectors(
     reference = open_engine(indexed_home)
     for path in sorted(photo_folder.rglob("*.*")):
         relative = path.relative_to(photo_folder)
-        assert_same_embeddings(stored(engine, copy_photos / relative)[1],
+        assert_same_stored_embeddings(stored(engine, copy_photos / relative)[1],
                                stored(reference, path)[1])
     assert_agrees(engine)
 

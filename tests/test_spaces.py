@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY_MODEL, fast_ingest, write_image
+from float_noise import stored_score_noise
 
 from searchengine.errors import InvalidInputError
 from searchengine.index.spaces import VectorSpace
@@ -385,7 +386,7 @@ engine.index([{str(copy_photos)!r}], model={TINY_MODEL!r}, settings=IngestSettin
     reader = open_engine(home)
     media_id = reader.catalog.media_by_path(str(changed)).id
     top = reader.similar(changed, k=1, model=TINY_MODEL).hits[0]
-    assert top.id == media_id and top.score == pytest.approx(1.0, abs=1e-5)
+    assert top.id == media_id and top.score == pytest.approx(1.0, abs=stored_score_noise(64))
     if next_command == "use-model":
         open_engine(home).use_model(TINY_MODEL)
     elif next_command == "index":

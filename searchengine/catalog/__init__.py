@@ -2,5 +2,15 @@
 
 from searchengine.catalog.records import NewImage, Skip, StoredFile
 from searchengine.catalog.store import Catalog, head_revision
+from searchengine.catalog.vectors import SqlVectorStore, VectorStore, as_stored
 
-__all__ = ["Catalog", "NewImage", "Skip", "StoredFile", "head_revision"]
+__all__ = [
+    "Catalog",
+    "NewImage",
+    "Skip",
+    "SqlVectorStore",
+    "StoredFile",
+    "VectorStore",
+    "as_stored",
+    "head_revision",
+]

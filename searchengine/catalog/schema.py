@@ -97,7 +97,8 @@ class EmbeddingModel(Base):
 
 
 class ImageEmbedding(Base):
-    """The durable copy of an image vector: float32 bytes, unit length."""
+    """The durable copy of an image vector: little-endian float16 bytes (since revision 0003;
+    float32 before), a unit vector rounded (`catalog.vectors.as_stored`)."""
 
     __tablename__ = "image_embeddings"
 
@@ -126,7 +127,7 @@ class TextItem(Base):
 
 
 class TextEmbedding(Base):
-    """The durable copy of a text vector."""
+    """The durable copy of a text vector, stored as image vectors are."""
 
     __tablename__ = "text_embeddings"
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from searchengine.catalog.dialect import excluded, upsert
 from searchengine.catalog.records import NewImage, Skip, StoredFile
 from searchengine.catalog.schema import ImageEmbedding, Media, TextEmbedding
+from searchengine.catalog.vectors import encode
 from searchengine.errors import InvalidInputError
 
 MODALITIES = ("image", "text")
@@ -88,8 +89,9 @@ def upsert_vectors(
     ids: Sequence[int] | np.ndarray,
     vectors: np.ndarray,
 ) -> None:
-    """Store one (d,) float32 vector of `model_id` per id (media or text), replacing any it had:
-    one multi-row upsert, on SQLite and PostgreSQL."""
+    """Store one (d,) vector of `model_id` per id (media or text), replacing any it had, in its
+    stored form (float16, `catalog.vectors.as_stored`): one multi-row upsert, on SQLite and
+    PostgreSQL."""
     if not len(ids):
         return
     table, key = embedding_table(modality)
@@ -133,7 +135,8 @@ def skip_values(skip: Skip, now: datetime) -> dict:
 
 
 def blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+    """The stored bytes of a (d,) vector: float16 (`catalog.vectors`, revision 0003)."""
+    return encode(vector)
 
 
 def chunks(items: list, size: int = CHUNK) -> Iterable[list]:

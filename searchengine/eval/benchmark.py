@@ -232,7 +232,8 @@ def _index_images(
     """
     image_ids, kept = _indexed_ids(engine, dataset.images, model, settings.ingest,
                                    index_kind=settings.index_kind, progress=progress)
-    stored, _ = engine.vectors("image", model=model)
+    space = engine.space(model, "image")
+    stored = engine.catalog.vector_ids("image", space.model.id)  # (n,) int64, no vectors
     if len(np.setdiff1d(stored, image_ids)):
         raise InvalidInputError(
             f"the benchmark home holds {len(np.setdiff1d(stored, image_ids))} images that are not "
@@ -269,12 +270,20 @@ def _indexed_ids(
 
 
 def _vectors_for(engine, modality: str, ids: np.ndarray, model: str | None) -> np.ndarray:
-    """(n, d) float32 stored vectors in the order of `ids` (n,) int64."""
-    got_ids, vectors = engine.vectors(modality, model=model, ids=[int(i) for i in ids])
-    columns = _to_columns(np.asarray(ids, dtype=np.int64)[None, :], np.asarray(got_ids))[0]
-    if (columns < 0).any():
-        raise InvalidInputError(f"{int((columns < 0).sum())} {modality} vectors are not stored")
-    return np.asarray(vectors, dtype=np.float32)[columns]
+    """(n, d) float32 stored vectors in the order of `ids` (n,) int64, streamed from the
+    catalog's `VectorStore` in batches: only the wanted rows are kept."""
+    ids = np.asarray(ids, dtype=np.int64)
+    space = engine.space(model, modality)
+    out = np.zeros((len(ids), space.model.dim), dtype=np.float32)
+    found = np.zeros(len(ids), dtype=bool)
+    for batch_ids, vectors in engine.catalog.vector_store.iter_batches(modality, space.model.id):
+        rows = _to_columns(ids[None, :], batch_ids)[0]  # (n,) row in this batch or -1
+        hit = rows >= 0
+        out[hit] = vectors[rows[hit]]
+        found |= hit
+    if not found.all():
+        raise InvalidInputError(f"{int((~found).sum())} {modality} vectors are not stored")
+    return out
 
 
 def _to_columns(hit_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from searchengine.catalog import Catalog, head_revision
 from searchengine.catalog.records import ModelRow
+from searchengine.catalog.vectors import BATCH_SIZE
 from searchengine.errors import IndexMismatchError
 from searchengine.index.kinds import (
     IVF_KINDS,
@@ -180,6 +181,9 @@ class VectorSpace:
                 raise _Outgrown(f"the index kind changes from {manifest.kind} to {self.kind}")
             if manifest.version < MANIFEST_VERSION and manifest.kind in IVF_KINDS:
                 raise _Outgrown("its IVF lists were written in the id-map form of version 1")
+            if manifest.catalog_revision != head_revision():  # e.g. the vectors' stored form
+                raise _Outgrown(f"the catalog moved from schema revision "
+                                f"{manifest.catalog_revision} to {head_revision()}")
             index = VectorIndex.load(self.path, self._expected(manifest.kind))
             self._unsaved = self._sync(index)
         except _Outgrown as change:  # routine: not worth a warning
@@ -209,7 +213,7 @@ class VectorSpace:
         ]
 
     def _batches(self):
-        return self.catalog.iter_vectors(self.modality, self.model.id)
+        return self.catalog.vector_store.iter_batches(self.modality, self.model.id)
 
     def _build(self) -> VectorIndex:
         """An index of the catalog's vectors, its search parameters tuned to the target recall
@@ -291,9 +295,9 @@ class VectorSpace:
             if index.needs_rebuild_on_remove:
                 raise _Outgrown(f"{len(extra)} vectors were removed from the catalog")
             index.remove(extra)
-        if len(missing):
-            ids, vectors = self.catalog.vectors(self.modality, self.model.id, ids=missing.tolist())
-            index.add(ids, vectors)
+        for start in range(0, len(missing), BATCH_SIZE):  # a batch at a time, however many
+            chunk = missing[start : start + BATCH_SIZE].tolist()
+            index.add(*self.catalog.vectors(self.modality, self.model.id, ids=chunk))
         if len(missing) or len(extra):
             log.info(
                 "%s: re-synced with the catalog (+%d, -%d)",
@@ -493,7 +497,7 @@ class VectorSpace:
         are compared with the catalog vector's own code, decoded, within float noise)."""
         held = set(on_disk.ids().tolist())
         stale = 0
-        for ids, vectors in self.catalog.iter_vectors(self.modality, self.model.id):
+        for ids, vectors in self.catalog.vector_store.iter_batches(self.modality, self.model.id):
             present = np.fromiter((i in held for i in ids.tolist()), dtype=bool, count=len(ids))
             if present.any():
                 stored = on_disk.reconstruct_batch(ids[present])  # (m, d) float32

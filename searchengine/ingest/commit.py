@@ -13,7 +13,7 @@ from typing import cast
 
 import numpy as np
 
-from searchengine.catalog import Catalog, NewImage, Skip
+from searchengine.catalog import Catalog, NewImage, Skip, as_stored
 from searchengine.images import ImageInfo
 from searchengine.ingest.decode import Decoded, DecodeDataset
 from searchengine.ingest.local import decoded_batches
@@ -93,14 +93,15 @@ def _store_batch(catalog: Catalog, encoder, space, batch: list[Decoded]) -> Batc
     return commit_batch(catalog, space, batch, vectors, embedded=len(vectors) - len(known))
 
 
-def embed_batch(encoder, batch: list[Decoded], known: dict[str, bytes]) -> dict[str, np.ndarray]:
-    """The embed stage: content hash -> (d,) float32 unit vector for every decoded file of
-    `batch`, from `known` (stored vector bytes by hash) or from the model, once per content."""
+def embed_batch(
+    encoder, batch: list[Decoded], known: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The embed stage: content hash -> (d,) float32 vector for every decoded file of `batch`,
+    from `known` (the stored vectors by hash) or from the model (unit length), once per
+    content."""
     import torch
 
-    vectors: dict[str, np.ndarray] = {
-        digest: np.frombuffer(data, dtype=np.float32) for digest, data in known.items()
-    }
+    vectors: dict[str, np.ndarray] = dict(known)
     fresh = {  # duplicates inside the batch embed once
         cast(str, d.content_hash): d
         for d in batch
@@ -131,8 +132,8 @@ def commit_batch(
         NewImage(d.stat.path, d.stat.size, d.stat.mtime_ns, digest, cast(ImageInfo, d.info))
         for d, digest in zip(good, hashes, strict=True)
     ]
-    matrix = (
-        np.vstack([vectors[digest] for digest in hashes]).astype(np.float32)
+    matrix = (  # (n, d) float32 in the stored form, so the index holds what the catalog holds
+        as_stored(np.vstack([vectors[digest] for digest in hashes]))
         if good
         else np.zeros((0, space.model.dim), dtype=np.float32)
     )
