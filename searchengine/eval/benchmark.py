@@ -212,7 +212,7 @@ def measure_recall(
                                    "unindexed_images": len(dataset.images) - len(images)}
     return RecallReport(
         model=engine.model_id_of(model),
-        index_kind=engine.space(model, "image").kind,
+        index_kind=engine.space(model, "image").index.kind,  # the kind built (auto resolves)
         dataset=summary,
         exact=metrics_from_ranks(exact_text, exact_image, tuple(settings.ks)),
         index_text_to_image=recall_at(index_text, settings.ks),
