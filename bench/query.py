@@ -4,8 +4,12 @@ For each stored-vector count and index kind: p50/p95/p99 of (a) `Encoder.encode_
 typical short queries, (b) the vector search plus catalog lookup of a warm `Engine.search`
 (homes up to --engine-max vectors are real homes with catalog rows; larger sizes time the FAISS
 index alone on random unit vectors, and say so), and recall@10 of each kind against exact search.
+With ../shared present, a home's vectors are CLIP-structured (bench/clipgen.py, fitted to the
+flickr8k-1k embeddings) and recall is measured with real caption vectors; without it, uniform
+random vectors and the encoded queries. JSON only with --record.
 
     .venv/bin/python bench/query.py [--model ViT-B-32/random] [--sizes 10000,100000,1000000]
+        [--kinds flat,auto] [--engine-max 1000000] [--record]
 """
 
 from __future__ import annotations
@@ -42,12 +46,26 @@ def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def fill_home(engine, model: str, n: int, dim: int) -> None:
-    """A home with `n` catalogued fake images and random unit vectors (no files needed)."""
+def clip_like(dim: int):
+    """(generator, (m, dim) caption query vectors) from bench/clipgen.py, fitted to the real
+    flickr8k-1k embeddings, or (None, None) without ../shared (uniform random vectors then)."""
+    from clipgen import ClipLike, real_embeddings
+    from common import SHARED_DATA
+
+    if not (SHARED_DATA / "flickr8k-1k").is_dir():
+        return None, None
+    real = real_embeddings(SHARED_DATA / "flickr8k-1k", "demo")
+    gen = ClipLike.fit(real.images, dim=dim)
+    return gen, gen.lifted(real.captions[::25])
+
+
+def fill_home(engine, model: str, n: int, dim: int, gen=None) -> None:
+    """A home with `n` catalogued fake images (no files needed) and CLIP-structured vectors from
+    `gen` (bench/clipgen.py), or random unit vectors without it."""
     from searchengine.catalog import NewImage, as_stored
     from searchengine.images import ImageInfo
 
-    space = engine.space(model, "image", create=True)
+    space = engine.space(model, "image", create=True, kind="flat")
     info = ImageInfo(640, 480, "JPEG", None, None)
     step = 5000
     for start in range(0, n, step):
@@ -56,7 +74,8 @@ def fill_home(engine, model: str, n: int, dim: int) -> None:
             NewImage(f"/bench/{start + i:08d}.jpg", 1, 1, f"h{start + i}", info)
             for i in range(count)
         ]
-        vectors = as_stored(unit_vectors(count, dim, seed=start))  # what the catalog keeps
+        drawn = gen.batch(start // step, step)[:count] if gen else unit_vectors(count, dim, start)
+        vectors = as_stored(drawn)  # what the catalog keeps
         written = engine.catalog.write_images(space.model.id, images, vectors, [])
         space.add(np.asarray(written.ids), vectors)
     space.save()
@@ -79,19 +98,24 @@ def bench_engine(args, n: int, kinds: list[str], encoder_ms: dict) -> list[dict]
     try:
         engine = Engine.open(home)
         encoder = engine.encoder(args.model)
-        fill_home(engine, args.model, n, encoder.dim)
+        gen, captions = clip_like(encoder.dim)
+        start = time.perf_counter()
+        fill_home(engine, args.model, n, encoder.dim, gen)
+        print(f"filled a home of {n} vectors in {time.perf_counter() - start:.0f} s")
         query_vectors = encoder.encode_texts(QUERIES)  # (10, d)
+        if captions is not None:
+            query_vectors = captions  # real caption vectors, lifted like the collection
         exact = engine.space(args.model, "image").index.search(query_vectors, 10)[1]
         for kind in kinds:
             start = time.perf_counter()
             space = engine.space(args.model, "image", kind=kind)
             space.index = space.rebuild(reason="benchmark kind switch")
             build_s = time.perf_counter() - start
-            found = space.index.search(query_vectors, 10)[1]
+            found = engine.search_vectors("image", query_vectors, k=10, model=args.model)[1]
             engine.search(QUERIES[0], k=10, model=args.model)  # warm
             search_ms = time_calls(
-                lambda i: engine.search_by_vector(
-                    query_vectors[i % 10 : i % 10 + 1], k=10, model=args.model
+                lambda i, xq=query_vectors: engine.search_by_vector(
+                    xq[i % len(xq) : i % len(xq) + 1], k=10, model=args.model
                 ),
                 args.repeats,
             )
@@ -193,6 +217,7 @@ def main() -> None:
         "hour on 2 cores)",
     )
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--record", action="store_true", help="write bench/results/query.json")
     args = parser.parse_args()
 
     from searchengine.encoder import Encoder
@@ -209,6 +234,8 @@ def main() -> None:
             rows += bench_engine(args, n, kinds, encoder_ms)
         else:
             rows += bench_index_only(args, n, encoder.dim, args.large_kinds.split(","), encoder_ms)
+    if not args.record:
+        return
     write_result("query", {
         "model": args.model,
         "text_encoding": encoder_ms,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +26,8 @@ QUERY_CACHE_SIZE = 256
 """Text vectors an Encoder keeps (least recently used out): 0.5 MB at 512 dimensions."""
 QUERY_CACHE_BATCH = 64
 """Calls with more texts than this (indexing captions) neither read nor fill the cache."""
+FEW_TEXTS = 8
+"""Text batches up to this size (queries) run on `EncoderSettings.query_threads` threads."""
 
 
 def resolve_device(device: str) -> str:
@@ -46,8 +50,8 @@ class Encoder:
     """
 
     def __init__(self, spec: ModelSpec, settings: EncoderSettings = EncoderSettings()):
-
         self.spec = spec
+        self.settings = settings
         self.device = resolve_device(settings.device)
         self.model, self.preprocess, self.tokenizer = build_model(
             spec, device=self.device, precision=settings.precision, seed=settings.seed
@@ -124,10 +128,13 @@ class Encoder:
             self._text_cache.clear()
 
     def _vectors(self, tokens: torch.Tensor) -> np.ndarray:
-        """(n, context) int64 tokens -> (n, d) float32 unit vectors (no cache)."""
+        """(n, context) int64 tokens -> (n, d) float32 unit vectors (no cache). A query of at
+        most FEW_TEXTS sentences on the CPU runs on `settings.query_threads` threads."""
         import torch
 
-        with torch.inference_mode():
+        threads = self.settings.query_threads
+        few = self.device == "cpu" and len(tokens) <= FEW_TEXTS and threads > 0
+        with torch.inference_mode(), _torch_threads(threads if few else None):
             features = self._encode_tokens(tokens.to(self.device))
         return features.float().cpu().numpy()
 
@@ -237,3 +244,21 @@ def resizes_then_centre_crops(preprocess, size: int) -> bool:
         and resize.interpolation == InterpolationMode.BICUBIC
         and tuple(crop.size) == (size, size)
     )
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run torch's CPU work on `threads` intra-op threads within the block (None: unchanged).
+    torch's setting is the process's: callers run one model call at a time (`serve` does, through
+    its gate)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -227,3 +227,30 @@ def test_a_repeated_query_costs_no_forward_pass(tiny_encoder):
     finally:
         handle.remove()
         tiny_encoder.clear_text_cache()
+
+
+def test_a_short_query_runs_on_the_query_threads_and_gives_the_same_vectors(tiny_encoder):
+    """A query of a few sentences runs on `query_threads` torch threads (seen from inside the
+    text tower), the process's setting is restored after, and the vectors equal those of the
+    default threads within float noise; a long batch keeps every thread."""
+    seen: list[int] = []
+    hook = tiny_encoder.model.transformer.register_forward_hook(
+        lambda *_: seen.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        default = Encoder(tiny_encoder.spec, EncoderSettings(query_threads=0))
+        default.model = tiny_encoder.model
+        texts = ["a red square", "two blue circles"]
+        tiny_encoder.clear_text_cache()
+        one = tiny_encoder.encode_texts(texts)
+        assert seen == [1] and torch.get_num_threads() == 2
+        both = default.encode_texts(texts)
+        assert seen == [1, 2]
+        assert_same_embeddings(one, both)
+        tiny_encoder.encode_texts([f"caption number {i}" for i in range(20)])
+        assert seen[-1] == 2  # a batch of captions is not a query
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
