@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from clipgen import ClipLike, exact_top_k, real_embeddings, structure_report  # noqa: E402
-from common import SHARED_DATA, percentiles, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, percentiles, write_result  # noqa: E402
 
 K = 10
 BATCH = 50_000
@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--no-cross", action="store_true",
                         help="tune on photo queries only (a home without a caption text set)")
     parser.add_argument("--record", action="store_true", help="write bench/results/scale.json")
+    parser.add_argument("--append", action="store_true",
+                        help="with --record: keep the recorded rows of sizes and kinds not run now")
     parser.add_argument("--plot", type=Path, default=None, help="write the latency/recall plot")
     parser.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one-kind", help=argparse.SUPPRESS)
@@ -248,10 +250,25 @@ def main() -> None:
         print(f"real {row['vectors']} {row['kind']}: recall@10 {row['recall_at_10_vs_exact']}")
     payload = {"generator": structure, "results": rows, "real_embeddings": real,
                "queries": args.queries, "memory_budget": args.memory}
-    if args.plot:
-        plot(rows, args.plot)
+    if args.record and args.append and (RESULTS / "scale.json").exists():
+        payload = merged(json.loads((RESULTS / "scale.json").read_text()), payload)
     if args.record:
         write_result("scale", payload)
+    if args.plot:
+        plot(payload["results"], args.plot)
+
+
+def merged(earlier: dict, now: dict) -> dict:
+    """`now` with the rows of `earlier` it did not measure again (by size and kind), each row
+    keeping the commit and date of the run that measured it."""
+    stamp = {"git_commit": earlier.get("environment", {}).get("git_commit"),
+             "date": earlier.get("environment", {}).get("date")}
+    fresh = {(r["vectors"], r["kind"]) for r in now["results"]}
+    kept = [{**stamp, **r} for r in earlier["results"] if (r["vectors"], r["kind"]) not in fresh]
+    real = {r["kind"]: r for r in earlier.get("real_embeddings", [])}
+    real.update({r["kind"]: r for r in now["real_embeddings"]})
+    rows = sorted(kept + now["results"], key=lambda r: (r["vectors"], r["kind"]))
+    return {**now, "results": rows, "real_embeddings": list(real.values())}
 
 
 def plot(rows: list[dict], path: Path) -> None:
