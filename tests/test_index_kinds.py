@@ -397,6 +397,7 @@ def test_a_compressed_kind_rescores_its_candidates_with_the_catalogs_vectors(hom
     n = 1500
     xb = clustered(n, seed=21)
     ids = store(catalog, model.id, [f"/p/{i}.jpg" for i in range(n)], xb)
+    xb = catalog.vectors("image", model.id, ids=ids.tolist())[1]  # as stored (float16 values)
     space = VectorSpace(catalog, tmp_path, model, "image", kind, IndexSettings(target_recall=0.3))
     index, read = space.index, space_vectors(space)
     assert index.rerank > 1 and index.tuning.params["rerank"] == index.rerank
