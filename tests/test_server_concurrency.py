@@ -120,9 +120,9 @@ def test_the_batcher_waits_a_little_for_company_when_idle():
     assert [sorted(texts) for _, texts in encoder.calls] == [["s0", "s1", "s2"]]
 
 
-def test_a_waiting_search_batch_goes_before_waiting_slow_work():
-    """While slow work holds the gate, a slow call and then an urgent one queue: the urgent one
-    runs next, then the slow one; never two at once."""
+def gate_order(holder: tuple[str, bool], waiting: list[tuple[str, bool]]) -> list[str]:
+    """The order in which calls pass a ModelGate: `holder` (name, urgent) holds it while the
+    `waiting` calls queue one after another, then it lets go."""
     from searchengine.server.gate import ModelGate
 
     gate = ModelGate()
@@ -130,57 +130,38 @@ def test_a_waiting_search_batch_goes_before_waiting_slow_work():
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with gate.turn(urgent=False):
+        with gate.turn(urgent=holder[1]):
             holding.set()
             assert release.wait(PATIENCE)
-            order.append("first slow")
+            order.append(holder[0])
 
     def call(name: str, urgent: bool) -> None:
         with gate.turn(urgent=urgent):
             order.append(name)
 
-    with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(hold)
+    with ThreadPoolExecutor(len(waiting) + 1) as pool:
+        futures = [pool.submit(hold)]
         assert holding.wait(PATIENCE)
-        slow = pool.submit(call, "second slow", False)
-        wait_until(lambda: gate.waiting == 1, "the slow call to wait")
-        urgent = pool.submit(call, "urgent", True)
-        wait_until(lambda: gate.waiting == 2, "the urgent call to wait")
+        for queued, (name, urgent) in enumerate(waiting, start=1):
+            futures.append(pool.submit(call, name, urgent))
+            wait_until(lambda n=queued: gate.waiting == n, f"{name} to wait")
         release.set()
-        for future in (first, slow, urgent):
+        for future in futures:
             future.result(PATIENCE)
+    return order
+
+
+def test_a_waiting_search_batch_goes_before_waiting_slow_work():
+    """While slow work holds the gate, a slow call and then an urgent one queue: the urgent one
+    runs next, then the slow one; never two at once."""
+    order = gate_order(("first slow", False), [("second slow", False), ("urgent", True)])
     assert order == ["first slow", "urgent", "second slow"]
 
 
 def test_slow_work_gets_every_other_turn_while_searches_keep_coming():
     """An urgent call holds the gate while a slow one and another urgent one wait: the slow one
     goes next (it waited through an urgent turn), so searches cannot starve it."""
-    from searchengine.server.gate import ModelGate
-
-    gate = ModelGate()
-    order: list[str] = []
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with gate.turn(urgent=True):
-            holding.set()
-            assert release.wait(PATIENCE)
-            order.append("first urgent")
-
-    def call(name: str, urgent: bool) -> None:
-        with gate.turn(urgent=urgent):
-            order.append(name)
-
-    with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(hold)
-        assert holding.wait(PATIENCE)
-        slow = pool.submit(call, "slow", False)
-        wait_until(lambda: gate.waiting == 1, "the slow call to wait")
-        urgent = pool.submit(call, "second urgent", True)
-        wait_until(lambda: gate.waiting == 2, "the urgent call to wait")
-        release.set()
-        for future in (first, slow, urgent):
-            future.result(PATIENCE)
+    order = gate_order(("first urgent", True), [("slow", False), ("second urgent", True)])
     assert order == ["first urgent", "slow", "second urgent"]
 
 
