@@ -161,8 +161,9 @@ def held_out(
     ids, vectors, seen = [], [], 0
     for batch_ids, batch in batches:
         first = (step // 2 - seen) % step
-        ids.append(np.asarray(batch_ids[first::step], dtype=np.int64))
-        vectors.append(np.asarray(batch[first::step], dtype=np.float32))
+        # copies, not views: a view would keep its whole batch alive, and so every batch
+        ids.append(np.array(batch_ids[first::step], dtype=np.int64))
+        vectors.append(np.array(batch[first::step], dtype=np.float32))
         seen += len(batch_ids)
     return np.concatenate(ids), np.ascontiguousarray(np.concatenate(vectors))
 
