@@ -69,3 +69,28 @@ def percentiles(samples_ms: list[float]) -> dict:
         "p99_ms": round(float(np.percentile(values, 99)), 3),
         "n": len(values),
     }
+
+
+FAKE_BATCH = 5000  # catalog rows written per transaction by `fake_images` callers
+
+
+def unit_vectors(n: int, d: int, seed: int):
+    """(n, d) float32 uniform random unit vectors (no neighbour structure: see clipgen.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fake_images(start: int, count: int) -> list:
+    """`count` catalog rows for images that need no file, numbered from `start`, with the sizes
+    and hashes a real photo's row has (so bytes on disk are a photo library's)."""
+    from searchengine.catalog import NewImage
+    from searchengine.images import ImageInfo
+
+    info = ImageInfo(640, 480, "JPEG", None, None)
+    return [
+        NewImage(f"/photos/2024/{start + i:08d}.jpg", 1_000_000, 1, f"{start + i:064x}", info)
+        for i in range(count)
+    ]

@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import percentiles, write_result  # noqa: E402
+from common import (  # noqa: E402
+    FAKE_BATCH,
+    fake_images,
+    percentiles,
+    unit_vectors,
+    write_result,
+)
 
 QUERIES = [
     "a dog on the beach",
@@ -38,12 +44,6 @@ QUERIES = [
     "a group of people hiking",
     "a boy jumping into a pool",
 ]
-
-
-def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def clip_like(dim: int):
@@ -62,19 +62,14 @@ def clip_like(dim: int):
 def fill_home(engine, model: str, n: int, dim: int, gen=None) -> None:
     """A home with `n` catalogued fake images (no files needed) and CLIP-structured vectors from
     `gen` (bench/clipgen.py), or random unit vectors without it."""
-    from searchengine.catalog import NewImage, as_stored
-    from searchengine.images import ImageInfo
+    from searchengine.catalog import as_stored
 
     space = engine.space(model, "image", create=True, kind="flat")
-    info = ImageInfo(640, 480, "JPEG", None, None)
-    step = 5000
-    for start in range(0, n, step):
-        count = min(step, n - start)
-        images = [
-            NewImage(f"/bench/{start + i:08d}.jpg", 1, 1, f"h{start + i}", info)
-            for i in range(count)
-        ]
-        drawn = gen.batch(start // step, step)[:count] if gen else unit_vectors(count, dim, start)
+    for start in range(0, n, FAKE_BATCH):
+        count = min(FAKE_BATCH, n - start)
+        images = fake_images(start, count)
+        number = start // FAKE_BATCH
+        drawn = gen.batch(number, FAKE_BATCH)[:count] if gen else unit_vectors(count, dim, start)
         vectors = as_stored(drawn)  # what the catalog keeps
         written = engine.catalog.write_images(space.model.id, images, vectors, [])
         space.add(np.asarray(written.ids), vectors)

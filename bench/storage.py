@@ -31,32 +31,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import SHARED_DATA, write_result  # noqa: E402
+from common import (  # noqa: E402
+    FAKE_BATCH,
+    SHARED_DATA,
+    fake_images,
+    unit_vectors,
+    write_result,
+)
 
 DIM = 512
 
 
-def unit_vectors(n: int, d: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def fill_catalog(catalog, n: int, dim: int, spec: str = "bench/random") -> int:
     """`n` catalogued fake images with unit vectors (no files needed); returns the model id."""
-    from searchengine.catalog import NewImage
-    from searchengine.images import ImageInfo
-
     model = catalog.ensure_model(spec, dim)
-    info = ImageInfo(640, 480, "JPEG", None, None)
-    step = 5000
-    for start in range(0, n, step):
-        count = min(step, n - start)
-        images = [
-            NewImage(f"/photos/2024/{start + i:08d}.jpg", 1_000_000, 1, f"{start + i:064x}", info)
-            for i in range(count)
-        ]
-        catalog.write_images(model.id, images, unit_vectors(count, dim, seed=start), [])
+    for start in range(0, n, FAKE_BATCH):
+        count = min(FAKE_BATCH, n - start)
+        vectors = unit_vectors(count, dim, seed=start)
+        catalog.write_images(model.id, fake_images(start, count), vectors, [])
     return model.id
 
 
