@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,14 +45,21 @@ def build_home(home: Path, n: int) -> str:
     import torch
     from query import fill_home  # noqa: E402 -- bench/query.py, beside this file
 
+    from searchengine.catalog import head_revision
     from searchengine.engine import Engine
     from searchengine.models import CHECKPOINT_FORMAT, build_model, parse_model_spec
 
     checkpoint = home / "vit-b-32-random.pt"
     model = f"{ARCH}/{checkpoint}"
-    if (home / ".cold-ready").exists():
+    ready = home / ".cold-ready"
+    # the catalog's schema revision is part of the mark: a home built under an older one has an
+    # index file every read-only command would rebuild in memory, which is not a cold search
+    mark = f"{n} {head_revision()}"
+    if ready.exists() and ready.read_text() == mark:
         return model
-    home.mkdir(parents=True, exist_ok=True)
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
     net, _, _ = build_model(parse_model_spec(f"{ARCH}/random"), seed=0)
     torch.save({"format": CHECKPOINT_FORMAT, "arch": ARCH, "state_dict": net.state_dict()},
                checkpoint)
@@ -60,7 +68,7 @@ def build_home(home: Path, n: int) -> str:
     with Engine.open(home) as engine:
         fill_home(engine, model, n, 512)
         engine.use_model(model)
-    (home / ".cold-ready").write_text(str(n))
+    ready.write_text(mark)
     print(f"built a home of {n} vectors in {time.perf_counter() - start:.0f} s: {home}")
     return model
 

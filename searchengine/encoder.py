@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -132,9 +133,9 @@ class Encoder:
         most FEW_TEXTS sentences on the CPU runs on `settings.query_threads` threads."""
         import torch
 
-        threads = self.settings.query_threads
-        few = self.device == "cpu" and len(tokens) <= FEW_TEXTS and threads > 0
-        with torch.inference_mode(), _torch_threads(threads if few else None):
+        few = self.device == "cpu" and len(tokens) <= FEW_TEXTS
+        threads = query_threads(self.settings.query_threads) if few else None
+        with torch.inference_mode(), _torch_threads(threads):
             features = self._encode_tokens(tokens.to(self.device))
         return features.float().cpu().numpy()
 
@@ -244,6 +245,39 @@ def resizes_then_centre_crops(preprocess, size: int) -> bool:
         and resize.interpolation == InterpolationMode.BICUBIC
         and tuple(crop.size) == (size, size)
     )
+
+
+def query_threads(setting: int | None) -> int | None:
+    """Torch threads for a short text query under `EncoderSettings.query_threads` (None: leave
+    torch's setting as it is)."""
+    import torch
+
+    if setting is not None:
+        return setting or None
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this system: the fixed one-thread policy
+        return 1
+    return threads_for_load(load, _usable_cpus(), torch.get_num_threads())
+
+
+def threads_for_load(load: float, cpus: int, most: int) -> int:
+    """Threads for a short query on `cpus` cores with a 1-minute load average of `load`: one a
+    core left idle by the others, plus this query's own; at least 1, at most `most`.
+
+    A short query is a chain of small matrix products with a barrier after each. On an idle core
+    a second thread halves it; on a busy one each barrier waits for a thread the scheduler gave
+    to someone else, and the query gets several times slower than on one thread. The load
+    average lags by about a minute, which matches how long a host stays busy or quiet.
+    """
+    idle = max(0, int(cpus - load))  # whole cores nobody else used over the last minute
+    return max(1, min(most, idle + 1))
+
+
+def _usable_cpus() -> int:
+    with contextlib.suppress(AttributeError):  # sched_getaffinity: Linux only
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

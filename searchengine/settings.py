@@ -23,11 +23,12 @@ class EncoderSettings:
     """fp32 everywhere; `fp16`/`bf16` halve memory on a GPU at a small cost in exactness."""
     seed: int = 0
     """Seed for `ARCH/random` weights, so that random models are reproducible."""
-    query_threads: int = 1
-    """CPU threads for a text query of a few sentences (0: torch's default, all cores). A short
-    query is a few small matrix products: on a loaded 2-core host two threads spend their time
-    waiting for each other (ViT-B-32: 66-81 ms on one thread, 121-127 ms on two; bench/query.py).
-    Image batches and long text batches always use every thread."""
+    query_threads: int | None = None
+    """CPU threads for a text query of a few sentences. None (default): by the host's load, one
+    thread per idle core plus one (`encoder.query_threads`): two threads halve a query on an idle
+    2-core host (ViT-B-32: 20 ms against 45 ms) but spend their time waiting for each other on a
+    loaded one (204-865 ms against 77-80 ms; `bench/query.py`). 0: torch's default (all cores);
+    n: always n. Image batches and long text batches always use every thread."""
 
 
 BENCH_TEXT_SET_PREFIX = "bench-"

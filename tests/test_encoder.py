@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_MODEL, draw_image
 from float_noise import assert_same_embeddings, score_noise
 
-from searchengine.encoder import Encoder, resolve_device
+from searchengine.encoder import Encoder, query_threads, resolve_device, threads_for_load
 from searchengine.errors import InvalidInputError, ModelError, ModelUnavailableError
 from searchengine.models import CHECKPOINT_FORMAT, parse_model_spec
 from searchengine.settings import EncoderSettings
@@ -232,25 +232,49 @@ def test_a_repeated_query_costs_no_forward_pass(tiny_encoder):
 def test_a_short_query_runs_on_the_query_threads_and_gives_the_same_vectors(tiny_encoder):
     """A query of a few sentences runs on `query_threads` torch threads (seen from inside the
     text tower), the process's setting is restored after, and the vectors equal those of the
-    default threads within float noise; a long batch keeps every thread."""
+    default threads within float noise; a long batch keeps every thread; the default follows
+    the host's load (`threads_for_load`)."""
     seen: list[int] = []
     hook = tiny_encoder.model.transformer.register_forward_hook(
         lambda *_: seen.append(torch.get_num_threads())
     )
     before = torch.get_num_threads()
+
+    def encoder(threads: int | None) -> Encoder:
+        made = Encoder(tiny_encoder.spec, EncoderSettings(device="cpu", query_threads=threads))
+        made.model = tiny_encoder.model
+        return made
+
     try:
         torch.set_num_threads(2)
-        default = Encoder(tiny_encoder.spec, EncoderSettings(query_threads=0))
-        default.model = tiny_encoder.model
         texts = ["a red square", "two blue circles"]
-        tiny_encoder.clear_text_cache()
-        one = tiny_encoder.encode_texts(texts)
+        one = encoder(1).encode_texts(texts)
         assert seen == [1] and torch.get_num_threads() == 2
-        both = default.encode_texts(texts)
+        both = encoder(0).encode_texts(texts)
         assert seen == [1, 2]
         assert_same_embeddings(one, both)
-        tiny_encoder.encode_texts([f"caption number {i}" for i in range(20)])
+        by_load = encoder(None)
+        expected = {query_threads(None)}  # the load may cross a step while the query runs
+        by_load.encode_texts(["a green triangle"])
+        expected.add(query_threads(None))
+        assert seen[-1] in expected and 1 <= seen[-1] <= 2
+        by_load.encode_texts([f"caption number {i}" for i in range(20)])
         assert seen[-1] == 2  # a batch of captions is not a query
     finally:
         hook.remove()
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("load", "cpus", "most", "threads"),
+    [
+        (0.1, 2, 2, 2),  # an idle 2-core host: both cores
+        (0.9, 2, 2, 2),  # a core and a bit left: still both
+        (1.5, 2, 2, 1),  # less than a whole idle core: one thread
+        (6.0, 2, 2, 1),  # overloaded: one thread, never zero
+        (2.0, 8, 8, 7),  # six cores idle: six plus the query's own
+        (0.0, 8, 4, 4),  # never more than torch's own setting
+    ],
+)
+def test_query_threads_follow_the_idle_cores(load, cpus, most, threads):
+    assert threads_for_load(load, cpus, most) == threads
