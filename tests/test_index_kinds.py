@@ -422,6 +422,31 @@ def test_a_compressed_kind_rescores_its_candidates_with_the_catalogs_vectors(hom
     assert I1.tolist() == [[int(ids[0]), -1, -1]] and D1[0, 1] < -1e30
 
 
+@pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])
+def test_a_compressed_kinds_filtered_hits_are_rescored_on_the_selector_road(home, kind):
+    """A broad filter over a compressed kind takes the index's own search with a selector; its
+    hits come back with the exact scores of the stored vectors, as unfiltered hits do, and only
+    allowed ids, best first."""
+    from searchengine.index.search import index_shape, plan_filtered_search, space_vectors
+
+    tmp_path, catalog, model = home
+    n = 1500
+    ids = store(catalog, model.id, [f"/p/{i}.jpg" for i in range(n)], clustered(n, seed=23))
+    xb = catalog.vectors("image", model.id, ids=ids.tolist())[1]  # as stored (float16 values)
+    space = VectorSpace(catalog, tmp_path, model, "image", kind, IndexSettings(target_recall=0.3))
+    index = space.index
+    allowed = ids[np.random.default_rng(4).random(n) < 0.9]
+    shape = index_shape(index, exact_vectors=False)
+    assert plan_filtered_search(shape, len(allowed), 10, 1).road == "selector"
+    rows = {int(i): r for r, i in enumerate(ids)}
+    for q in clustered(8, seed=99):
+        D, I = index.search(q[None], 10, allowed_ids=allowed, vectors_of=space_vectors(space))
+        assert (I >= 0).all() and np.isin(I, allowed).all()
+        exact = [float(q.astype(np.float64) @ xb[rows[int(i)]]) for i in I[0]]
+        np.testing.assert_allclose(D[0], exact, rtol=0, atol=score_noise(DIM))
+        assert (np.diff(exact) <= score_noise(DIM)).all()  # best first
+
+
 def test_training_and_tuning_samples_do_not_keep_the_batches_they_were_drawn_from():
     """The IVF training sample and the tuner's held-out queries take every s-th row of each
     batch; they must copy those rows, not keep views that hold each whole batch (a 10M build

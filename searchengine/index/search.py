@@ -146,8 +146,9 @@ def filtered_search(
     approximation: D (m, k) float32 scores descending, I (m, k) int64 ids, -1 padding.
 
     `vectors_of((a,) int64 ids)` returns (ids found, (a', d) float32 vectors) from the durable
-    copy; it is used when the index does not store full vectors (compressed kinds). Without it
-    such an index's own reconstructions are used.
+    copy; it is used when the index does not store full vectors (compressed kinds): the exact
+    road reads the allowed vectors through it, the selector road re-scores its `rerank`
+    candidates a hit with it. Without it such an index's own codes are used.
     """
     exact_vectors = getattr(index, "stores_exact_vectors", index.kind in ("flat", "hnsw", "ivf"))
     shape = index_shape(index, exact_vectors=exact_vectors or vectors_of is None)
@@ -160,7 +161,14 @@ def filtered_search(
         held = held_ids(index, asked)
         return exact_search(xq, k, *_allowed_vectors(index, held, exact_vectors, vectors_of))
     selector, _bits = id_selector(asked)  # _bits: the bitmap FAISS reads, alive while it does
-    D, I = index.index.search(xq, k, params=_search_params(plan, selector))
+    rescored = not exact_vectors and vectors_of is not None
+    # a compressed kind's selector hits are ranked by their codes: take `rerank` candidates a
+    # hit and rank them by the durable vectors, as an unfiltered search does
+    wide = max(k, min(index.count, k * index.rerank)) if rescored else k
+    D, I = index.index.search(xq, wide, params=_search_params(plan, selector))
+    if rescored:
+        assert vectors_of is not None
+        D, I = rescore(xq, I, k, vectors_of)
     short = (I >= 0).sum(axis=1) < min(k, len(asked))  # (m,) rows perhaps left short
     if short.any():
         held = held_ids(index, asked)
