@@ -21,6 +21,8 @@ import numpy as np
 
 from searchengine.catalog import Catalog, as_stored
 from searchengine.catalog.records import ModelRow
+from searchengine.clipformat.reader import ImportReport
+from searchengine.clipformat.writer import DEFAULT_SHARD_SIZE, ExportReport
 from searchengine.encoder import Encoder
 from searchengine.errors import (
     IndexMismatchError,
@@ -421,6 +423,89 @@ class Engine:
             )
         self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)
         return spec_id
+
+    @_writes("export")
+    def export_embeddings(
+        self,
+        out: str | Path,
+        *,
+        model: str | None = None,
+        text_set: str | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        dtype: str = "float16",
+        force: bool = False,
+        progress: bool = False,
+    ) -> ExportReport:
+        """The CLI's `export`: the image vectors of `model` (or, with `text_set`, that set's text
+        vectors) as clip-retrieval's folder: `out/img_emb/img_emb_N.npy` ((n, d) `dtype`) and
+        `out/metadata/metadata_N.parquet` (`image_path` and the catalog's columns), or
+        `text_emb/` with `caption`; `shard_size` rows a shard. Holds the writer lock, so the
+        folder is one state of the home; it appears complete or not at all (see
+        `clipformat.writer`)."""
+        from searchengine.clipformat.writer import export_folder
+
+        space = self.space(model, "text" if text_set is not None else "image")
+        return export_folder(self.catalog, space.model, Path(out), home=self.home,
+                             text_set=text_set, shard_size=shard_size, dtype=dtype, force=force,
+                             progress=progress)
+
+    @_writes("import")
+    def import_embeddings(
+        self,
+        folder: str | Path,
+        *,
+        model: str,
+        text_set: str | None = None,
+        base: str | Path | None = None,
+        progress: bool = False,
+    ) -> ImportReport:
+        """The CLI's `import` (a Python keyword): store the vectors of a folder in
+        clip-retrieval's layout (ours or clip-retrieval's) as vectors of `model`, the model that
+        made them, without running it; searchable at once. A dimension other than the model's,
+        or a folder whose files do not align, is refused before anything is stored. Relative
+        `image_path`s are taken from `base` (default: the current folder); see
+        `clipformat.reader` for which rows are stored."""
+        from searchengine.clipformat.layout import read_layout
+        from searchengine.clipformat.reader import import_folder
+
+        layout = read_layout(Path(folder).expanduser())
+        spec = parse_model_spec(model)
+        spec_id = self.model_id_of(model)
+        row = self.catalog.find_model(spec_id)
+        dim = row.dim if row is not None else self._model_dim(model)
+        if layout.dim != dim:
+            raise InvalidInputError(
+                f"the vectors in {layout.folder} have dimension {layout.dim} but model {spec_id} "
+                f"makes {dim}; give the model that made them with --model"
+            )
+        if layout.sidecar.get("model") not in (None, spec_id):
+            log.warning("%s was exported from model %s; importing it as %s", layout.folder,
+                        layout.sidecar["model"], spec_id)
+        self.catalog.ensure_model(spec_id, dim, spec.digest)  # no model load in `space`
+        self._spaces.resync()
+        spaces = {
+            modality: self.space(model, modality, create=True) if shards else None
+            for modality, shards in (("image", layout.images), ("text", layout.texts))
+        }
+        if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
+            self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)  # as `index` does first
+        return import_folder(self.catalog, layout, image_space=spaces["image"],
+                             text_space=spaces["text"], text_set=text_set,
+                             base=Path(base).expanduser() if base is not None else None,
+                             progress=progress)
+
+    def _model_dim(self, model: str) -> int:
+        """The embedding width of `model` from its configuration when it names one (no weights
+        loaded), else from the loaded model (a checkpoint, which is local)."""
+        from searchengine.models import import_open_clip, register_bundled_configs
+
+        spec = parse_model_spec(model)
+        if spec.source != "checkpoint":
+            register_bundled_configs(spec.arch)
+            config = import_open_clip(spec.arch).get_model_config(spec.arch)
+            if config and "embed_dim" in config:
+                return int(config["embed_dim"])
+        return self.encoder(model).dim
 
     # -- queries --------------------------------------------------------------------------
 
