@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -196,8 +197,7 @@ def _import_images(catalog: Catalog, layout: Layout, space, base: Path, counts, 
 def _image_batch(
     catalog: Catalog, space, columns: dict[str, list], vectors: np.ndarray, base: Path, counts
 ) -> None:
-    size = len(vectors)
-    paths = [_local_path(columns, i, base) for i in range(size)]
+    paths = [_local_path(columns, i, base) for i in range(len(vectors))]
     stats = {p: s for p in dict.fromkeys(p for p in paths if p) if (s := _stat(p))}
     stored = catalog.files_under(list(stats)) if stats else {}
     stored = {p: f for p, f in stored.items() if p in stats}  # files_under also takes children
@@ -206,10 +206,10 @@ def _image_batch(
     extra_ids, extra_vectors = [], []  # catalogued unchanged files without a vector
     for i, path in enumerate(paths):
         stat = stats.get(path) if path else None
-        if stat is None:
+        if path is None or stat is None:
             counts.missing += 1
             if len(counts.examples) < _EXAMPLES:
-                counts.examples.append(str(path or columns.get("image_path", ["?"] * size)[i]))
+                counts.examples.append(str(path or _value(columns, "image_path", i)))
             continue
         if path in new:
             continue  # the same path twice: the first row wins
@@ -239,7 +239,7 @@ def _image_batch(
         counts.images += len(extra_ids)
     if new:
         batch = [decoded for decoded, _ in new.values()]
-        by_hash = {d.content_hash: vector for d, vector in new.values()}
+        by_hash = {cast(str, d.content_hash): vector for d, vector in new.values()}
         by_hash.update(catalog.vectors_by_hash(space.model.id, list(by_hash)))  # stored wins
         commit_batch(catalog, space, batch, by_hash, embedded=0)
         counts.images += len(batch)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,17 +161,17 @@ def _batches(
 def _metadata(catalog: Catalog, modality: str, ids: np.ndarray) -> dict[str, list]:
     """Column -> values, row for row with `ids`: clip-retrieval's `image_path` (or `caption`)
     first, then the catalog's own columns."""
+    keys = ids.tolist()
     if modality == "text":
-        texts = catalog.texts(ids.tolist())
-        rows = [texts[i] for i in ids.tolist()]
-        return {"caption": [t.text for t in rows], "id": ids.tolist(),
-                "text_set": [t.text_set for t in rows]}
-    media = catalog.media(ids.tolist())
-    rows = [media[i] for i in ids.tolist()]
+        texts = catalog.texts(keys)
+        return {"caption": [texts[i].text for i in keys], "id": keys,
+                "text_set": [texts[i].text_set for i in keys]}
+    media = catalog.media(keys)
+    rows = [media[i] for i in keys]
     return {
         "image_path": [display_path(m.path) for m in rows],
         "image_path_bytes": [path_bytes(m.path) for m in rows],  # set where not UTF-8
-        "id": ids.tolist(),
+        "id": keys,
         "content_hash": [m.content_hash for m in rows],
         "size": [m.size for m in rows],
         "mtime_ns": [m.mtime_ns for m in rows],
@@ -214,8 +215,8 @@ class _ShardSink:
         self.number = -1
         self.left = 0  # rows the open shard still takes
         self.written = 0
-        self._vectors = None  # the open .npy file
-        self._table = None  # the open ParquetWriter
+        self._vectors: Any = None  # the open .npy file (a binary file object)
+        self._table: Any = None  # the open pyarrow.parquet.ParquetWriter
 
     def write(self, vectors: np.ndarray, columns: dict[str, list]) -> None:
         """Append (b, d) float32 rows and their metadata columns (b values each)."""
