@@ -9,6 +9,7 @@ Every CLI command is one method here; the CLI only formats what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -424,7 +425,6 @@ class Engine:
         self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)
         return spec_id
 
-    @_writes("export")
     def export_embeddings(
         self,
         out: str | Path,
@@ -439,15 +439,18 @@ class Engine:
         """The CLI's `export`: the image vectors of `model` (or, with `text_set`, that set's text
         vectors) as clip-retrieval's folder: `out/img_emb/img_emb_N.npy` ((n, d) `dtype`) and
         `out/metadata/metadata_N.parquet` (`image_path` and the catalog's columns), or
-        `text_emb/` with `caption`; `shard_size` rows a shard. Holds the writer lock, so the
-        folder is one state of the home; it appears complete or not at all (see
-        `clipformat.writer`)."""
+        `text_emb/` with `caption`; `shard_size` rows a shard. Holds the writer lock (none in a
+        read-only home, where no one writes), so the folder is one state of the home; it
+        appears complete or not at all (see `clipformat.writer`)."""
         from searchengine.clipformat.writer import export_folder
 
-        space = self.space(model, "text" if text_set is not None else "image")
-        return export_folder(self.catalog, space.model, Path(out), home=self.home,
-                             text_set=text_set, shard_size=shard_size, dtype=dtype, force=force,
-                             progress=progress)
+        held = (contextlib.nullcontext() if self.catalog.read_only
+                else self.state.writing("export"))
+        with held:
+            space = self.space(model, "text" if text_set is not None else "image")
+            return export_folder(self.catalog, space.model, Path(out), home=self.home,
+                                 text_set=text_set, shard_size=shard_size, dtype=dtype,
+                                 force=force, progress=progress)
 
     @_writes("import")
     def import_embeddings(

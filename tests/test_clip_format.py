@@ -435,3 +435,60 @@ def test_sidecar_names_the_model(source_home, tmp_path):
         engine.export_embeddings(out)
     sidecar = json.loads((out / "searchengine.json").read_text())
     assert (sidecar["model"], sidecar["dim"], sidecar["rows"]) == (TINY_MODEL, DIM, 9)
+
+
+# -- what the catalog keeps true -------------------------------------------------------------
+
+
+def test_export_holds_the_writer_lock(source_home, tmp_path):
+    """The folder is one state of the home: no writer may change it in the middle."""
+    from searchengine.catalog.lock import HomeLock
+    from searchengine.errors import HomeBusyError
+
+    lock = HomeLock(source_home, "index")
+    lock.acquire()
+    try:
+        with Engine.open(source_home, create=False) as engine, pytest.raises(
+            HomeBusyError, match="index"
+        ):
+            engine.export_embeddings(tmp_path / "out")
+    finally:
+        lock.release()
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_a_missing_home_creates_nothing(tmp_path, cli_run):
+    result = cli_run("export", tmp_path / "out", "--home", tmp_path / "typo", expect=1)
+    assert "no home at" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_photo_changed_since_its_export_is_not_imported(source_home, copy_photos, tmp_path,
+                                                         cli_run):
+    out = tmp_path / "out"
+    cli_run("export", out, "--home", source_home)
+    changed = copy_photos / "photo_3.jpg"
+    write_image(changed, seed=999)  # new content: the exported vector is not its vector
+    report = cli_run.json("import", out, "--home", tmp_path / "target", "--model", TINY_MODEL)
+    assert (report["images"], report["changed"]) == (8, 1)
+    assert str(changed) not in stored(tmp_path / "target")
+
+
+def test_a_name_that_is_not_utf8_round_trips(source_home, copy_photos, tmp_path, cli_run):
+    import os
+
+    import pyarrow.parquet as pq
+
+    name = copy_photos / os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name: not UTF-8
+    write_image(name, seed=42)
+    with Engine.open(source_home, create=False, encoder_settings=CPU) as engine:
+        engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
+    out = tmp_path / "out"
+    cli_run("export", out, "--home", source_home)
+    table = pq.read_table(out / "metadata" / "metadata_0.parquet").to_pydict()
+    row = table["image_path_bytes"].index(next(v for v in table["image_path_bytes"] if v))
+    assert table["image_path"][row].endswith("caf\\xe9.jpg")  # readable, valid UTF-8
+    cli_run("import", out, "--home", tmp_path / "target", "--model", TINY_MODEL)
+    before, after = stored(source_home), stored(tmp_path / "target")
+    assert str(name) in after
+    np.testing.assert_array_equal(after[str(name)][1], before[str(name)][1])
