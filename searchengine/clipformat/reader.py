@@ -199,8 +199,7 @@ def _image_batch(
 ) -> None:
     paths = [_local_path(columns, i, base) for i in range(len(vectors))]
     stats = {p: s for p in dict.fromkeys(p for p in paths if p) if (s := _stat(p))}
-    stored = catalog.files_under(list(stats)) if stats else {}
-    stored = {p: f for p, f in stored.items() if p in stats}  # files_under also takes children
+    stored = catalog.files_at(list(stats)) if stats else {}
     with_vector = _with_vector(catalog, space.model.id, stored)
     new: dict[str, tuple[Decoded, np.ndarray]] = {}  # path -> file to store, its vector
     extra_ids, extra_vectors = [], []  # catalogued unchanged files without a vector
