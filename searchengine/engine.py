@@ -498,16 +498,15 @@ class Engine:
                              progress=progress)
 
     def _model_dim(self, model: str) -> int:
-        """The embedding width of `model` from its configuration when it names one (no weights
-        loaded), else from the loaded model (a checkpoint, which is local)."""
-        from searchengine.models import import_open_clip, register_bundled_configs
+        """The embedding width of `model` from its architecture's configuration file when it
+        names one (neither torch nor weights loaded), else from the loaded model (a checkpoint,
+        which is local)."""
+        from searchengine.model_imports import architecture_config
 
         spec = parse_model_spec(model)
-        if spec.source != "checkpoint":
-            register_bundled_configs(spec.arch)
-            config = import_open_clip(spec.arch).get_model_config(spec.arch)
-            if config and "embed_dim" in config:
-                return int(config["embed_dim"])
+        config = architecture_config(spec.arch) if spec.source != "checkpoint" else None
+        if config and isinstance(config.get("embed_dim"), int):
+            return int(config["embed_dim"])
         return self.encoder(model).dim
 
     # -- queries --------------------------------------------------------------------------
