@@ -4,8 +4,9 @@ A home is filled with --rows catalog rows and 512-d unit vectors (no model: `fak
 rows whose files exist, tiny, so that `import` finds them on disk), then, each in a fresh process
 so its peak RSS is its own:
 1. `export` to float16 and to float32 shards of --shard-size rows (rows/s, peak RSS);
-2. `import` of the float16 folder into a new home (rows/s: no model runs, the rows carry our
-   own hash and size, so each file is only stat-ed), then the same import again (idempotent:
+2. `import` of the float16 folder into a new home with a flat index (rows/s: no model runs,
+   the rows carry our own hash and size, so each file is only stat-ed; auto would build and
+   tune IVF above 25k vectors, as `index` does), then the same import again (idempotent:
    nothing is written);
 3. `embedding-reader` reading the export back (rows/s), as autofaiss would.
 
@@ -59,7 +60,7 @@ def fill(home: Path, photos: Path, rows: int) -> None:
 
 
 STEP = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from searchengine.engine import Engine
 what, home, folder, extra = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
@@ -70,7 +71,7 @@ if what == "export":
         rows = engine.export_embeddings(folder, dtype=dtype, shard_size=int(shard_size)).rows
 elif what == "import":
     with Engine.open(home) as engine:
-        report = engine.import_embeddings(folder, model=extra)
+        report = engine.import_embeddings(folder, model=extra, index_kind="flat")
         rows = report.images + report.present
 else:
     from embedding_reader import EmbeddingReader
@@ -78,7 +79,9 @@ else:
                              metadata_folder=str(folder / "metadata"), meta_columns=["image_path"])
     rows = sum(len(b) for b, _ in reader(batch_size=10_000, show_progress=False))
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's
+peak = next(int(line.split()[1]) for line in open("/proc/self/status")
+            if line.startswith("VmHWM:")) / 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak}))
 """
 

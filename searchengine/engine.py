@@ -460,6 +460,7 @@ class Engine:
         model: str,
         text_set: str | None = None,
         base: str | Path | None = None,
+        index_kind: str | None = None,
         progress: bool = False,
     ) -> ImportReport:
         """The CLI's `import` (a Python keyword): store the vectors of a folder in
@@ -467,10 +468,13 @@ class Engine:
         made them, without running it; searchable at once. A dimension other than the model's,
         or a folder whose files do not align, is refused before anything is stored. Relative
         `image_path`s are taken from `base` (default: the current folder); see
-        `clipformat.reader` for which rows are stored."""
+        `clipformat.reader` for which rows are stored. `index_kind`: the image index's kind, as
+        `index` takes it (recorded and kept; auto for a new space)."""
         from searchengine.clipformat.layout import read_layout
         from searchengine.clipformat.reader import import_folder
 
+        if index_kind is not None:
+            check_kind(index_kind)
         layout = read_layout(Path(folder).expanduser())
         spec = parse_model_spec(model)
         spec_id = self.model_id_of(model)
@@ -487,8 +491,10 @@ class Engine:
         self.catalog.ensure_model(spec_id, dim, spec.digest)  # no model load in `space`
         self._spaces.resync()
         spaces = {
-            modality: self.space(model, modality, create=True) if shards else None
-            for modality, shards in (("image", layout.images), ("text", layout.texts))
+            modality: self.space(model, modality, create=True, kind=kind) if shards else None
+            for modality, shards, kind in (
+                ("image", layout.images, index_kind), ("text", layout.texts, None)
+            )
         }
         if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
             self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)  # as `index` does first

@@ -492,3 +492,16 @@ def test_a_name_that_is_not_utf8_round_trips(source_home, copy_photos, tmp_path,
     before, after = stored(source_home), stored(tmp_path / "target")
     assert str(name) in after
     np.testing.assert_array_equal(after[str(name)][1], before[str(name)][1])
+
+
+def test_import_builds_the_index_kind_asked_for(source_home, tmp_path, cli_run):
+    out = tmp_path / "out"
+    cli_run("export", out, "--home", source_home)
+    target = tmp_path / "target"
+    bad = cli_run("import", out, "--home", target, "--model", TINY_MODEL, "--index-kind", "nope",
+                  expect=1)
+    assert "nope" in bad.stderr and not target.exists()
+    cli_run("import", out, "--home", target, "--model", TINY_MODEL, "--index-kind", "hnsw")
+    spaces = cli_run.json("status", "--home", target)["spaces"]
+    assert [(s["modality"], s["kind"]) for s in spaces] == [("image", "hnsw")]
+    assert cli_run.json("check", "--home", target)["ok"]

@@ -76,9 +76,12 @@ def export(out, home, model, text_set, shard_size, dtype, force, as_json):
 @click.option("--base", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder that relative image_path values start from [default: the current "
               "folder].")
+@click.option("--index-kind", default=None, metavar="KIND",
+              help="The image index's kind, as `index` takes it: auto (a new home's default), "
+              "flat, hnsw, ivf, ivf-sq8 or ivf-pq. Kept by later runs.")
 @json_option
 @handle_errors
-def import_(folder, home, model, text_set, base, as_json):
+def import_(folder, home, model, text_set, base, index_kind, as_json):
     """Add the vectors of a clip-retrieval folder (img_emb/, metadata/) without the model.
 
     Rows whose image_path is no file here (URLs, webdataset keys) are counted, not stored.
@@ -90,7 +93,8 @@ def import_(folder, home, model, text_set, base, as_json):
     """
     with _engine(home, create=True) as engine:
         report = engine.import_embeddings(
-            folder, model=model, text_set=text_set, base=base, progress=show_progress(as_json)
+            folder, model=model, text_set=text_set, base=base, index_kind=index_kind,
+            progress=show_progress(as_json),
         )
     if as_json:
         echo_json(report.__dict__)
