@@ -505,3 +505,21 @@ def test_import_builds_the_index_kind_asked_for(source_home, tmp_path, cli_run):
     spaces = cli_run.json("status", "--home", target)["spaces"]
     assert [(s["modality"], s["kind"]) for s in spaces] == [("image", "hnsw")]
     assert cli_run.json("check", "--home", target)["ok"]
+
+
+def test_export_never_overlaps_the_home(source_home, cli_run):
+    for out in (source_home / "export", source_home, source_home.parent):
+        result = cli_run("export", out, "--home", source_home, "--force", expect=1)
+        assert "would overlap the home" in result.stderr
+    assert cli_run.json("check", "--home", source_home)["ok"]
+
+
+def test_a_path_twice_in_one_folder_is_stored_once(clip_retrieval_folder, tmp_path, cli_run):
+    folder, photos, names, _ = clip_retrieval_folder
+    shutil.rmtree(folder)
+    twice = [names[0], names[0], names[1]]
+    write_clip_retrieval_partition(folder, 0, 1, unit_rows(3, seed=9), twice)
+    report = cli_run.json("import", folder, "--home", tmp_path / "home", "--model", TINY_MODEL)
+    assert report["images"] == 2
+    got = stored(tmp_path / "home")
+    np.testing.assert_array_equal(got[names[0]][1], unit_rows(3, seed=9)[0].astype(np.float32))

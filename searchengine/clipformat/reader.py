@@ -152,6 +152,8 @@ def _rows(shard: Shard, columns: tuple[str, ...]):
     """(column -> values, (b, d) float32 stored vectors) of `shard`, BATCH rows at a time."""
     import pyarrow.parquet as pq
 
+    if shard.rows == 0:  # clip-retrieval writes no empty partition; another tool might
+        return
     vectors = np.memmap(shard.vectors, dtype=shard.dtype, mode="r", offset=shard.offset,
                         shape=(shard.rows, shard.dim))
     table = pq.ParquetFile(shard.metadata)
@@ -203,6 +205,7 @@ def _image_batch(
     with_vector = _with_vector(catalog, space.model.id, stored)
     new: dict[str, tuple[Decoded, np.ndarray]] = {}  # path -> file to store, its vector
     extra_ids, extra_vectors = [], []  # catalogued unchanged files without a vector
+    seen: set[str] = set()
     for i, path in enumerate(paths):
         stat = stats.get(path) if path else None
         if path is None or stat is None:
@@ -210,8 +213,9 @@ def _image_batch(
             if len(counts.examples) < _EXAMPLES:
                 counts.examples.append(str(path or _value(columns, "image_path", i)))
             continue
-        if path in new:
-            continue  # the same path twice: the first row wins
+        if path in seen:
+            continue  # the same path twice: the first row wins (one upsert touches a row once)
+        seen.add(path)
         exported = _value(columns, "content_hash", i)
         old = stored.get(path)
         if old is not None and (old.size, old.mtime_ns) == (stat.size, stat.mtime_ns):
