@@ -523,3 +523,25 @@ def test_a_path_twice_in_one_folder_is_stored_once(clip_retrieval_folder, tmp_pa
     assert report["images"] == 2
     got = stored(tmp_path / "home")
     np.testing.assert_array_equal(got[names[0]][1], unit_rows(3, seed=9)[0].astype(np.float32))
+
+
+def test_read_info_is_what_a_full_decode_records(photo_folder, tmp_path):
+    """import reads headers only; `index` decodes: the catalog must hold the same either way."""
+    from PIL import Image
+
+    from searchengine.images import load_image, read_info
+
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: upright it is 48 wide, 64 high
+    exif[0x0110] = "Camera X"
+    write_image(rotated, seed=3, exif=exif)
+    files = [*sorted(photo_folder.rglob("*.*")), rotated]
+    for path in files:
+        data = path.read_bytes()
+        assert read_info(data) == load_image(data)[1], path
+    assert (read_info(rotated.read_bytes()).width, read_info(rotated.read_bytes()).height) == (
+        48, 64
+    )
+    with pytest.raises(SearchEngineError, match="not an image"):
+        read_info(b"plain text, no picture")
