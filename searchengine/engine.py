@@ -471,7 +471,7 @@ class Engine:
         `clipformat.reader` for which rows are stored. `index_kind`: the image index's kind, as
         `index` takes it (recorded and kept; auto for a new space)."""
         from searchengine.clipformat.layout import read_layout
-        from searchengine.clipformat.reader import import_folder
+        from searchengine.clipformat.reader import check_model, configured_dim, import_folder
 
         if index_kind is not None:
             check_kind(index_kind)
@@ -479,15 +479,10 @@ class Engine:
         spec = parse_model_spec(model)
         spec_id = self.model_id_of(model)
         row = self.catalog.find_model(spec_id)
-        dim = row.dim if row is not None else self._model_dim(model)
-        if layout.dim != dim:
-            raise InvalidInputError(
-                f"the vectors in {layout.folder} have dimension {layout.dim} but model {spec_id} "
-                f"makes {dim}; give the model that made them with --model"
-            )
-        if layout.sidecar.get("model") not in (None, spec_id):
-            log.warning("%s was exported from model %s; importing it as %s", layout.folder,
-                        layout.sidecar["model"], spec_id)
+        # the width from the stored row or the architecture's config (no torch); a checkpoint
+        # (local) is loaded
+        dim = row.dim if row is not None else configured_dim(spec) or self.encoder(model).dim
+        check_model(layout, spec_id, dim)
         self.catalog.ensure_model(spec_id, dim, spec.digest)  # no model load in `space`
         self._spaces.resync()
         spaces = {
@@ -502,18 +497,6 @@ class Engine:
                              text_space=spaces["text"], text_set=text_set,
                              base=Path(base).expanduser() if base is not None else None,
                              progress=progress)
-
-    def _model_dim(self, model: str) -> int:
-        """The embedding width of `model` from its architecture's configuration file when it
-        names one (neither torch nor weights loaded), else from the loaded model (a checkpoint,
-        which is local)."""
-        from searchengine.model_imports import architecture_config
-
-        spec = parse_model_spec(model)
-        config = architecture_config(spec.arch) if spec.source != "checkpoint" else None
-        if config and isinstance(config.get("embed_dim"), int):
-            return int(config["embed_dim"])
-        return self.encoder(model).dim
 
     # -- queries --------------------------------------------------------------------------
 

@@ -545,3 +545,14 @@ def test_read_info_is_what_a_full_decode_records(photo_folder, tmp_path):
     )
     with pytest.raises(SearchEngineError, match="not an image"):
         read_info(b"plain text, no picture")
+
+
+def test_import_under_a_checkpoint_model_reads_its_width(source_home, tmp_path, tiny_checkpoint,
+                                                          cli_run):
+    out = tmp_path / "out"
+    cli_run("export", out, "--home", source_home)
+    spec = f"se-tiny/{tiny_checkpoint}"
+    report = cli_run.json("import", out, "--home", tmp_path / "target", "--model", spec)
+    assert (report["model"], report["images"]) == (spec, 9)
+    models = cli_run.json("status", "--home", tmp_path / "target")["spaces"]
+    assert [(s["model"], s["vectors"]) for s in models] == [(spec, 9)]

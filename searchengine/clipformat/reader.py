@@ -44,6 +44,7 @@ from searchengine.images import ImageInfo, read_info
 from searchengine.ingest.commit import commit_batch
 from searchengine.ingest.decode import Decoded
 from searchengine.ingest.scan import FileStat
+from searchengine.models import ModelSpec
 from searchengine.paths import catalog_path
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,29 @@ def import_folder(
         text_set if text_space is not None else None, tuple(counts.examples),
         time.perf_counter() - start,
     )
+
+
+def configured_dim(spec: ModelSpec) -> int | None:
+    """The embedding width of a hub or random model from its architecture's configuration file
+    (neither torch nor weights loaded); None for a checkpoint (its own config decides)."""
+    from searchengine.model_imports import architecture_config
+
+    config = architecture_config(spec.arch) if spec.source != "checkpoint" else None
+    width = config.get("embed_dim") if config else None
+    return width if isinstance(width, int) else None
+
+
+def check_model(layout: Layout, spec_id: str, dim: int) -> None:
+    """Refuse vectors of another width than the model's (InvalidInputError); warn when the
+    folder's own note names another model."""
+    if layout.dim != dim:
+        raise InvalidInputError(
+            f"the vectors in {layout.folder} have dimension {layout.dim} but model {spec_id} "
+            f"makes {dim}; give the model that made them with --model"
+        )
+    if layout.sidecar.get("model") not in (None, spec_id):
+        log.warning("%s was exported from model %s; importing it as %s", layout.folder,
+                    layout.sidecar["model"], spec_id)
 
 
 def _writing(space, work) -> None:
