@@ -556,3 +556,15 @@ def test_import_under_a_checkpoint_model_reads_its_width(source_home, tmp_path, 
     assert (report["model"], report["images"]) == (spec, 9)
     models = cli_run.json("status", "--home", tmp_path / "target")["spaces"]
     assert [(s["model"], s["vectors"]) for s in models] == [(spec, 9)]
+
+
+def test_cli_defaults_are_the_library_defaults():
+    import inspect
+
+    from searchengine.cli import cli
+    from searchengine.clipformat.writer import DEFAULT_SHARD_SIZE
+
+    options = {p.name: p.default for p in cli.commands["export"].params}
+    signature = inspect.signature(Engine.export_embeddings).parameters
+    assert options["shard_size"] == DEFAULT_SHARD_SIZE == signature["shard_size"].default
+    assert options["dtype"] == signature["dtype"].default
