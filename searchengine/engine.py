@@ -9,6 +9,7 @@ Every CLI command is one method here; the CLI only formats what comes back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -21,6 +22,8 @@ import numpy as np
 
 from searchengine.catalog import Catalog, as_stored
 from searchengine.catalog.records import ModelRow
+from searchengine.clipformat.reader import ImportReport
+from searchengine.clipformat.writer import DEFAULT_SHARD_SIZE, ExportReport
 from searchengine.encoder import Encoder
 from searchengine.errors import (
     IndexMismatchError,
@@ -437,6 +440,79 @@ class Engine:
             )
         self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)
         return spec_id
+
+    def export_embeddings(
+        self,
+        out: str | Path,
+        *,
+        model: str | None = None,
+        text_set: str | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        dtype: str = "float16",
+        force: bool = False,
+        progress: bool = False,
+    ) -> ExportReport:
+        """The CLI's `export`: the image vectors of `model` (or, with `text_set`, that set's text
+        vectors) as clip-retrieval's folder: `out/img_emb/img_emb_N.npy` ((n, d) `dtype`) and
+        `out/metadata/metadata_N.parquet` (`image_path` and the catalog's columns), or
+        `text_emb/` with `caption`; `shard_size` rows a shard. Holds the writer lock (none in a
+        read-only home, where no one writes), so the folder is one state of the home; it
+        appears complete or not at all (see `clipformat.writer`)."""
+        from searchengine.clipformat.writer import export_folder
+
+        held = (contextlib.nullcontext() if self.catalog.read_only
+                else self.state.writing("export"))
+        with held:
+            space = self.space(model, "text" if text_set is not None else "image")
+            return export_folder(self.catalog, space.model, Path(out), home=self.home,
+                                 text_set=text_set, shard_size=shard_size, dtype=dtype,
+                                 force=force, progress=progress)
+
+    @_writes("import")
+    def import_embeddings(
+        self,
+        folder: str | Path,
+        *,
+        model: str,
+        text_set: str | None = None,
+        base: str | Path | None = None,
+        index_kind: str | None = None,
+        progress: bool = False,
+    ) -> ImportReport:
+        """The CLI's `import` (a Python keyword): store the vectors of a folder in
+        clip-retrieval's layout (ours or clip-retrieval's) as vectors of `model`, the model that
+        made them, without running it; searchable at once. A dimension other than the model's,
+        or a folder whose files do not align, is refused before anything is stored. Relative
+        `image_path`s are taken from `base` (default: the current folder); see
+        `clipformat.reader` for which rows are stored. `index_kind`: the image index's kind, as
+        `index` takes it (recorded and kept; auto for a new space)."""
+        from searchengine.clipformat.layout import read_layout
+        from searchengine.clipformat.reader import check_model, configured_dim, import_folder
+
+        if index_kind is not None:
+            check_kind(index_kind)
+        layout = read_layout(Path(folder).expanduser())
+        spec = parse_model_spec(model)
+        spec_id = self.model_id_of(model)
+        row = self.catalog.find_model(spec_id)
+        # the width from the stored row or the architecture's config (no torch); a checkpoint
+        # (local) is loaded
+        dim = row.dim if row is not None else configured_dim(spec) or self.encoder(model).dim
+        check_model(layout, spec_id, dim)
+        self.catalog.ensure_model(spec_id, dim, spec.digest)  # no model load in `space`
+        self._spaces.resync()
+        spaces = {
+            modality: self.space(model, modality, create=True, kind=kind) if shards else None
+            for modality, shards, kind in (
+                ("image", layout.images, index_kind), ("text", layout.texts, None)
+            )
+        }
+        if self.catalog.get_setting(DEFAULT_MODEL_KEY) is None:
+            self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)  # as `index` does first
+        return import_folder(self.catalog, layout, image_space=spaces["image"],
+                             text_space=spaces["text"], text_set=text_set,
+                             base=Path(base).expanduser() if base is not None else None,
+                             progress=progress)
 
     # -- queries --------------------------------------------------------------------------
 

@@ -119,6 +119,25 @@ def load_image(
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
 
 
+def read_info(data: bytes, *, max_pixels: int = 200_000_000) -> ImageInfo:
+    """What the catalog keeps about an image file's bytes, from its header alone (no pixels are
+    decoded): for `import`, whose vectors were made elsewhere. Raises `ImageDecodeError` with
+    the reason for a file that is not an accepted image."""
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with pillow_limits(max_pixels), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in ACCEPTED_FORMATS:
+                    raise ImageDecodeError(f"unsupported image format {image.format}")
+                return _read_info(image)
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (content not recognised)") from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
+
+
 def fit_for_model(image: Image.Image, size: int, *, crop: bool) -> Image.Image:
     """`image`, ready for a model transform with input side `size`, such that no image that
     transform builds holds more than `MAX_ASPECT_RATIO` x `size` x `size` pixels (15 MB at 224),

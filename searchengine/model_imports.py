@@ -109,6 +109,13 @@ def _read_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def architecture_config(arch: str) -> dict | None:
+    """open_clip's configuration of `arch` (`embed_dim`, `vision_cfg`, ...) read from its JSON
+    file as `known_architectures` reads it, without importing open_clip or torch; None when no
+    file names it."""
+    return _config(arch)
+
+
 def _config(arch: str) -> dict | None:
     if "/" in arch or ":" in arch or not arch:
         return None

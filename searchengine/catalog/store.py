@@ -198,6 +198,12 @@ class Catalog:
                 found.update({r.path: StoredFile(*r) for r in rows if is_under(r.path, folders)})
         return found
 
+    def files_at(self, paths: Sequence[str]) -> dict[str, StoredFile]:
+        """The catalogued files among `paths` (exact catalog paths; one indexed lookup a chunk,
+        where `files_under` also walks what lies below each path)."""
+        with self.session() as session:
+            return existing_files(session, paths)
+
     def skipped_under(self, roots: Sequence[str]) -> dict[str, Skip]:
         found: dict[str, Skip] = {}
         with self.session() as session:

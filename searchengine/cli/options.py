@@ -95,6 +95,9 @@ ON_INTERRUPT = {
     "continue",
     "add-texts": "interrupted; the texts already embedded are kept: run the command again to "
     "continue",
+    "import": "interrupted; the batches already written are kept: run the command again to "
+    "continue (what is there already is not added twice)",
+    "export": "interrupted; OUT was not written (an export appears complete or not at all)",
     "train": "interrupted; --out keeps the run as of its last save (--save-every steps): run the "
     "same command with --resume to continue it",
 }
