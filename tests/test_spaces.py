@@ -121,6 +121,36 @@ def test_routine_rebuilds_are_not_reported_as_damage(open_engine, tmp_path, copy
     assert any(r.levelname == "WARNING" and "instead" in r.message for r in caplog.records)
 
 
+def test_an_index_file_of_an_older_catalog_is_rebuilt_and_said_until_a_writer_saves_it(
+    open_engine, tmp_path, copy_photos, caplog
+):
+    """An index file written under an older catalog schema (an upgrade of searchengine) is
+    rebuilt in memory by every reader: a warning says so and what saves a current file, and
+    the next `index` does save it."""
+    import json
+
+    from searchengine.index.vectors import manifest_path
+
+    engine = open_engine(tmp_path / "home")
+    index(engine, copy_photos)
+    manifest = manifest_path(engine.space(TINY_MODEL, "image").path)
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "catalog_revision": "0001"}))
+    for _ in range(2):  # each reader, again
+        caplog.clear()
+        with caplog.at_level("INFO", logger="searchengine"):
+            hits = open_engine(engine.home).search("a photo", k=3, model=TINY_MODEL).hits
+        assert len(hits) == 3
+        said = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(said) == 1 and "next `searchengine index` saves" in said[0].message
+    index(open_engine(engine.home), copy_photos)
+    assert json.loads(manifest.read_text())["catalog_revision"] == data["catalog_revision"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="searchengine"):
+        open_engine(engine.home).search("a photo", k=3, model=TINY_MODEL)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def snapshot(home: Path) -> dict[str, tuple[int, int, int]]:
     """Every file under `home`: (inode, size, mtime in ns)."""
     return {

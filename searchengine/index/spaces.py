@@ -94,6 +94,10 @@ class _Outgrown(IndexMismatchError):
     asked for. Logged as information, where damage is a warning."""
 
 
+class _Outdated(_Outgrown):
+    """The file was written by an older version of searchengine: usable after a rebuild."""
+
+
 def index_path(home: Path, spec: str, modality: str) -> Path:
     """home/vectors/<readable slug>-<hash>.<modality>.faiss; the hash keeps long specs distinct."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)[-60:].strip("_")
@@ -186,13 +190,18 @@ class VectorSpace:
             if not self._accepts(manifest.kind):
                 raise _Outgrown(f"the index kind changes from {manifest.kind} to {self.kind}")
             if manifest.version < MANIFEST_VERSION and manifest.kind in IVF_KINDS:
-                raise _Outgrown("its IVF lists were written in the id-map form of version 1")
+                raise _Outdated("its IVF lists were written in the id-map form of version 1")
             if manifest.catalog_revision != head_revision():  # e.g. the vectors' stored form
-                raise _Outgrown(f"the catalog moved from schema revision "
+                raise _Outdated(f"the catalog moved from schema revision "
                                 f"{manifest.catalog_revision} to {head_revision()}")
             index = VectorIndex.load(self.path, self._expected(manifest.kind))
             self._unsaved = self._sync(index)
-        except _Outgrown as change:  # routine: not worth a warning
+        except _Outdated as change:  # after an upgrade: every reader pays until a writer saves
+            log.warning("%s: built in memory from the catalog's vectors (%s); the next "
+                        "`searchengine index` saves a current file, until then every command "
+                        "builds it again", self.path.name, change)
+            return self._build()
+        except _Outgrown as change:  # routine (a writer changing the kind saves at once)
             log.info("%s: built from the catalog's vectors (%s)", self.path.name, change)
             return self._build()
         except IndexMismatchError as error:  # a damaged or foreign file
