@@ -83,7 +83,11 @@ class RaySettings:
     concurrency: int | None = None
     """Embed actors (each loads the model once); None: one per GPU, or 1 without GPUs."""
     actor_cpus: float = 1.0
-    """CPUs Ray reserves for each embed actor; without a GPU its torch threads (at least 1)."""
+    """CPUs Ray reserves for each embed actor."""
+    embed_threads: int = 0
+    """Torch threads of an embed actor without a GPU; 0: `actor_cpus` (at least 1). More than it
+    reserves lets the model use cores the decode tasks leave, as the local backend's model does;
+    those tasks then decode at `IngestSettings.decode_priority`."""
     ship_bytes: bool = False
     """The driver reads every file and ships its bytes to the workers (small collections, or
     workers that do not mount the photos). Off: workers read the paths themselves, so every node

@@ -276,3 +276,30 @@ def test_a_file_the_workers_cannot_see_is_skipped_with_its_reason(
     [skip] = engine.catalog.skipped()
     assert skip.path == str(hidden)
     assert "not found on Ray worker" in skip.reason and "--ray-ship-bytes" in skip.reason
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_model_the_workers_cannot_load_ends_the_run_with_a_message(
+    cli_run, copy_photos, tmp_path, monkeypatch
+):
+    """The embed actors load the checkpoint from the path the driver names: where they cannot
+    (gone after the driver loaded it), Ray gives up and the command says what happened."""
+    from conftest import write_checkpoint
+
+    import searchengine.engine
+
+    checkpoint = write_checkpoint(tmp_path / "weights" / "tiny.pt", seed=1)
+    on_ray = searchengine.engine.embed_files_on_ray
+
+    def hide_then_embed(*args, **kwargs):
+        checkpoint.unlink()  # the driver has loaded it; the actors will not find it
+        return on_ray(*args, **kwargs)
+
+    monkeypatch.setattr(searchengine.engine, "embed_files_on_ray", hide_then_embed)
+    home = tmp_path / "home"
+    result = cli_run("index", copy_photos, "--home", home, "--model", f"se-tiny/{checkpoint}",
+                     "--ray", expect=1)
+    assert "the Ray pipeline failed" in result.stderr
+    assert "ModelError: checkpoint" in result.stderr and "does not exist" in result.stderr
+    assert "run the command again to continue" in result.stderr
+    assert "Traceback" not in result.output

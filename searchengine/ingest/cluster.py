@@ -22,6 +22,7 @@ import logging
 import pickle
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from searchengine.catalog import Catalog
 from searchengine.errors import ClusterError, InvalidInputError
 from searchengine.ingest.commit import BatchResult, commit_batch, embed_batch
 from searchengine.ingest.decode import Decoded, decode_data, decode_file
+from searchengine.ingest.local import _worker_init, idle_priority_available
 from searchengine.ingest.scan import FileStat
 from searchengine.settings import EncoderSettings, IngestSettings, RaySettings
 
@@ -118,6 +120,12 @@ def connect(settings: RaySettings) -> RayConnection:
     return RayConnection(address, started=True)
 
 
+ERROR_LINE = re.compile(r"([A-Za-z_][\w.]*)?(Error|Exception): \S")
+
+DECODE_MEMORY = 768 * 2**20
+"""Bytes Ray reserves for a decode task: its worker with torch loaded (~550 MB measured) and a
+12-megapixel photo decoded and resized."""
+
 PROBE_SECONDS = 5.0
 """How long `connect` waits for a cluster's port to answer: `ray.init` itself waits two minutes
 for an address where nothing listens, then ends the process."""
@@ -170,11 +178,13 @@ def embed_files_on_ray(
         items, unread = _items(files, ship_bytes=ray_settings.ship_bytes)
         if unread:
             totals += _as_array(commit_batch(catalog, space, unread, {}, embedded=0))
-        for number, (batch, fresh) in enumerate(
-            _embedded_batches(catalog, items, encoder, space, settings, ray_settings,
-                              encoder_settings=encoder_settings),
-            start=1,
-        ):
+        started = time.perf_counter()
+        batches = _embedded_batches(catalog, items, encoder, space, settings, ray_settings,
+                                    encoder_settings=encoder_settings)
+        for number, (batch, fresh) in enumerate(_cluster_errors(batches), start=1):
+            if number == 1:
+                log.info("first batch after %.1f s (workers and model starting)",
+                         time.perf_counter() - started)
             result = _commit(catalog, encoder, space, batch, fresh, committed, settings)
             totals += _as_array(result)
             if number % settings.save_every == 0:
@@ -183,6 +193,30 @@ def embed_files_on_ray(
         context.execution_options.preserve_order, context.enable_progress_bars = saved
         space.save()
     return BatchResult(*map(int, totals))
+
+
+def _cluster_errors(batches: Iterator) -> Iterator:
+    """`batches`, with a failure Ray gave up on (a worker lost more often than it retries, an
+    error in a stage) raised as ClusterError: the batches committed before it are kept."""
+    from ray.data.exceptions import SystemException
+    from ray.exceptions import RayError
+
+    try:
+        yield from batches
+    except (RayError, SystemException) as error:
+        raise ClusterError(
+            f"the Ray pipeline failed: {_reason(error)}. The batches "
+            "committed so far are kept: run the command again to continue (the Ray logs, under "
+            "/tmp/ray/session_latest/logs on each node, say more)"
+        ) from error
+
+
+def _reason(error: Exception) -> str:
+    """The innermost `SomeError: message` line of a Ray error's text (which carries the remote
+    traceback), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if ERROR_LINE.match(line)]
+    return (named[-1] if named else lines[0] if lines else type(error).__name__).rstrip(".")
 
 
 def _as_array(result: BatchResult) -> np.ndarray:
@@ -232,6 +266,8 @@ def _embedded_batches(
         "draft_size": encoder.image_size if settings.draft else None,
         "crop": encoder.draft_crop,
         "max_pixels": settings.max_pixels,
+        # the model shares these cores: decode on the time it leaves, as the local workers do
+        "idle": not gpus and settings.decode_priority == "idle",
     }
     blocks = max(1, min(len(items) // settings.batch_size, 10_000))
     dataset = (
@@ -242,6 +278,10 @@ def _embedded_batches(
             batch_format="numpy",
             fn_kwargs=decode_options,
             num_cpus=1,
+            # a reservation for the decoded image, which also keeps Ray Data from fusing the
+            # decode into the embed actor (ops with other resources are not fused): fused, the
+            # actor would decode and embed in turn, its model (or GPU) waiting for each decode
+            memory=DECODE_MEMORY,
         )
         .map_batches(
             EmbedStage,
@@ -252,7 +292,7 @@ def _embedded_batches(
                 "spec": encoder.spec,
                 "settings": replace(encoder_settings, device="cuda" if gpus else "cpu"),
                 "known": known,
-                "threads": 0 if gpus else max(1, round(ray_settings.actor_cpus)),
+                "threads": 0 if gpus else _embed_threads(ray_settings),
             },
             num_gpus=gpus,
             num_cpus=ray_settings.actor_cpus,
@@ -266,6 +306,10 @@ def _embedded_batches(
             if made
         }
         yield batch, fresh
+
+
+def _embed_threads(settings: RaySettings) -> int:
+    return settings.embed_threads or max(1, round(settings.actor_cpus))
 
 
 def _gpus_per_actor(settings: RaySettings) -> float:
@@ -344,15 +388,16 @@ def decode_rows(
     draft_size: int | None,
     crop: bool,
     max_pixels: int,
+    idle: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The decode stage as a Ray Data batch function (a CPU task).
+    """The decode stage as a Ray Data batch function (a CPU task); with `idle`, its worker
+    process decodes at idle priority (Linux `SCHED_IDLE`, as `local._worker_init`).
 
     In: `path` (n,) str, `size` and `mtime_ns` (n,) int64, and `data` (n,) bytes when shipped.
     Out: `record` (n,) object, the pickled `Decoded` of each file without its pixels (the reason
     where it is not an image), and `pixels` (n, 3, H, W) float32, zeros where there is no image."""
-    import torch
 
-    torch.set_num_threads(1)  # one core per task: Ray schedules them by CPU
+    _worker_init(0, idle=idle and idle_priority_available())  # one thread: Ray counts CPUs
     records = np.empty(len(rows["path"]), dtype=object)
     images: dict[int, np.ndarray] = {}
     for i, path in enumerate(rows["path"]):
