@@ -186,8 +186,9 @@ def test_incremental_runs_match_the_local_backend(open_engine, copy_photos, tmp_
     assert [s.path for s in on_ray.catalog.skipped()] == [str(copy_photos / "broken.jpg")]
 
 
-def embed_actor_pids() -> set[int]:
-    """Pids of the processes running an embed actor (Ray titles them after the class)."""
+def pids_titled(marker: bytes) -> set[int]:
+    """Pids of the processes whose title holds `marker` (Ray titles a worker after the task or
+    actor class it runs: `ray::MapBatches(decode_rows)`, `ray::MapWorker(...EmbedStage)`)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -196,7 +197,7 @@ def embed_actor_pids() -> set[int]:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"EmbedStage" in command:
+        if marker in command:
             pids.add(int(entry.name))
     return pids
 
@@ -213,7 +214,8 @@ def committed(home: Path) -> int:
 @pytest.mark.usefixtures("ray_session")
 def test_a_killed_embed_actor_is_restarted_and_every_file_is_indexed(open_engine, tmp_path):
     """Kill the embed actor's process (SIGKILL) after the first batches were committed: Ray
-    restarts it and sends its batches again, and the run ends with every file indexed."""
+    restarts it and sends its batches again, and the run ends with every file indexed. On the
+    way, decoding is seen in processes of its own (CPU tasks), never in the embed actor."""
     photos = tmp_path / "photos"
     total = 64
     for i in range(total):  # large enough PNGs that decoding paces the run
@@ -222,18 +224,21 @@ def test_a_killed_embed_actor_is_restarted_and_every_file_is_indexed(open_engine
     engine = open_engine(home)
     killed: list[int] = []
     seen: set[int] = set()
+    decoders: set[int] = set()
     done = threading.Event()
 
     def killer() -> None:
         while not done.is_set() and not killed:
-            seen.update(embed_actor_pids())
+            seen.update(pids_titled(b"EmbedStage"))
+            decoders.update(pids_titled(b"decode_rows"))
             if seen and committed(home) >= 8:
                 victim = min(seen)
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
             time.sleep(0.02)
         while not done.is_set():  # watch for the restarted actor
-            seen.update(embed_actor_pids())
+            seen.update(pids_titled(b"EmbedStage"))
+            decoders.update(pids_titled(b"decode_rows"))
             time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
@@ -245,6 +250,7 @@ def test_a_killed_embed_actor_is_restarted_and_every_file_is_indexed(open_engine
         thread.join()
     assert killed, "the embed actor was never seen running"
     assert len(seen - set(killed)) >= 1, "no new embed actor after the kill"
+    assert decoders and not decoders & seen, "decoding ran inside the embed actor"
     assert (report.embedded, report.skipped) == (total, 0)
     assert engine.catalog.count_media() == total
     assert engine.check().ok
