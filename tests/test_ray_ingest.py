@@ -86,7 +86,7 @@ def test_cli_starts_a_local_instance_for_the_run_and_stops_it(cli_run, copy_phot
     assert not ray.is_initialized()
     home = tmp_path / "home"
     report = cli_run.json("index", copy_photos, "--home", home, "--model", TINY_MODEL,
-                          "--batch-size", "4", "--ray")
+                          "--batch-size", "4", "--num-gpus", "0", "--concurrency", "1", "--ray")
     assert (report["scanned"], report["embedded"], report["skipped"]) == (ALL_PHOTOS,) * 2 + (0,)
     assert not ray.is_initialized()  # the instance started for the run is gone
     assert len(cli_run.json("status", "--home", home)["skipped"]) == 0

@@ -239,7 +239,7 @@ class Catalog:
                 session.scalars(
                     select(Media.content_hash)
                     .join(ImageEmbedding, ImageEmbedding.media_id == Media.id)
-                    .where(ImageEmbedding.model_id == model_id)
+                    .where(ImageEmbedding.model_id == model_id, Media.content_hash.is_not(None))
                     .distinct()
                 )
             )
