@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[$(FAISS_EXTRA),dev,heif,serve]'
+	$(BIN)/pip install --quiet -e '.[$(FAISS_EXTRA),dev,heif,serve,ray]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

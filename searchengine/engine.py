@@ -37,6 +37,7 @@ from searchengine.index.registry import HomeSpaces
 from searchengine.index.search import search_space
 from searchengine.index.spaces import VectorSpace, index_path
 from searchengine.index.vectors import check_kind, read_manifest
+from searchengine.ingest.cluster import connect, embed_files_on_ray, require_ray
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
 from searchengine.ingest.scan import Plan, check_roots, plan
 from searchengine.models import (
@@ -69,6 +70,7 @@ from searchengine.settings import (
     DEFAULT_MODEL,
     EncoderSettings,
     IngestSettings,
+    RaySettings,
 )
 from searchengine.texts import clean_texts, read_texts
 
@@ -245,6 +247,7 @@ class Engine:
         target_recall: float | None = None,
         index_memory: str | int | None = None,
         flat_limit: int | None = None,
+        ray: RaySettings | None = None,
         progress: bool = False,
     ) -> IngestReport:
         """Embed every image file under `paths` that is new or changed; forget vanished ones.
@@ -253,8 +256,12 @@ class Engine:
         up to `flat_limit` vectors, IVF above). An approximate index's search parameters are
         tuned to reach `target_recall` (recall@10, default 0.95) within `index_memory` (bytes,
         or a size such as "2GB"). Kind and settings are recorded and kept by later runs.
+        `ray`: decode and embed on a Ray cluster (`ingest.cluster`), this process planning and
+        committing as it does locally; Ray is joined only when there is something to embed.
         """
         start = time.perf_counter()
+        if ray is not None:
+            require_ray(ray)  # before anything is touched
         roots = check_roots([Path(p) for p in paths])
         if settings.batch_size < 1 or settings.workers < 0:
             raise InvalidInputError("batch size must be >= 1 and workers >= 0")
@@ -289,11 +296,14 @@ class Engine:
                 ", *".join(settings.extensions),
                 "" if settings.follow_symlinks else ", links to folders are not followed",
             )
+        cluster = connect(ray) if ray is not None and work.to_embed else None
         space.begin_writes()  # until the last save: a kill in between is seen by the next run
         try:
-            result, removed = self._apply(space, work, model, settings, progress)
+            result, removed = self._apply(space, work, model, settings, progress, ray=ray)
         finally:
             space.end_writes()
+            if cluster is not None:
+                cluster.close()
         # files that changed content or turned bad lost the vectors of every model in the
         # catalog (re-made when those models index again): drop them from the other index files
         self._spaces.resync()
@@ -314,10 +324,17 @@ class Engine:
         model: str | None,
         settings: IngestSettings,
         progress: bool,
+        *,
+        ray: RaySettings | None = None,
     ) -> tuple[BatchResult, int]:
         """Carry out an index plan on `space`; returns what was embedded and how many removed."""
         result = BatchResult(0, 0, 0)
-        if work.to_embed:
+        if work.to_embed and ray is not None:
+            result = embed_files_on_ray(
+                self.catalog, self.encoder(model), space, work.to_embed, settings,
+                ray_settings=ray, encoder_settings=self.encoder_settings, progress=progress,
+            )
+        elif work.to_embed:
             encoder = self.encoder(model)
             result = embed_files(
                 self.catalog, encoder, space, work.to_embed, settings, progress=progress

@@ -37,3 +37,7 @@ class HomeBusyError(SearchEngineError):
 
 class ImageDecodeError(SearchEngineError):
     """One file could not be turned into an image; the ingester records the reason and moves on."""
+
+
+class ClusterError(SearchEngineError):
+    """The distributed backend cannot run: Ray missing, a cluster unreachable, a pipeline failed."""

@@ -68,6 +68,33 @@ class IngestSettings:
     """Walk into symbolic links to folders (off: avoids cycles and escapes)."""
 
 
+
+@dataclass(frozen=True)
+class RaySettings:
+    """`searchengine index --ray`: where the Ray cluster is and how the embed stage is laid out.
+
+    The driver (this process) plans and is the one writer; Ray Data decodes in CPU tasks and
+    embeds in a pool of actors that load the model once each (`ingest.cluster`)."""
+
+    address: str | None = None
+    """`auto` (the cluster this node belongs to), `ray://HOST:10001` (Ray Client), or None: a
+    local Ray instance started for the run and stopped after it."""
+    num_gpus: float | None = None
+    """GPUs per embed actor; None: 1 where the cluster has GPUs, else 0 (the model on CPUs)."""
+    concurrency: int | None = None
+    """Embed actors (each loads the model once); None: one per GPU, or 1 without GPUs."""
+    actor_cpus: float = 1.0
+    """CPUs Ray reserves for each embed actor."""
+    embed_threads: int = 0
+    """Torch threads of an embed actor without a GPU; 0: `actor_cpus` (at least 1). More than it
+    reserves lets the model use cores the decode tasks leave, as the local backend's model does;
+    those tasks then decode at `IngestSettings.decode_priority`."""
+    ship_bytes: bool = False
+    """The driver reads every file and ships its bytes to the workers (small collections, or
+    workers that do not mount the photos). Off: workers read the paths themselves, so every node
+    must see the folders at the same paths (shared storage)."""
+
+
 def passive_openmp_waits() -> bool:
     """Let torch's OpenMP threads sleep rather than spin while they wait (OMP_WAIT_POLICY=PASSIVE)
     unless the caller chose a policy. For indexing: the decode workers share the cores with the

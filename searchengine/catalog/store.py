@@ -237,6 +237,19 @@ class Catalog:
                     found.update({r.content_hash: v for r, v in zip(rows, vectors, strict=True)})
         return found
 
+    def hashes_with_vector(self, model_id: int) -> list[str]:
+        """The content hashes of every catalogued file that has a vector of `model_id` (what a
+        distributed embed stage may skip: `ingest.cluster`)."""
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(Media.content_hash)
+                    .join(ImageEmbedding, ImageEmbedding.media_id == Media.id)
+                    .where(ImageEmbedding.model_id == model_id, Media.content_hash.is_not(None))
+                    .distinct()
+                )
+            )
+
     def write_images(
         self, model_id: int, images: Sequence[NewImage], vectors: np.ndarray, skips: Sequence[Skip]
     ) -> WriteResult:

@@ -102,6 +102,36 @@ offset_option = click.option(
     help="Memory the index may take, e.g. 2GB or 512MB; auto picks the kind and code size "
     "to fit [default: no bound; kept by later runs].",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Decode and embed on Ray (pip install 'searchengine[ray]'): ADDRESS is auto (this "
+    "node's cluster), ray://HOST:10001 or HOST:PORT; alone (after PATHS), a local Ray instance "
+    "for the run. This process plans and writes, as without --ray.",
+)
+@click.option(
+    "--num-gpus",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --ray: GPUs per embed actor [default: 1 where the cluster has GPUs, else 0].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --ray: embed actors, each loading the model once [default: one per GPU, else 1].",
+)
+@click.option(
+    "--ray-ship-bytes",
+    is_flag=True,
+    help="With --ray: this process reads the files and ships their bytes to the workers "
+    "(small collections, workers without the photos mounted); without it every node reads "
+    "PATHS itself, at the same paths (shared storage).",
+)
 @json_option
 @handle_errors
 def index(
@@ -115,13 +145,22 @@ def index(
     index_kind,
     target_recall,
     index_memory,
+    ray_address,
+    num_gpus,
+    concurrency,
+    ray_ship_bytes,
     as_json,
 ):
     """Embed every photo under PATHS, incrementally (unchanged files are not redone).
 
+    With --ray, Ray Data decodes (CPU tasks) and embeds (an actor pool, a GPU per actor where
+    there are GPUs) while this process plans and commits batch by batch, as without it.
+
     Example:
 
         searchengine index ~/Pictures --model ViT-B-32/laion2b_s34b_b79k
+
+        searchengine index /mnt/photos --ray auto --batch-size 256
     """
     from searchengine.settings import passive_openmp_waits
 
@@ -130,6 +169,7 @@ def index(
     settings = IngestSettings(
         batch_size=batch_size, draft=not no_draft, decode_priority=decode_priority, **chosen
     )
+    ray = _ray_settings(ray_address, num_gpus, concurrency, ray_ship_bytes)
     with _engine(home, create=True) as engine:
         report = engine.index(
             list(paths),
@@ -138,6 +178,7 @@ def index(
             index_kind=index_kind,
             target_recall=target_recall,
             index_memory=index_memory,
+            ray=ray,
             progress=show_progress(as_json),
         )
     payload = {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
@@ -151,6 +192,25 @@ def index(
     )
     if report.skipped:
         click.echo("see `searchengine status` for the skipped files and why")
+
+
+def _ray_settings(address, num_gpus, concurrency, ship_bytes):
+    """RaySettings for `index --ray`, or None without --ray (where the Ray options are refused)."""
+    from searchengine.settings import RaySettings
+
+    if address is None:
+        given = [name for name, value in (("--num-gpus", num_gpus), ("--concurrency", concurrency),
+                                          ("--ray-ship-bytes", ship_bytes or None))
+                 if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --ray")
+        return None
+    return RaySettings(
+        address=None if address == "local" else address,
+        num_gpus=num_gpus,
+        concurrency=concurrency,
+        ship_bytes=ship_bytes,
+    )
 
 
 @click.command()

@@ -84,6 +84,23 @@ def decode_file(
         return Decoded(stat, None, None, None, "file vanished before it could be read")
     except OSError as error:
         return Decoded(stat, None, None, None, f"unreadable: {error.strerror or error}")
+    return decode_data(
+        stat, data, preprocess, model_size, draft_size=draft_size, crop=crop, max_pixels=max_pixels
+    )
+
+
+def decode_data(
+    stat: FileStat,
+    data: bytes,
+    preprocess: Callable,
+    model_size: int,
+    *,
+    draft_size: int | None,
+    crop: bool,
+    max_pixels: int,
+) -> Decoded:
+    """`decode_file` for bytes already read (the Ray backend's workers, or shipped by the
+    driver): hash, decode and preprocess them; never raises for a bad image."""
     digest = content_hash(data)
     try:
         image, info = load_image(data, target_size=draft_size, crop=crop, max_pixels=max_pixels)
