@@ -3,6 +3,7 @@ lock, and the translation of database errors into CatalogError. SQLite and Postg
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -34,8 +35,8 @@ def lock_schema(connection) -> None:
 
 def catalog_error(url: str, error: SQLAlchemyError, *, opening: bool = False) -> CatalogError:
     """The library's error for a database failure, with what a person can do about it."""
-    detail = str(getattr(error, "orig", None) or error).splitlines()[0]
-    where = _shown(url)
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    where = shown_url(url)
     if isinstance(error, OperationalError) and "locked" in detail:
         return CatalogError(
             f"the catalog at {where} stayed locked by another process ({detail}); wait for the "
@@ -46,20 +47,108 @@ def catalog_error(url: str, error: SQLAlchemyError, *, opening: bool = False) ->
             f"the catalog at {where} refused a write ({detail}); another process may have "
             "changed it at the same moment: run the command again, then `searchengine check`"
         )
+    advice = _server_advice(url, detail)
     if opening:
-        return CatalogError(f"cannot open the catalog at {where}: {detail}")
-    return CatalogError(
-        f"catalog error at {where}: {detail}; run `searchengine check` to see the home's state"
-    )
+        return CatalogError(f"cannot open the catalog at {where}: {detail}" + (
+            f"; {advice}" if advice else ""))
+    return CatalogError(f"catalog error at {where}: {detail}; " + (
+        advice or "run `searchengine check` to see the home's state"))
 
 
-def _shown(url: str) -> str:
+_UNREACHABLE = ("connection refused", "could not translate host name", "timeout expired",
+                "no such file or directory", "network is unreachable", "no route to host",
+                "name or service not known", "connection timed out")
+_LOST = ("server closed the connection", "terminating connection", "connection is closed",
+         "consuming input failed", "connection is lost")
+_CONFLICT = ("deadlock detected", "could not serialize")
+
+
+def _server_advice(url: str, detail: str) -> str | None:
+    """What to do about a PostgreSQL server's answer `detail`, or None for other errors."""
+    if not url.startswith("postgres"):
+        return None
+    text = detail.lower()
+    if "password" in text and ("authentication failed" in text or "no password" in text):
+        return "check the user name and password (in the URL, in PGPASSWORD or in ~/.pgpass)"
+    if "does not exist" in text and text.split('"')[0].rstrip().endswith("role"):
+        return "check the user name in the URL: the server has no such role"
+    if "does not exist" in text and text.split('"')[0].rstrip().endswith("database"):
+        return ("create the database first (`createdb NAME`, or CREATE DATABASE NAME as a user "
+                "who may), or correct its name in the URL")
+    if any(part in text for part in _UNREACHABLE):
+        return "check that the PostgreSQL server runs and that the URL's host and port reach it"
+    if any(part in text for part in _LOST):
+        return ("the connection to the PostgreSQL server was lost; what was committed is kept: "
+                "run the command again once the server is back")
+    if any(part in text for part in _CONFLICT):
+        return ("another process wrote the same rows at the same moment and nothing of this "
+                "transaction was stored: run the command again")
+    return None
+
+
+def shown_url(url: str) -> str:
     """The URL as shown to a person: a SQLite file's path, any other URL without its password."""
     if url.startswith("sqlite:///"):
         return url.removeprefix("sqlite:///")
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "a URL that is not a database URL"
+
+
+URL_FORMS = "sqlite:///PATH or postgresql+psycopg://USER@HOST[:PORT]/DATABASE"
+
+
+def database_url(url: str) -> str:
+    """`url` checked and normalised: PostgreSQL's plain forms (postgresql://, postgres://) go
+    through psycopg (v3). Raises CatalogError for text that is no URL of a supported database."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        shown = re.sub(r"://[^@/]*@", "://***@", url)  # a password never shows
+        raise CatalogError(
+            f"the catalog {shown!r} is not a database URL; give {URL_FORMS}"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres" or parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if backend not in ("sqlite", "postgresql"):
+        raise CatalogError(
+            f"the catalog supports SQLite and PostgreSQL, not {backend}; give {URL_FORMS}"
+        )
+    return url  # as given: a SQLite path keeps its exact spelling
+
+
+def engine_options(url: str) -> dict:
+    """create_engine options for `url`: a PostgreSQL connection gives up after 10 s on an
+    unreachable host (libpq waits minutes), and a pooled one is tested before use (a long `serve`
+    outlives server restarts). Options set in the URL's query win."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    defaults = {"connect_timeout": 10, "application_name": "searchengine"}
+    return {
+        "pool_pre_ping": True,
+        "connect_args": {k: v for k, v in defaults.items() if k not in parsed.query},
+    }
+
+
+def driver_missing(url: str, error: ImportError) -> CatalogError:
+    """The error for a database driver that is not installed."""
+    if url.startswith("postgresql"):
+        return CatalogError(
+            f"a PostgreSQL catalog needs the psycopg package ({error}); install it with "
+            "`pip install 'searchengine[postgres]'`"
+        )
+    return CatalogError(f"cannot load the database driver for {shown_url(url)} ({error})")
 
 
 def upsert(session: Session, table):

@@ -27,8 +27,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from searchengine.catalog.dialect import (
     catalog_error,
     current_revision,
+    database_url,
+    driver_missing,
+    engine_options,
     excluded,
     lock_schema,
+    shown_url,
     upsert,
 )
 from searchengine.catalog.records import ModelRow, NewImage, Skip, StoredFile, WriteResult
@@ -58,6 +62,7 @@ from searchengine.errors import CatalogError
 
 log = logging.getLogger(__name__)
 CATALOG_NAME = "catalog.sqlite"  # the SQLite catalog's file in a home
+CATALOG_ID_KEY = "catalog_id"  # the setting that names a catalog (`Catalog.identity`)
 _ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
 
 
@@ -83,8 +88,10 @@ class Catalog:
     """Typed operations on the catalog; each public method is one transaction."""
 
     def __init__(self, url: str, *, read_only: bool = False):
-        self.url = url
+        self.url = url = database_url(url)
         self.read_only = read_only
+        self.home: Path | None = None  # the home folder whose own SQLite file this is (in_home)
+        self._identity: str | None = None
         try:
             self.engine = _create_engine(url, read_only=read_only)
             self._upgrade()
@@ -103,9 +110,36 @@ class Catalog:
         home.mkdir(parents=True, exist_ok=True)
         path = (home / CATALOG_NAME).resolve()
         if path.is_file() and not os.access(home, os.W_OK):
-            return cls(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
-                       read_only=True)
-        return cls(f"sqlite:///{path}")
+            catalog = cls(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
+                          read_only=True)
+        else:
+            catalog = cls(f"sqlite:///{path}")
+        catalog.home = home
+        return catalog
+
+    @property
+    def shown_url(self) -> str:
+        """The catalog's URL as shown to a person (a SQLite file's path; no password)."""
+        return shown_url(self.url)
+
+    def identity(self, *, create: bool = False) -> str | None:
+        """The catalog's own name: a random id stored in its settings, recorded by every index
+        file built from it, so that an index is never read against another catalog (a home
+        pointed at another database). Made by the first writer that asks (`create`), once even
+        when several ask at the same moment; None until then."""
+        if self._identity is None:
+            self._identity = self.get_setting(CATALOG_ID_KEY)
+        if self._identity is None and create:
+            import uuid
+
+            with self.session() as session, session.begin():
+                session.execute(
+                    upsert(session, Setting)
+                    .values(key=CATALOG_ID_KEY, value=uuid.uuid4().hex)
+                    .on_conflict_do_nothing(index_elements=[Setting.key])
+                )
+            self._identity = self.get_setting(CATALOG_ID_KEY)
+        return self._identity
 
     def _upgrade(self) -> None:
         """Bring the schema to head. A catalog already there is only read (a read-only home
@@ -117,9 +151,9 @@ class Catalog:
             return
         if self.read_only:
             raise CatalogError(
-                f"the catalog at {self.url} is at schema revision {self.revision()} and needs an "
-                f"upgrade to {head_revision()}, but its home is read-only; run any searchengine "
-                "command on it once where it can be written"
+                f"the catalog at {self.shown_url} is at schema revision {self.revision()} and "
+                f"needs an upgrade to {head_revision()}, but its home is read-only; run any "
+                "searchengine command on it once where it can be written"
             )
         config = _alembic_config(self.url)
         with self.engine.connect() as connection:
@@ -460,7 +494,10 @@ def _use_wal(cursor) -> None:
 
 
 def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
-    engine = create_engine(url)
+    try:
+        engine = create_engine(url, **engine_options(url))
+    except ImportError as error:
+        raise driver_missing(url, error) from error
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -478,7 +515,8 @@ def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
         with engine.connect():
             pass
     except OperationalError as error:
-        raise CatalogError(f"cannot open the catalog at {url}: {error.orig}") from error
+        engine.dispose()
+        raise catalog_error(url, error, opening=True) from error
     return engine
 
 
