@@ -71,9 +71,13 @@ def existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFi
 
 
 def upsert_media(session: Session, rows: list[dict]) -> dict[str, int]:
-    """Insert media rows, updating those whose path is catalogued (ids kept); ids by path."""
+    """Insert media rows, updating those whose path is catalogued (ids kept); ids by path.
+
+    Rows go in path order: two writers upserting overlapping batches then lock the rows they
+    share in one order, so one waits for the other instead of both deadlocking (PostgreSQL)."""
     if not rows:
         return {}
+    rows = sorted(rows, key=lambda row: row["path"])
     statement = upsert(session, Media)
     updated = [column for column in rows[0] if column != "path"]
     statement = statement.on_conflict_do_update(
@@ -96,15 +100,17 @@ def upsert_vectors(
         return
     table, key = embedding_table(modality)
     statement = upsert(session, table)
+    rows = [
+        {key.key: int(i), "model_id": model_id, "vector": blob(v)}
+        for i, v in zip(ids, vectors, strict=True)
+    ]
+    rows.sort(key=lambda row: row[key.key])  # one lock order for every writer, as upsert_media
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[key, table.model_id],
             set_=excluded(statement, ("vector",)),
         ),
-        [
-            {key.key: int(i), "model_id": model_id, "vector": blob(v)}
-            for i, v in zip(ids, vectors, strict=True)
-        ],
+        rows,
     )
 
 
