@@ -70,9 +70,10 @@ def _server_advice(url: str, detail: str) -> str | None:
     text = detail.lower()
     if "password" in text and ("authentication failed" in text or "no password" in text):
         return "check the user name and password (in the URL, in PGPASSWORD or in ~/.pgpass)"
-    if "does not exist" in text and text.split('"')[0].rstrip().endswith("role"):
+    missing = re.search(r'\b(role|database) "[^"]*" does not exist', text)
+    if missing and missing.group(1) == "role":
         return "check the user name in the URL: the server has no such role"
-    if "does not exist" in text and text.split('"')[0].rstrip().endswith("database"):
+    if missing:
         return ("create the database first (`createdb NAME`, or CREATE DATABASE NAME as a user "
                 "who may), or correct its name in the URL")
     if any(part in text for part in _UNREACHABLE):
@@ -111,7 +112,7 @@ def database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        shown = re.sub(r"://[^@/]*@", "://***@", url)  # a password never shows
+        shown = "***@" + url.rsplit("@", 1)[1] if "@" in url else url  # no password shows
         raise CatalogError(
             f"the catalog {shown!r} is not a database URL; give {URL_FORMS}"
         ) from None
