@@ -90,10 +90,7 @@ class PostgresServer:
         return self.url(name)
 
     def drop_database(self, url: str) -> None:
-        from sqlalchemy.engine import make_url
-
-        name = make_url(url).database
-        self.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.execute(f"DROP DATABASE IF EXISTS {database_name(url)} WITH (FORCE)")
 
     def stop(self) -> None:
         _run([self._bin("pg_ctl"), "stop", "-D", self.data, "-m", "immediate", "-w"],
@@ -103,6 +100,13 @@ class PostgresServer:
     @staticmethod
     def _bin(name: str) -> str:
         return str(server_binaries() / name)  # type: ignore[operator]
+
+
+def database_name(url: str) -> str:
+    """The database a URL names."""
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).database)
 
 
 def start_server() -> PostgresServer:

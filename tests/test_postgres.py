@@ -14,6 +14,7 @@ from conftest import TINY_MODEL, fast_ingest, write_image
 from float_noise import assert_top_k
 
 from searchengine.errors import CatalogError
+from tests.postgres import database_name
 
 pytestmark = pytest.mark.usefixtures("reuse_random_encoders")
 SECRET = "hunter2-not-this-one"  # a wrong password that must never be printed
@@ -67,7 +68,7 @@ def test_a_failed_connection_keeps_what_is_stored(
     cli_run("index", photo_folder, "--home", home, "--catalog", postgres_url, "--model",
             TINY_MODEL, "--workers", 0)
     before = sorted(p.name for p in home.rglob("*"))
-    database = postgres_url.split("/")[-1].split("?")[0]
+    database = database_name(postgres_url)
     wrong = postgres_server.url(database, tcp=True, password=SECRET)
     result = cli_run("index", photo_folder, "--home", home, "--catalog", wrong, expect=1)
     assert "check the user name and password" in result.stderr
@@ -178,3 +179,48 @@ def test_index_files_from_before_catalog_ids(catalog_url, tmp_path, photo_folder
         assert space.ok
     else:
         assert not space.ok and "another catalog (id not recorded)" in space.problem
+
+
+def test_a_connection_lost_midway_loses_no_committed_batch(
+    postgres_server, postgres_url, tmp_path, cli_run, open_engine
+):
+    """The server drops the `index` run's connections again and again once its first batch is
+    committed. The run either carries on over new connections (the pool tests a connection
+    before use) or stops with the lost connection's message, no traceback; then a second run
+    completes and the catalog and the index agree, each photo once."""
+    import shutil
+    import time
+
+    import psycopg
+
+    folder = tmp_path / "big"
+    first = write_image(folder / "big0.png", 7, size=(640, 480))
+    for n in range(1, 40):
+        shutil.copyfile(first, folder / f"big{n}.png")
+    home = tmp_path / "home"
+    args = ["index", folder, "--home", home, "--catalog", postgres_url, "--model", TINY_MODEL,
+            "--workers", 0, "--batch-size", 4]
+    main = "import sys; from searchengine.cli import cli; cli.main(sys.argv[1:], 'searchengine')"
+    run = subprocess.Popen([sys.executable, "-c", main, *map(str, args)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    database = database_name(postgres_url)
+    terminated = 0
+    with psycopg.connect(host=str(postgres_server.folder), port=postgres_server.port,
+                         user="searchengine", dbname=database, autocommit=True) as watcher:
+        deadline = time.monotonic() + 300
+        while run.poll() is None and time.monotonic() < deadline:
+            stored = watcher.execute("SELECT to_regclass('media') IS NOT NULL").fetchone()[0] and (
+                watcher.execute("SELECT count(*) FROM media").fetchone()[0])
+            if stored:
+                terminated += watcher.execute(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
+                    "pg_stat_activity WHERE datname = current_database() AND pid <> "
+                    "pg_backend_pid()) AS ended").fetchone()[0]
+            time.sleep(0.05)
+    _, stderr = run.communicate(timeout=300)
+    assert terminated and "Traceback" not in stderr, stderr
+    assert run.returncode == 0 or "run the command again once the server is back" in stderr, (
+        stderr)
+    cli_run(*args)
+    engine = open_engine(home, catalog_url=postgres_url)
+    assert engine.check().ok and engine.catalog.count_media() == 40

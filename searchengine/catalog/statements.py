@@ -100,11 +100,10 @@ def upsert_vectors(
         return
     table, key = embedding_table(modality)
     statement = upsert(session, table)
-    rows = [
-        {key.key: int(i), "model_id": model_id, "vector": blob(v)}
-        for i, v in zip(ids, vectors, strict=True)
+    pairs = sorted(zip((int(i) for i in ids), vectors, strict=True), key=lambda pair: pair[0])
+    rows = [  # in id order: one lock order for every writer, as upsert_media
+        {key.key: i, "model_id": model_id, "vector": blob(v)} for i, v in pairs
     ]
-    rows.sort(key=lambda row: row[key.key])  # one lock order for every writer, as upsert_media
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[key, table.model_id],
