@@ -268,6 +268,14 @@ def catalog_url(request: pytest.FixtureRequest) -> str | None:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture(params=CATALOG_BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database of each backend (a new SQLite file, then PostgreSQL)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
 def catalog_args(catalog_url: str | None) -> list[str]:
     """The CLI arguments that select `catalog_url` (none for the home's own file)."""
     return ["--catalog", catalog_url] if catalog_url else []

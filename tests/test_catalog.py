@@ -36,14 +36,6 @@ def catalog(tmp_path, catalog_url):
     catalog.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database(request, tmp_path) -> str:
-    """The URL of an empty database of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'empty.sqlite'}"
-    return request.getfixturevalue("postgres_url")
-
-
 def test_migrations_create_exactly_the_models(empty_database):
     """Upgrade an empty database to head; autogenerate must find nothing to change."""
     from alembic.autogenerate import compare_metadata
