@@ -224,3 +224,33 @@ def test_a_connection_lost_midway_loses_no_committed_batch(
     cli_run(*args)
     engine = open_engine(home, catalog_url=postgres_url)
     assert engine.check().ok and engine.catalog.count_media() == 40
+
+
+def test_serve_follows_index_and_remove_of_other_processes(
+    catalog_url, tmp_path, photo_folder, open_engine
+):
+    """`serve` answers from a home while other writers index and remove (it takes no lock):
+    each answer holds what the catalog held when the writer saved, on both backends."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from searchengine.server import create_app
+
+    home = tmp_path / "home"
+    writer = open_engine(home, catalog_url=catalog_url)
+    writer.index([photo_folder], model=TINY_MODEL, settings=fast_ingest())
+    client = TestClient(create_app(open_engine(home)), raise_server_exceptions=False)
+
+    def served() -> set[str]:
+        response = client.get("/api/search", params={"q": "a dog", "k": 50})
+        assert response.status_code == 200, response.text
+        return {hit["path"] for hit in response.json()["hits"]}
+
+    assert served() == {str(p) for p in photo_folder.rglob("*") if p.is_file()}
+    more = tmp_path / "more"
+    for n in range(3):
+        write_image(more / f"more{n}.jpg", seed=700 + n)
+    open_engine(home).index([more], model=TINY_MODEL, settings=fast_ingest())
+    assert {str(p) for p in more.iterdir()} <= served()
+    open_engine(home).remove([photo_folder])
+    assert served() == {str(p) for p in more.iterdir()}
