@@ -93,8 +93,9 @@ class Home:
             )
         catalog = Catalog(url)
         home = cls(path=path, catalog=catalog, lock_timeout=lock_timeout)
-        if create and not path.exists():
-            home._created = (path,)
+        if create and not (path / RECORD_NAME).exists():  # a first write here
+            record = path / RECORD_NAME
+            home._created = (record,) if path.is_dir() else (record, path)
         return home
 
     def close(self) -> None:
@@ -175,8 +176,9 @@ class Home:
 
 
     def _remove_unused_folder(self) -> None:
-        """The folder of a catalog kept elsewhere, made by `open`, when it holds no index file
-        (its first write failed): nothing in the catalog depends on it."""
+        """What the first write to the folder of a catalog kept elsewhere made (its lock, its
+        record, the folder itself), when it wrote no index file (it failed before): nothing in
+        the catalog depends on them."""
         if not self.path.is_dir():
             return
         lock = HomeLock(self.path, "index")
@@ -185,14 +187,16 @@ class Home:
         except (HomeBusyError, CatalogError):
             return
         try:
+            if (self.path / "vectors").is_dir() and any((self.path / "vectors").iterdir()):
+                return  # index files were written: the home is in use
             with contextlib.suppress(OSError):
-                (self.path / "vectors").rmdir()  # only when empty
-            if {p.name for p in self.path.iterdir()} <= {LOCK_NAME, RECORD_NAME}:
-                (self.path / RECORD_NAME).unlink(missing_ok=True)
-                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                (self.path / "vectors").rmdir()
+            (self.path / RECORD_NAME).unlink(missing_ok=True)
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            for folder in self._created[1:]:
                 with contextlib.suppress(OSError):
-                    self.path.rmdir()
-                self._created = ()
+                    folder.rmdir()  # only when empty
+            self._created = ()
         finally:
             lock.release()
 

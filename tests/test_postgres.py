@@ -254,3 +254,16 @@ def test_serve_follows_index_and_remove_of_other_processes(
     assert {str(p) for p in more.iterdir()} <= served()
     open_engine(home).remove([photo_folder])
     assert served() == {str(p) for p in more.iterdir()}
+
+
+@pytest.mark.parametrize("folder_existed", [False, True], ids=["new-folder", "empty-folder"])
+def test_a_first_write_that_fails_leaves_no_folder_behind(
+    postgres_url, tmp_path, cli_run, folder_existed
+):
+    home = tmp_path / "home"
+    if folder_existed:
+        home.mkdir()
+    result = cli_run("index", tmp_path / "missing", "--home", home, "--catalog", postgres_url,
+                     "--model", TINY_MODEL, expect=1)
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert (list(home.iterdir()) == []) if folder_existed else not home.exists()
