@@ -53,7 +53,9 @@ class Home:
 
         `create`: make the home when it has no catalog yet; what this call made is removed again
         on `close` while it holds nothing. Without it a missing home is a NotIndexedError and
-        nothing is made. `catalog_url`: any SQLAlchemy URL instead of the home's SQLite file.
+        nothing is made. `catalog_url`: the catalog in a database instead of the home's SQLite
+        file (`sqlite:///PATH` or `postgresql+psycopg://USER@HOST/DB`); refused for a folder
+        that has its own file. Without it, a folder whose writers recorded a URL says so.
         """
         path = Path(path).expanduser()
         if path.exists() and not path.is_dir():
