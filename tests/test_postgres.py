@@ -267,3 +267,53 @@ def test_a_first_write_that_fails_leaves_no_folder_behind(
                      "--model", TINY_MODEL, expect=1)
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
     assert (list(home.iterdir()) == []) if folder_existed else not home.exists()
+
+
+def test_a_batch_that_meets_another_writer_in_a_deadlock_runs_again(postgres_server, postgres_url):
+    """Another writer holds photo b and then asks for photo a, which this batch (a, b) took
+    first: PostgreSQL ends the batch's transaction (deadlock detected, after its 1 s
+    deadlock_timeout). The batch runs again once the other writer is done, and stores both."""
+    import threading
+    import time
+    from datetime import datetime
+
+    import psycopg
+
+    from searchengine.catalog import Catalog, NewImage
+    from searchengine.images import ImageInfo
+
+    catalog = Catalog(postgres_url)
+    model = catalog.ensure_model("m", 4)
+    info = ImageInfo(width=4, height=3, format="JPEG", taken_at=None, camera=None)
+    insert = ("INSERT INTO media (path, size, mtime_ns, content_hash, width, height, format, "
+              "indexed_at) VALUES (%s, 1, 1, 'other', 1, 1, 'JPEG', %s)")
+    result: dict = {}
+
+    def batch() -> None:
+        images = [NewImage(p, 1, 1, "h", info) for p in ("/p/a.jpg", "/p/b.jpg")]
+        try:
+            result["ids"] = catalog.write_images(model.id, images, np.eye(2, 4), []).ids
+        except CatalogError as error:
+            result["error"] = error
+
+    other = psycopg.connect(host=str(postgres_server.folder), port=postgres_server.port,
+                            user="searchengine", dbname=database_name(postgres_url))
+    try:
+        other.execute(insert, ("/p/b.jpg", datetime.now()))  # holds b, uncommitted
+        writer = threading.Thread(target=batch)
+        writer.start()  # takes a, then waits for b
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        with psycopg.connect(host=str(postgres_server.folder), port=postgres_server.port,
+                             user="searchengine", dbname="postgres", autocommit=True) as probe:
+            deadline = time.monotonic() + 60
+            while not probe.execute(waiting).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
+        other.execute(insert, ("/p/a.jpg", datetime.now()))  # waits for a: a deadlock
+        other.rollback()  # the batch's transaction was the one ended; the other gives up
+        writer.join(timeout=60)
+    finally:
+        other.close()
+    assert "error" not in result, result.get("error")
+    assert sorted(catalog.files_under(["/p"])) == ["/p/a.jpg", "/p/b.jpg"]
+    assert catalog.vector_ids("image", model.id).tolist() == sorted(result["ids"])
+    catalog.close()

@@ -87,6 +87,15 @@ def _server_advice(url: str, detail: str) -> str | None:
     return None
 
 
+# SQLSTATEs of transactions PostgreSQL ended for meeting another's, which stored nothing
+_RETRYABLE = ("40P01", "40001")  # deadlock_detected, serialization_failure
+
+
+def retryable(error: SQLAlchemyError) -> bool:
+    """Whether `error` ended a transaction that may simply run again (a deadlock)."""
+    return getattr(getattr(error, "orig", None), "sqlstate", None) in _RETRYABLE
+
+
 def shown_url(url: str) -> str:
     """The URL as shown to a person: a SQLite file's path, any other URL without its password."""
     if url.startswith("sqlite:///"):

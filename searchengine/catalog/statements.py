@@ -72,12 +72,9 @@ def existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFi
 
 def upsert_media(session: Session, rows: list[dict]) -> dict[str, int]:
     """Insert media rows, updating those whose path is catalogued (ids kept); ids by path.
-
-    Rows go in path order: two writers upserting overlapping batches then lock the rows they
-    share in one order, so one waits for the other instead of both deadlocking (PostgreSQL)."""
+    New rows take ids in the order given."""
     if not rows:
         return {}
-    rows = sorted(rows, key=lambda row: row["path"])
     statement = upsert(session, Media)
     updated = [column for column in rows[0] if column != "path"]
     statement = statement.on_conflict_do_update(
@@ -101,7 +98,7 @@ def upsert_vectors(
     table, key = embedding_table(modality)
     statement = upsert(session, table)
     pairs = sorted(zip((int(i) for i in ids), vectors, strict=True), key=lambda pair: pair[0])
-    rows = [  # in id order: one lock order for every writer, as upsert_media
+    rows = [  # in id order: writers of overlapping batches lock shared rows in one order
         {key.key: i, "model_id": model_id, "vector": blob(v)} for i, v in pairs
     ]
     session.execute(

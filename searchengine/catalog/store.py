@@ -11,11 +11,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
@@ -32,6 +33,7 @@ from searchengine.catalog.dialect import (
     engine_options,
     excluded,
     lock_schema,
+    retryable,
     shown_url,
     upsert,
 )
@@ -63,6 +65,8 @@ from searchengine.errors import CatalogError
 log = logging.getLogger(__name__)
 CATALOG_NAME = "catalog.sqlite"  # the SQLite catalog's file in a home
 CATALOG_ID_KEY = "catalog_id"  # the setting that names a catalog (`Catalog.identity`)
+_ATTEMPTS = 3  # runs of a write transaction that PostgreSQL ended in a deadlock
+T = TypeVar("T")
 _ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
 
 
@@ -274,32 +278,43 @@ class Catalog:
         re-made when those models index again). A catalogued file that is now skipped (it became
         corrupt) is forgotten. Returns the media ids in the order of `images`, and those removed.
         """
+        return self._transaction(
+            lambda session: self._write_images(session, model_id, images, vectors, skips)
+        )
+
+    def _write_images(
+        self,
+        session: Session,
+        model_id: int,
+        images: Sequence[NewImage],
+        vectors: np.ndarray,
+        skips: Sequence[Skip],
+    ) -> WriteResult:
         now = datetime.now()
-        with self.session() as session, session.begin():
-            existing = existing_files(session, [image.path for image in images])
-            changed = [
-                old.id
-                for image in images
-                if (old := existing.get(image.path)) and old.content_hash != image.content_hash
-            ]
-            for chunk in chunks(changed):
-                session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
-            id_of = upsert_media(session, [media_values(image, now) for image in images])
-            ids = [id_of[image.path] for image in images]
-            upsert_vectors(session, "image", model_id, ids, vectors)
-            paths = [image.path for image in images] + [skip.path for skip in skips]
-            for chunk in chunks(paths):
-                session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
-            removed = self._remove_paths(session, [skip.path for skip in skips])
-            if skips:
-                statement = upsert(session, SkippedFile)
-                session.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[SkippedFile.path],
-                        set_=excluded(statement, ("size", "mtime_ns", "reason", "seen_at")),
-                    ),
-                    [skip_values(skip, now) for skip in skips],
-                )
+        existing = existing_files(session, [image.path for image in images])
+        changed = [
+            old.id
+            for image in images
+            if (old := existing.get(image.path)) and old.content_hash != image.content_hash
+        ]
+        for chunk in chunks(changed):
+            session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
+        id_of = upsert_media(session, [media_values(image, now) for image in images])
+        ids = [id_of[image.path] for image in images]
+        upsert_vectors(session, "image", model_id, ids, vectors)
+        paths = [image.path for image in images] + [skip.path for skip in skips]
+        for chunk in chunks(paths):
+            session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
+        removed = self._remove_paths(session, [skip.path for skip in skips])
+        if skips:
+            statement = upsert(session, SkippedFile)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[SkippedFile.path],
+                    set_=excluded(statement, ("size", "mtime_ns", "reason", "seen_at")),
+                ),
+                [skip_values(skip, now) for skip in skips],
+            )
         return WriteResult(ids, removed)
 
     def add_image_vectors(
@@ -307,8 +322,26 @@ class Catalog:
     ) -> None:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
         ids = [int(media_id) for media_id in media_ids]
-        with self.session() as session, session.begin():
-            upsert_vectors(session, "image", model_id, ids, vectors)
+        self._transaction(
+            lambda session: upsert_vectors(session, "image", model_id, ids, vectors)
+        )
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in one transaction. One that PostgreSQL ends because another writer
+        took the same rows in the other order (a deadlock) stored nothing: it runs again, up to
+        `_ATTEMPTS` times in all, and the other writer's rows are then there to update."""
+        attempt = 1
+        while True:
+            try:
+                with self._sessions() as session, session.begin():
+                    return work(session)
+            except SQLAlchemyError as error:
+                if attempt == _ATTEMPTS or not retryable(error):
+                    raise catalog_error(self.url, error) from error
+                log.info("the catalog ended a transaction that met another writer's (%s); "
+                         "running it again", str(getattr(error, "orig", error)).splitlines()[0])
+            time.sleep(0.05 * attempt)
+            attempt += 1
 
     def remove_files(self, paths: Sequence[str]) -> list[int]:
         """Forget files (and their vectors); returns the media ids removed."""
