@@ -216,7 +216,7 @@ def test_a_connection_lost_midway_loses_no_committed_batch(
                     "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
                     "pg_stat_activity WHERE datname = current_database() AND pid <> "
                     "pg_backend_pid()) AS ended").fetchone()[0]
-            time.sleep(0.05)
+            time.sleep(0.02)
     _, stderr = run.communicate(timeout=300)
     assert terminated and "Traceback" not in stderr, stderr
     assert run.returncode == 0 or "run the command again once the server is back" in stderr, (

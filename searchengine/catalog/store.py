@@ -176,12 +176,13 @@ class Catalog:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose database errors surface as CatalogError with what to do."""
-        with self._sessions() as session:
-            try:
+        """A session whose database errors surface as CatalogError with what to do, also those
+        of its closing (the rollback of a connection the server dropped)."""
+        try:
+            with self._sessions() as session:
                 yield session
-            except SQLAlchemyError as error:
-                raise catalog_error(self.url, error) from error
+        except SQLAlchemyError as error:
+            raise catalog_error(self.url, error) from error
 
     def close(self) -> None:
         self.engine.dispose()
