@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,23 +19,21 @@ from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, select
-from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from searchengine.catalog.dialect import (
     catalog_error,
     current_revision,
     database_url,
-    driver_missing,
-    engine_options,
     excluded,
     lock_schema,
     retryable,
     shown_url,
     upsert,
 )
+from searchengine.catalog.dialect import create_catalog_engine as _create_engine
 from searchengine.catalog.records import ModelRow, NewImage, Skip, StoredFile, WriteResult
 from searchengine.catalog.schema import (
     EmbeddingModel,
@@ -503,54 +500,3 @@ class Catalog:
         with self.session() as session:
             query = select(func.count()).select_from(table).where(table.model_id == model_id)
             return int(session.scalar(query) or 0)
-
-
-_BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for another connection's lock
-# SQLite's page size for new catalogs: a 512-d float16 vector row (~1.04 KB) fits 3 times in a
-# 4 KB page (1.39 KB a vector on disk) and 15 times in 16 KB (1.12 KB). Existing files keep theirs.
-_PAGE_SIZE = 16_384
-
-
-def _use_wal(cursor) -> None:
-    """Switch the file to WAL mode (a no-op once it is). On a new file that needs an exclusive
-    lock, and SQLite answers a second process asking at the same moment with "database is
-    locked" at once, without waiting (waiting could deadlock both): ask again, for up to the
-    busy timeout, as two commands opening one new home at once must both succeed."""
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
-    try:
-        engine = create_engine(url, **engine_options(url))
-    except ImportError as error:
-        raise driver_missing(url, error) from error
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            if not read_only:  # the journal mode of a read-only file is what it is
-                cursor.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only (before WAL)
-                _use_wal(cursor)
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as error:
-        engine.dispose()
-        raise catalog_error(url, error, opening=True) from error
-    return engine
-
-
