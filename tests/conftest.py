@@ -23,6 +23,7 @@ from PIL import Image
 # No test may reach a model hub: an uncached pretrained tag must fail at once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("SEARCHENGINE_HOME", None)
+os.environ.pop("SEARCHENGINE_CATALOG", None)  # each test chooses its catalog
 
 TINY_MODEL = "se-tiny/random"
 PHOTO_COUNT = 8  # JPEGs in `photo_folder`, plus one PNG
