@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 FAISS_EXTRA := $(if $(GPU),gpu,cpu)
 STAMP := $(VENV)/.installed-$(FAISS_EXTRA)
 
-.PHONY: run test install lint docs clean demo-model
+.PHONY: run test install lint docs clean demo-model postgresql-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[$(FAISS_EXTRA),dev,heif,serve,ray]'
+	$(BIN)/pip install --quiet -e '.[$(FAISS_EXTRA),dev,heif,serve,ray,postgres]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -31,7 +31,17 @@ $(CHROMIUM):
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "no $(CHROMIUM): tests/test_browser.py will skip (sudo apt-get install chromium)"; fi
 
-test: install $(CHROMIUM)
+# The PostgreSQL catalog's tests start a throwaway server of Debian's binaries (tests/postgres.py)
+# and skip without them. As root with apt (CI) install the package; elsewhere say how.
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+
+postgresql-server:
+	@if [ -n "$(PG_CTL)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else echo "no PostgreSQL server: the PostgreSQL catalog tests will skip (sudo apt-get install postgresql)"; fi
+
+test: install $(CHROMIUM) postgresql-server
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -145,6 +145,9 @@ class Engine:
         is then a NotIndexedError and nothing is made.
         `lock_timeout`: seconds a write (index, remove, add_texts, use_model, check with repair)
         waits while another process writes to this home; 0 fails at once with HomeBusyError.
+        `catalog_url`: the catalog in a database instead of the home's SQLite file, e.g.
+        `postgresql+psycopg://user@host/db` (needs the `postgres` extra); the index files stay
+        in `home`, which then serves that catalog alone (see docs/postgresql.md).
         """
         state = Home.open(home, create=create, catalog_url=catalog_url, lock_timeout=lock_timeout)
         return cls(state=state, encoder_settings=encoder_settings)

@@ -23,6 +23,7 @@ from PIL import Image
 # No test may reach a model hub: an uncached pretrained tag must fail at once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("SEARCHENGINE_HOME", None)
+os.environ.pop("SEARCHENGINE_CATALOG", None)  # each test chooses its catalog
 
 TINY_MODEL = "se-tiny/random"
 PHOTO_COUNT = 8  # JPEGs in `photo_folder`, plus one PNG
@@ -153,12 +154,18 @@ def indexed_home(
 
 @pytest.fixture()
 def open_engine() -> Iterator[Callable]:
-    """A factory `open_engine(home)` -> Engine; every engine it opened is closed after the test."""
+    """A factory `open_engine(home)` -> Engine; every engine it opened is closed after the test.
+    A home once opened with `catalog_url=` is opened with the same catalog again."""
     from searchengine.engine import Engine
 
     opened = []
+    catalogs: dict[Path, str | None] = {}
 
     def factory(home: Path, **kwargs):
+        if "catalog_url" in kwargs:
+            catalogs[Path(home)] = kwargs["catalog_url"]
+        else:
+            kwargs["catalog_url"] = catalogs.get(Path(home))
         engine = Engine.open(home, **kwargs)
         opened.append(engine)
         return engine
@@ -223,3 +230,53 @@ def write_checkpoint(path: Path, seed: int) -> Path:
         path,
     )
     return path
+
+
+# -- catalogs: the home's SQLite file and a PostgreSQL server the tests start ------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of Debian's binaries for the session (tests/postgres.py); the tests
+    that need it skip, saying why, where no server can run (no binaries, no psycopg)."""
+    from tests.postgres import start_server, why_no_server
+
+    reason = why_no_server()
+    if reason is not None:
+        pytest.skip(reason)
+    server = start_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped after the test."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+CATALOG_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+def catalog_url(request: pytest.FixtureRequest) -> str | None:
+    """The catalog a test's home uses, once per backend: None (the home's own SQLite file), then
+    a new PostgreSQL database's URL (`Engine.open(..., catalog_url=)`, `--catalog`)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(params=CATALOG_BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database of each backend (a new SQLite file, then PostgreSQL)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def catalog_args(catalog_url: str | None) -> list[str]:
+    """The CLI arguments that select `catalog_url` (none for the home's own file)."""
+    return ["--catalog", catalog_url] if catalog_url else []

@@ -1,4 +1,7 @@
-"""The catalog: Alembic-only schema, WAL mode, upserts, skips, texts and durable vectors."""
+"""The catalog: Alembic-only schema, WAL mode, upserts, skips, texts and durable vectors.
+
+The tests of the catalog's operations run on both backends (the `catalog_url` fixture: the home's
+SQLite file, then a PostgreSQL database of the test server)."""
 
 from __future__ import annotations
 
@@ -27,18 +30,18 @@ def image(path: str, content_hash: str = "h", size: int = 10) -> NewImage:
 
 
 @pytest.fixture()
-def catalog(tmp_path):
-    catalog = Catalog.in_home(tmp_path / "home")
+def catalog(tmp_path, catalog_url):
+    catalog = Catalog(catalog_url) if catalog_url else Catalog.in_home(tmp_path / "home")
     yield catalog
     catalog.close()
 
 
-def test_migrations_create_exactly_the_models(tmp_path):
+def test_migrations_create_exactly_the_models(empty_database):
     """Upgrade an empty database to head; autogenerate must find nothing to change."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    catalog = Catalog(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    catalog = Catalog(empty_database)
     assert catalog.revision() == head_revision() != "base"
     with catalog.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -59,10 +62,12 @@ def test_reopening_keeps_the_data_and_the_revision(tmp_path):
     again.close()
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(catalog):
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+    catalog = Catalog.in_home(tmp_path)
     with catalog.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    catalog.close()
 
 
 def test_a_file_that_is_not_a_database_is_a_catalog_error(tmp_path):
@@ -196,3 +201,14 @@ def test_catalog_url_other_than_the_home(tmp_path):
         stored = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     assert stored == head_revision()
     engine.dispose()
+
+
+def test_a_catalog_names_itself_once(catalog, catalog_url, tmp_path):
+    """The id index files record (`Catalog.identity`): made by the first writer that asks, the
+    same for every later reader."""
+    assert catalog.identity() is None
+    made = catalog.identity(create=True)
+    assert made and catalog.identity(create=True) == made
+    again = Catalog(catalog_url) if catalog_url else Catalog.in_home(tmp_path / "home")
+    assert again.identity() == again.identity(create=True) == made
+    again.close()

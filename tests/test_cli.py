@@ -325,6 +325,20 @@ def test_collection_commands_share_home_model_and_json_options(name):
         assert "--model" in options
 
 
+# Commands with --home that make a scratch home of their own rather than open the user's.
+SCRATCH_HOMES = {"demo", "bench recall", "bench zero-shot"}
+
+
+def test_every_command_that_opens_a_home_takes_a_catalog_url():
+    """`--catalog URL` (or SEARCHENGINE_CATALOG) wherever `--home` opens a home."""
+    for name, command in all_commands(cli):
+        params = {o: p for p in command.params for o in getattr(p, "opts", [])}
+        if "--home" not in params or name in SCRATCH_HOMES:
+            continue
+        assert "--catalog" in params, f"`searchengine {name}` has --home but no --catalog"
+        assert params["--catalog"].envvar == "SEARCHENGINE_CATALOG"
+
+
 def test_help_is_fast_and_imports_no_heavy_modules():
     probe = (
         "import sys, time; t = time.perf_counter(); import searchengine.cli; "

@@ -256,9 +256,10 @@ def test_querying_a_home_without_vectors_says_what_to_run(open_engine, tmp_path)
 
 
 @pytest.fixture()
-def two_models(open_engine, tmp_path, copy_photos, tiny_checkpoint):
-    """A private home with `copy_photos` indexed by TINY_MODEL and by the checkpoint model."""
-    engine = open_engine(tmp_path / "home")
+def two_models(open_engine, tmp_path, copy_photos, tiny_checkpoint, catalog_url):
+    """A private home with `copy_photos` indexed by TINY_MODEL and by the checkpoint model; its
+    catalog is the home's SQLite file, then a PostgreSQL database (`catalog_url`)."""
+    engine = open_engine(tmp_path / "home", catalog_url=catalog_url)
     second = f"se-tiny/{tiny_checkpoint}"
     engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
     engine.index([copy_photos], model=second, settings=fast_ingest())
@@ -409,8 +410,8 @@ def test_switching_the_index_kind_rebuilds(open_engine, tmp_path, copy_photos):
     assert [s.kind for s in reopened.check().spaces] == ["hnsw"] and reopened.check().ok
 
 
-def test_add_texts_embeds_only_new_texts(open_engine, tmp_path, captions_csv):
-    engine = open_engine(tmp_path / "home")
+def test_add_texts_embeds_only_new_texts(open_engine, tmp_path, captions_csv, catalog_url):
+    engine = open_engine(tmp_path / "home", catalog_url=catalog_url)
     first = engine.add_texts(captions_csv, text_set="captions", model=TINY_MODEL)
     assert (first.read, first.added, first.embedded) == (len(CAPTIONS) + 1, len(CAPTIONS),
                                                           len(CAPTIONS))

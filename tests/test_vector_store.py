@@ -107,35 +107,44 @@ def _alembic(url: str, action: str, target: str) -> None:
     getattr(command, action)(_alembic_config(url), target)
 
 
-def test_revision_0003_converts_float32_rows_in_batches_and_its_downgrade_goes_back(tmp_path):
+def test_revision_0003_converts_float32_rows_in_batches_and_its_downgrade_goes_back(
+    empty_database,
+):
     """A catalog written before 0003 (float32 BLOBs, more rows than one migration batch, two
     models, images and texts) opens with every vector in the stored form, and a downgrade gives
-    float32 BLOBs of the same values back."""
+    float32 BLOBs of the same values back. On SQLite and on PostgreSQL."""
     import importlib
 
-    path = tmp_path / "catalog.sqlite"
-    url = f"sqlite:///{path}"
+    from sqlalchemy import create_engine, text
+
+    url = empty_database
     _alembic(url, "upgrade", "0002")
     migration = importlib.import_module("searchengine.migrations.versions.0003_float16_vectors")
     n, d = migration.BATCH + 501, 8
     images, texts = unit_rows(n, d, seed=1), unit_rows(3, 16, seed=2)
-    with sqlite3.connect(path) as raw:
-        raw.execute("INSERT INTO models (id, spec, dim, created_at) VALUES "
-                    "(1, 'a/random', 8, '2026-01-01'), (2, 'b/random', 16, '2026-01-01')")
-        raw.executemany(
-            "INSERT INTO media (id, path, size, mtime_ns, content_hash, width, height, format, "
-            "indexed_at) VALUES (?, ?, 1, 1, 'h', 1, 1, 'JPEG', '2026-01-01')",
-            [(i + 1, f"/p/{i}.jpg") for i in range(n)],
+    raw = create_engine(url)
+    with raw.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO models (id, spec, dim, created_at) VALUES "
+            "(1, 'a/random', 8, '2026-01-01'), (2, 'b/random', 16, '2026-01-01')"))
+        connection.execute(
+            text("INSERT INTO media (id, path, size, mtime_ns, content_hash, width, height, "
+                 "format, indexed_at) VALUES (:id, :path, 1, 1, 'h', 1, 1, 'JPEG', "
+                 "'2026-01-01')"),
+            [{"id": i + 1, "path": f"/p/{i}.jpg"} for i in range(n)],
         )
-        raw.executemany("INSERT INTO image_embeddings (media_id, model_id, vector) "
-                        "VALUES (?, 1, ?)",
-                        [(i + 1, v.tobytes()) for i, v in enumerate(images)])
-        raw.executemany("INSERT INTO texts (id, text_set, text, created_at) "
-                        "VALUES (?, 's', ?, '2026-01-01')",
-                        [(i + 1, f"t{i}") for i in range(3)])
-        raw.executemany("INSERT INTO text_embeddings (text_id, model_id, vector) "
-                        "VALUES (?, 2, ?)",
-                        [(i + 1, v.tobytes()) for i, v in enumerate(texts)])
+        connection.execute(
+            text("INSERT INTO image_embeddings (media_id, model_id, vector) "
+                 "VALUES (:id, 1, :vector)"),
+            [{"id": i + 1, "vector": v.tobytes()} for i, v in enumerate(images)])
+        connection.execute(
+            text("INSERT INTO texts (id, text_set, text, created_at) "
+                 "VALUES (:id, 's', :text, '2026-01-01')"),
+            [{"id": i + 1, "text": f"t{i}"} for i in range(3)])
+        connection.execute(
+            text("INSERT INTO text_embeddings (text_id, model_id, vector) "
+                 "VALUES (:id, 2, :vector)"),
+            [{"id": i + 1, "vector": v.tobytes()} for i, v in enumerate(texts)])
     catalog = Catalog(url)  # upgrades to head
     assert catalog.revision() == head_revision()
     ids, got = catalog.vectors("image", 1)
@@ -143,15 +152,18 @@ def test_revision_0003_converts_float32_rows_in_batches_and_its_downgrade_goes_b
     np.testing.assert_array_equal(got, as_stored(images))
     np.testing.assert_array_equal(catalog.vectors("text", 2)[1], as_stored(texts))
     catalog.close()
-    with sqlite3.connect(path) as raw:
-        lengths = raw.execute("SELECT DISTINCT length(vector) FROM image_embeddings").fetchall()
-    assert lengths == [(16,)]
+    with raw.connect() as connection:
+        lengths = connection.execute(
+            text("SELECT DISTINCT length(vector) FROM image_embeddings")).all()
+    assert [tuple(row) for row in lengths] == [(16,)]
 
     _alembic(url, "downgrade", "0002")
-    with sqlite3.connect(path) as raw:
-        query = "SELECT vector FROM image_embeddings ORDER BY media_id"
-        blobs = [row[0] for row in raw.execute(query)]
-        text_blobs = [row[0] for row in raw.execute("SELECT vector FROM text_embeddings")]
+    with raw.connect() as connection:
+        query = text("SELECT vector FROM image_embeddings ORDER BY media_id")
+        blobs = [bytes(row[0]) for row in connection.execute(query)]
+        text_blobs = [bytes(row[0]) for row in
+                      connection.execute(text("SELECT vector FROM text_embeddings"))]
+    raw.dispose()
     back = np.vstack([np.frombuffer(blob, np.float32) for blob in blobs])
     np.testing.assert_array_equal(back, as_stored(images))  # float32 again, the rounded values
     assert {len(blob) for blob in text_blobs} == {16 * 4}

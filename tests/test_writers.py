@@ -20,20 +20,22 @@ from searchengine.catalog.lock import HomeLock
 from searchengine.catalog.schema import TextEmbedding
 from searchengine.errors import CatalogError, HomeBusyError, NotIndexedError
 from searchengine.images import ImageInfo
-from tests.conftest import TINY_MODEL, write_image
+from tests.conftest import TINY_MODEL, catalog_args, write_image
 
 BUSY = "another `searchengine "
 INFO = ImageInfo(width=40, height=30, format="JPEG", taken_at=None, camera=None)
 
 # Runs `searchengine ARGS...` once every racer named in the folder has imported the library, so
 # that the commands really run at the same time (imports take seconds, unevenly). With WAIT
-# "CATALOG:N" it starts only once that catalog holds more than N files (another racer is midway).
+# "URL:N" it starts only once the catalog at that database URL holds more than N files (another
+# racer is midway).
 RACER = textwrap.dedent("""
-    import sqlite3, sys, time
+    import sys, time
     from pathlib import Path
     from searchengine.settings import passive_openmp_waits
     passive_openmp_waits()
     import faiss, open_clip, searchengine.engine, torch  # warm: the commands then start in ms
+    from sqlalchemy import create_engine, text
     from searchengine.cli import cli
     gate, name, count, wait = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
     (gate / name).touch()
@@ -41,10 +43,13 @@ RACER = textwrap.dedent("""
     while len(list(gate.iterdir())) < count and time.monotonic() < deadline:
         time.sleep(0.005)
     if wait != "-":
-        catalog, files = wait.rsplit(":", 1)
-        with sqlite3.connect(catalog) as db:
-            while db.execute("SELECT count(*) FROM media").fetchone()[0] <= int(files):
+        url, files = wait.rsplit(":", 1)
+        database = create_engine(url)
+        with database.connect() as db:
+            while db.execute(text("SELECT count(*) FROM media")).scalar() <= int(files):
+                db.rollback()  # a new snapshot each time
                 time.sleep(0.005)
+        database.dispose()
     cli.main(sys.argv[5:], prog_name="searchengine")
 """)
 
@@ -91,9 +96,9 @@ def folder_of_photos(root: Path, name: str, count: int, first_seed: int) -> Path
     return folder
 
 
-def index_args(folder: Path, home: Path) -> list[object]:
-    return ["index", folder, "--home", home, "--model", TINY_MODEL, "--workers", 0,
-            "--batch-size", 4]
+def index_args(folder: Path, home: Path, catalog_url: str | None = None) -> list[object]:
+    return ["index", folder, "--home", home, *catalog_args(catalog_url), "--model", TINY_MODEL,
+            "--workers", 0, "--batch-size", 4]
 
 
 def catalogued(engine) -> set[str]:
@@ -101,11 +106,18 @@ def catalogued(engine) -> set[str]:
 
 
 def assert_home_agrees(engine, paths: set[str]) -> None:
+    """`check` passes, and the catalog holds each of `paths` once (no row lost or doubled)."""
     report = engine.check()
     assert report.ok, report
     assert catalogued(engine) == paths
+    assert engine.catalog.count_media() == len(paths)
     (space,) = report.spaces
     assert space.catalog_count == space.index_count == len(paths)
+
+
+def database_url(home: Path, catalog_url: str | None) -> str:
+    """The database URL of a home's catalog: `catalog_url`, else the home's own file."""
+    return catalog_url or f"sqlite:///{home / 'catalog.sqlite'}"
 
 
 @pytest.fixture()
@@ -122,49 +134,92 @@ def paths_in(*folders: Path) -> set[str]:
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-home", "existing-home"])
 def test_two_index_processes_at_once_lose_nothing(
-    tmp_path, two_folders, open_engine, cli_run, existing
+    tmp_path, two_folders, open_engine, cli_run, existing, catalog_url
 ):
     a, b = two_folders
     home = tmp_path / "home"
     if existing:
         seed = folder_of_photos(tmp_path, "seed", 1, 300)
-        cli_run(*index_args(seed, home))
-    results = race(tmp_path, index_args(a, home), index_args(b, home))
+        cli_run(*index_args(seed, home, catalog_url))
+    results = race(tmp_path, index_args(a, home, catalog_url), index_args(b, home, catalog_url))
     done = [assert_finished_or_told(result) for result in results]
     assert any(done)
     for folder, finished in zip((a, b), done, strict=True):
         if not finished:  # told to wait: once the other is done it runs through
-            cli_run(*index_args(folder, home))
+            cli_run(*index_args(folder, home, catalog_url))
     expected = paths_in(a, b) | (paths_in(tmp_path / "seed") if existing else set())
-    assert_home_agrees(open_engine(home), expected)
+    assert_home_agrees(open_engine(home, catalog_url=catalog_url), expected)
+
+
+@pytest.fixture()
+def slow_folder(tmp_path: Path) -> Path:
+    """Photos that take a while to decode: an `index` of them is still busy when another runs."""
+    import shutil
+
+    folder = tmp_path / "big"
+    first = write_image(folder / "big0.png", 7, size=(640, 480))
+    for n in range(1, 80):
+        shutil.copyfile(first, folder / f"big{n}.png")
+    return folder
 
 
 def test_index_while_remove_keeps_catalog_and_index_in_step(
-    tmp_path, two_folders, open_engine, cli_run
+    tmp_path, two_folders, slow_folder, open_engine, cli_run, catalog_url
 ):
-    import shutil
-
     a, _ = two_folders
-    b = tmp_path / "big"  # photos that take a while to decode: index is still busy when remove runs
-    first = write_image(b / "big0.png", 7, size=(640, 480))
-    for n in range(1, 80):
-        shutil.copyfile(first, b / f"big{n}.png")
+    b = slow_folder
     home = tmp_path / "home"
-    cli_run(*index_args(a, home))
+    cli_run(*index_args(a, home, catalog_url))
     # remove starts once index has stored its first batch of b, before it has saved the index
-    midway = f"{home / 'catalog.sqlite'}:{len(list(a.iterdir()))}"
-    results = race(
-        tmp_path, index_args(b, home), ["remove", a, "--home", home], waits=("-", midway)
-    )
+    midway = f"{database_url(home, catalog_url)}:{len(list(a.iterdir()))}"
+    remove = ["remove", a, "--home", home, *catalog_args(catalog_url)]
+    results = race(tmp_path, index_args(b, home, catalog_url), remove, waits=("-", midway))
     indexed, removed = (assert_finished_or_told(result) for result in results)
-    engine = open_engine(home)
+    engine = open_engine(home, catalog_url=catalog_url)
     assert_home_agrees(engine, (paths_in(a) if not removed else set()) | (
         paths_in(b) if indexed else set()))
     if not indexed:
-        cli_run(*index_args(b, home))
+        cli_run(*index_args(b, home, catalog_url))
     if not removed:
-        cli_run("remove", a, "--home", home)
+        cli_run(*remove)
     assert_home_agrees(open_engine(home), paths_in(b))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_catalog(request, tmp_path) -> str:
+    """A catalog URL that two homes share: a SQLite file outside both, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_two_homes_write_one_catalog_at_once(
+    tmp_path, two_folders, slow_folder, open_engine, cli_run, shared_catalog
+):
+    """Writers of two homes (two machines, say) on one catalog hold no common lock: the database
+    alone keeps the rows whole. One indexes a and b while the other indexes a (the same rows at
+    the same moment), then one indexes the slow folder while the other removes a. Nothing is
+    lost or doubled, and each home's index follows the catalog: a reader sees the other home's
+    work at once, and after a writer's re-sync `check` passes."""
+    a, b = two_folders
+    one, two = tmp_path / "one", tmp_path / "two"
+    both = [*index_args(a, one, shared_catalog)]
+    both[2:2] = [b]  # index a b --home one
+    results = race(tmp_path, both, index_args(a, two, shared_catalog))
+    assert all(assert_finished_or_told(result) for result in results)
+    engine = open_engine(two, catalog_url=shared_catalog)
+    assert catalogued(engine) == paths_in(a, b) and engine.catalog.count_media() == 48
+    hits = engine.search("a dog", k=48, model=TINY_MODEL).hits  # b's photos, from the catalog
+    assert {hit.path for hit in hits} == paths_in(a, b)
+    midway = f"{shared_catalog}:48"
+    remove = ["remove", a, "--home", two, "--catalog", shared_catalog]
+    results = race(tmp_path, index_args(slow_folder, one, shared_catalog), remove,
+                   waits=("-", midway))
+    assert all(assert_finished_or_told(result) for result in results)
+    for home in (one, two):
+        cli_run(*index_args(b, home, shared_catalog))  # a writer: re-syncs its index first
+        assert_home_agrees(open_engine(home, catalog_url=shared_catalog),
+                           paths_in(b, slow_folder))
 
 
 def _open_catalog(home: str, start: float) -> str:
@@ -259,8 +314,8 @@ def indexed_copy(tmp_path, indexed_home) -> Path:
 # -- idempotent writes, database errors -----------------------------------------------------
 
 
-def test_writing_a_batch_twice_keeps_one_row_each(tmp_path):
-    catalog = Catalog.in_home(tmp_path / "home")
+def test_writing_a_batch_twice_keeps_one_row_each(tmp_path, catalog_url):
+    catalog = Catalog(catalog_url) if catalog_url else Catalog.in_home(tmp_path / "home")
     model = catalog.ensure_model("m", 4)
     assert catalog.ensure_model("m", 4) == model
     images = [NewImage(f"/p/{n}.jpg", 10, 1, f"h{n}", INFO) for n in range(3)]
@@ -278,10 +333,11 @@ def test_writing_a_batch_twice_keeps_one_row_each(tmp_path):
     catalog.close()
 
 
-def test_a_refused_write_is_a_catalog_error(tmp_path):
-    catalog = Catalog.in_home(tmp_path / "home")
+def test_a_refused_write_is_a_catalog_error(tmp_path, catalog_url):
+    catalog = Catalog(catalog_url) if catalog_url else Catalog.in_home(tmp_path / "home")
     model = catalog.ensure_model("m", 4)
-    with pytest.raises(CatalogError, match="refused a write .*FOREIGN KEY.*run the command again"):
+    refused = "refused a write .*(FOREIGN KEY|foreign key).*run the command again"
+    with pytest.raises(CatalogError, match=refused):
         catalog.write_text_vectors(model.id, [12345], np.eye(1, 4, dtype=np.float32))
     catalog.close()
 

@@ -71,7 +71,8 @@ def existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFi
 
 
 def upsert_media(session: Session, rows: list[dict]) -> dict[str, int]:
-    """Insert media rows, updating those whose path is catalogued (ids kept); ids by path."""
+    """Insert media rows, updating those whose path is catalogued (ids kept); ids by path.
+    New rows take ids in the order given."""
     if not rows:
         return {}
     statement = upsert(session, Media)
@@ -96,15 +97,16 @@ def upsert_vectors(
         return
     table, key = embedding_table(modality)
     statement = upsert(session, table)
+    pairs = sorted(zip((int(i) for i in ids), vectors, strict=True), key=lambda pair: pair[0])
+    rows = [  # in id order: writers of overlapping batches lock shared rows in one order
+        {key.key: i, "model_id": model_id, "vector": blob(v)} for i, v in pairs
+    ]
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[key, table.model_id],
             set_=excluded(statement, ("vector",)),
         ),
-        [
-            {key.key: int(i), "model_id": model_id, "vector": blob(v)}
-            for i, v in zip(ids, vectors, strict=True)
-        ],
+        rows,
     )
 
 

@@ -9,28 +9,31 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, select
-from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from searchengine.catalog.dialect import (
     catalog_error,
     current_revision,
+    database_url,
     excluded,
     lock_schema,
+    retryable,
+    shown_url,
     upsert,
 )
+from searchengine.catalog.dialect import create_catalog_engine as _create_engine
 from searchengine.catalog.records import ModelRow, NewImage, Skip, StoredFile, WriteResult
 from searchengine.catalog.schema import (
     EmbeddingModel,
@@ -58,6 +61,9 @@ from searchengine.errors import CatalogError
 
 log = logging.getLogger(__name__)
 CATALOG_NAME = "catalog.sqlite"  # the SQLite catalog's file in a home
+CATALOG_ID_KEY = "catalog_id"  # the setting that names a catalog (`Catalog.identity`)
+_ATTEMPTS = 3  # runs of a write transaction that PostgreSQL ended in a deadlock
+T = TypeVar("T")
 _ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
 
 
@@ -83,8 +89,10 @@ class Catalog:
     """Typed operations on the catalog; each public method is one transaction."""
 
     def __init__(self, url: str, *, read_only: bool = False):
-        self.url = url
+        self.url = url = database_url(url)
         self.read_only = read_only
+        self.home: Path | None = None  # the home folder whose own SQLite file this is (in_home)
+        self._identity: str | None = None
         try:
             self.engine = _create_engine(url, read_only=read_only)
             self._upgrade()
@@ -103,9 +111,36 @@ class Catalog:
         home.mkdir(parents=True, exist_ok=True)
         path = (home / CATALOG_NAME).resolve()
         if path.is_file() and not os.access(home, os.W_OK):
-            return cls(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
-                       read_only=True)
-        return cls(f"sqlite:///{path}")
+            catalog = cls(f"sqlite:///file:{quote(str(path))}?mode=ro&immutable=1&uri=true",
+                          read_only=True)
+        else:
+            catalog = cls(f"sqlite:///{path}")
+        catalog.home = home
+        return catalog
+
+    @property
+    def shown_url(self) -> str:
+        """The catalog's URL as shown to a person (a SQLite file's path; no password)."""
+        return shown_url(self.url)
+
+    def identity(self, *, create: bool = False) -> str | None:
+        """The catalog's own name: a random id stored in its settings, recorded by every index
+        file built from it, so that an index is never read against another catalog (a home
+        pointed at another database). Made by the first writer that asks (`create`), once even
+        when several ask at the same moment; None until then."""
+        if self._identity is None:
+            self._identity = self.get_setting(CATALOG_ID_KEY)
+        if self._identity is None and create:
+            import uuid
+
+            with self.session() as session, session.begin():
+                session.execute(
+                    upsert(session, Setting)
+                    .values(key=CATALOG_ID_KEY, value=uuid.uuid4().hex)
+                    .on_conflict_do_nothing(index_elements=[Setting.key])
+                )
+            self._identity = self.get_setting(CATALOG_ID_KEY)
+        return self._identity
 
     def _upgrade(self) -> None:
         """Bring the schema to head. A catalog already there is only read (a read-only home
@@ -117,9 +152,9 @@ class Catalog:
             return
         if self.read_only:
             raise CatalogError(
-                f"the catalog at {self.url} is at schema revision {self.revision()} and needs an "
-                f"upgrade to {head_revision()}, but its home is read-only; run any searchengine "
-                "command on it once where it can be written"
+                f"the catalog at {self.shown_url} is at schema revision {self.revision()} and "
+                f"needs an upgrade to {head_revision()}, but its home is read-only; run any "
+                "searchengine command on it once where it can be written"
             )
         config = _alembic_config(self.url)
         with self.engine.connect() as connection:
@@ -138,12 +173,13 @@ class Catalog:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session whose database errors surface as CatalogError with what to do."""
-        with self._sessions() as session:
-            try:
+        """A session whose database errors surface as CatalogError with what to do, also those
+        of its closing (the rollback of a connection the server dropped)."""
+        try:
+            with self._sessions() as session:
                 yield session
-            except SQLAlchemyError as error:
-                raise catalog_error(self.url, error) from error
+        except SQLAlchemyError as error:
+            raise catalog_error(self.url, error) from error
 
     def close(self) -> None:
         self.engine.dispose()
@@ -259,32 +295,43 @@ class Catalog:
         re-made when those models index again). A catalogued file that is now skipped (it became
         corrupt) is forgotten. Returns the media ids in the order of `images`, and those removed.
         """
+        return self._transaction(
+            lambda session: self._write_images(session, model_id, images, vectors, skips)
+        )
+
+    def _write_images(
+        self,
+        session: Session,
+        model_id: int,
+        images: Sequence[NewImage],
+        vectors: np.ndarray,
+        skips: Sequence[Skip],
+    ) -> WriteResult:
         now = datetime.now()
-        with self.session() as session, session.begin():
-            existing = existing_files(session, [image.path for image in images])
-            changed = [
-                old.id
-                for image in images
-                if (old := existing.get(image.path)) and old.content_hash != image.content_hash
-            ]
-            for chunk in chunks(changed):
-                session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
-            id_of = upsert_media(session, [media_values(image, now) for image in images])
-            ids = [id_of[image.path] for image in images]
-            upsert_vectors(session, "image", model_id, ids, vectors)
-            paths = [image.path for image in images] + [skip.path for skip in skips]
-            for chunk in chunks(paths):
-                session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
-            removed = self._remove_paths(session, [skip.path for skip in skips])
-            if skips:
-                statement = upsert(session, SkippedFile)
-                session.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[SkippedFile.path],
-                        set_=excluded(statement, ("size", "mtime_ns", "reason", "seen_at")),
-                    ),
-                    [skip_values(skip, now) for skip in skips],
-                )
+        existing = existing_files(session, [image.path for image in images])
+        changed = [
+            old.id
+            for image in images
+            if (old := existing.get(image.path)) and old.content_hash != image.content_hash
+        ]
+        for chunk in chunks(changed):
+            session.execute(delete(ImageEmbedding).where(ImageEmbedding.media_id.in_(chunk)))
+        id_of = upsert_media(session, [media_values(image, now) for image in images])
+        ids = [id_of[image.path] for image in images]
+        upsert_vectors(session, "image", model_id, ids, vectors)
+        paths = [image.path for image in images] + [skip.path for skip in skips]
+        for chunk in chunks(paths):
+            session.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
+        removed = self._remove_paths(session, [skip.path for skip in skips])
+        if skips:
+            statement = upsert(session, SkippedFile)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[SkippedFile.path],
+                    set_=excluded(statement, ("size", "mtime_ns", "reason", "seen_at")),
+                ),
+                [skip_values(skip, now) for skip in skips],
+            )
         return WriteResult(ids, removed)
 
     def add_image_vectors(
@@ -292,8 +339,26 @@ class Catalog:
     ) -> None:
         """Store vectors of `model_id` for files already in the catalog (reuse, new model)."""
         ids = [int(media_id) for media_id in media_ids]
-        with self.session() as session, session.begin():
-            upsert_vectors(session, "image", model_id, ids, vectors)
+        self._transaction(
+            lambda session: upsert_vectors(session, "image", model_id, ids, vectors)
+        )
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in one transaction. One that PostgreSQL ends because another writer
+        took the same rows in the other order (a deadlock) stored nothing: it runs again, up to
+        `_ATTEMPTS` times in all, and the other writer's rows are then there to update."""
+        attempt = 1
+        while True:
+            try:
+                with self._sessions() as session, session.begin():
+                    return work(session)
+            except SQLAlchemyError as error:
+                if attempt == _ATTEMPTS or not retryable(error):
+                    raise catalog_error(self.url, error) from error
+                log.info("the catalog ended a transaction that met another writer's (%s); "
+                         "running it again", str(getattr(error, "orig", error)).splitlines()[0])
+            time.sleep(0.05 * attempt)
+            attempt += 1
 
     def remove_files(self, paths: Sequence[str]) -> list[int]:
         """Forget files (and their vectors); returns the media ids removed."""
@@ -454,50 +519,3 @@ class Catalog:
         with self.session() as session:
             query = select(func.count()).select_from(table).where(table.model_id == model_id)
             return int(session.scalar(query) or 0)
-
-
-_BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for another connection's lock
-# SQLite's page size for new catalogs: a 512-d float16 vector row (~1.04 KB) fits 3 times in a
-# 4 KB page (1.39 KB a vector on disk) and 15 times in 16 KB (1.12 KB). Existing files keep theirs.
-_PAGE_SIZE = 16_384
-
-
-def _use_wal(cursor) -> None:
-    """Switch the file to WAL mode (a no-op once it is). On a new file that needs an exclusive
-    lock, and SQLite answers a second process asking at the same moment with "database is
-    locked" at once, without waiting (waiting could deadlock both): ask again, for up to the
-    busy timeout, as two commands opening one new home at once must both succeed."""
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _create_engine(url: str, *, read_only: bool = False) -> SqlEngine:
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            if not read_only:  # the journal mode of a read-only file is what it is
-                cursor.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new file only (before WAL)
-                _use_wal(cursor)
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-    try:
-        with engine.connect():
-            pass
-    except OperationalError as error:
-        raise CatalogError(f"cannot open the catalog at {url}: {error.orig}") from error
-    return engine
-
-

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from searchengine.cli.options import (
+    catalog_option,
     echo_json,
     echo_line,
     echo_table,
@@ -23,12 +24,13 @@ from searchengine.cli.options import (
 from searchengine.settings import DECODE_PRIORITIES, IngestSettings
 
 
-def _engine(home: Path, *, create: bool = False):
-    """The engine on `home`; only commands that build a home (index, add-texts) `create` it,
-    a read or a change of a missing home says there is none."""
+def _engine(home: Path, catalog: str | None, *, create: bool = False):
+    """The engine on `home` (its catalog at the URL `catalog`, else its own file); only commands
+    that build a home (index, add-texts) `create` it, a read or a change of a missing home says
+    there is none."""
     from searchengine.engine import Engine
 
-    return Engine.open(home, create=create)
+    return Engine.open(home, create=create, catalog_url=catalog)
 
 
 def _print_result(result, as_json: bool) -> None:
@@ -56,6 +58,7 @@ offset_option = click.option(
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @home_option
+@catalog_option
 @model_option
 @click.option(
     "--batch-size",
@@ -137,6 +140,7 @@ offset_option = click.option(
 def index(
     paths,
     home,
+    catalog,
     model,
     batch_size,
     workers,
@@ -170,7 +174,7 @@ def index(
         batch_size=batch_size, draft=not no_draft, decode_priority=decode_priority, **chosen
     )
     ray = _ray_settings(ray_address, num_gpus, concurrency, ray_ship_bytes)
-    with _engine(home, create=True) as engine:
+    with _engine(home, catalog, create=True) as engine:
         report = engine.index(
             list(paths),
             model=model,
@@ -216,6 +220,7 @@ def _ray_settings(address, num_gpus, concurrency, ship_bytes):
 @click.command()
 @click.argument("query")
 @home_option
+@catalog_option
 @model_option
 @k_option
 @offset_option
@@ -224,7 +229,7 @@ def _ray_settings(address, num_gpus, concurrency, ship_bytes):
               help="Search here even when a `searchengine serve` runs on the home (it answers "
               "otherwise, in a fraction of the time: no model to load).")
 @handle_errors
-def search(query, home, model, k, offset, as_json, no_serve):
+def search(query, home, catalog, model, k, offset, as_json, no_serve):
     """Find the photos that best match a sentence (text -> image).
 
     When `searchengine serve` runs on the home, it answers (stderr says so).
@@ -238,13 +243,14 @@ def search(query, home, model, k, offset, as_json, no_serve):
     if not no_serve and search_through_serve(home, query, model=model, k=k, offset=offset,
                                              as_json=as_json):
         return
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         _print_result(engine.search(query, k=k, model=model, offset=offset), as_json)
 
 
 @click.command()
 @image_argument
 @home_option
+@catalog_option
 @model_option
 @k_option
 @offset_option
@@ -253,7 +259,7 @@ def search(query, home, model, k, offset, as_json, no_serve):
               help="Search here even when a `searchengine serve` runs on the home (it answers "
               "id:N queries otherwise).")
 @handle_errors
-def similar(image, home, model, k, offset, as_json, no_serve):
+def similar(image, home, catalog, model, k, offset, as_json, no_serve):
     """Find photos like IMAGE, a file or id:N for catalog id N (image -> image).
 
     A bare number is a file name, never an id: write `id:42` for the image with id 42.
@@ -271,7 +277,7 @@ def similar(image, home, model, k, offset, as_json, no_serve):
             and similar_through_serve(home, image, model=model, k=k, offset=offset,
                                       as_json=as_json)):
         return
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         _print_result(engine.similar(image, k=k, model=model, offset=offset), as_json)
 
 
@@ -282,17 +288,18 @@ def similar(image, home, model, k, offset, as_json, no_serve):
     "--set", "text_set", default="default", show_default=True, help="Name of the text set."
 )
 @home_option
+@catalog_option
 @model_option
 @json_option
 @handle_errors
-def add_texts(source, column, text_set, home, model, as_json):
+def add_texts(source, column, text_set, home, catalog, model, as_json):
     """Add texts (a CSV/TSV/Parquet column or .txt lines) to a set, and embed them.
 
     Example:
 
         searchengine add-texts captions.csv --column caption --set captions
     """
-    with _engine(home, create=True) as engine:
+    with _engine(home, catalog, create=True) as engine:
         report = engine.add_texts(
             source, column=column, text_set=text_set, model=model, progress=show_progress(as_json)
         )
@@ -309,6 +316,7 @@ def add_texts(source, column, text_set, home, model, as_json):
 @image_argument
 @click.option("--set", "text_set", default=None, help="Only texts of this set [default: all].")
 @home_option
+@catalog_option
 @model_option
 @click.option(
     "-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Number of hits."
@@ -316,7 +324,7 @@ def add_texts(source, column, text_set, home, model, as_json):
 @offset_option
 @json_option
 @handle_errors
-def lookup(image, text_set, home, model, k, offset, as_json):
+def lookup(image, text_set, home, catalog, model, k, offset, as_json):
     """Which texts describe IMAGE best (image -> text), over the indexed text sets.
 
     IMAGE is a file, or id:N for the catalogued image with id N.
@@ -325,7 +333,7 @@ def lookup(image, text_set, home, model, k, offset, as_json):
 
         searchengine lookup ~/Pictures/x.jpg -k 5 --set captions
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         _print_result(
             engine.lookup(image, k=k, text_set=text_set, model=model, offset=offset), as_json
         )
@@ -342,10 +350,11 @@ def lookup(image, text_set, home, model, k, offset, as_json):
     help="One prompt template, or an averaged ensemble.",
 )
 @home_option
+@catalog_option
 @model_option
 @json_option
 @handle_errors
-def classify(image, labels, templates, home, model, as_json):
+def classify(image, labels, templates, home, catalog, model, as_json):
     """Zero-shot: which of the given labels fits IMAGE (prompt ensemble).
 
     IMAGE is a file, or id:N for the catalogued image with id N.
@@ -354,7 +363,7 @@ def classify(image, labels, templates, home, model, as_json):
 
         searchengine classify ~/Pictures/x.jpg --labels "dog,cat,car"
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         result = engine.classify(image, labels.split(","), templates=templates, model=model)
     if as_json:
         echo_json(result.as_dict())
@@ -366,10 +375,11 @@ def classify(image, labels, templates, home, model, as_json):
 @image_argument
 @click.argument("text")
 @home_option
+@catalog_option
 @model_option
 @json_option
 @handle_errors
-def match(image, text, home, model, as_json):
+def match(image, text, home, catalog, model, as_json):
     """Image-text consistency: the cosine between IMAGE and TEXT (low = mismatch).
 
     IMAGE is a file, or id:N for the catalogued image with id N.
@@ -378,7 +388,7 @@ def match(image, text, home, model, as_json):
 
         searchengine match ~/Pictures/x.jpg "a red car"
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         score = engine.match(image, text, model=model)
         model_id = engine.model_id_of(model)
     if as_json:
@@ -406,16 +416,17 @@ def _space_row(space) -> list:
 
 @click.command()
 @home_option
+@catalog_option
 @json_option
 @handle_errors
-def status(home, as_json):
+def status(home, catalog, as_json):
     """Counts, models, index kinds, text sets, and skipped files with the reason.
 
     Example:
 
         searchengine status --json
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         report = engine.status()
     if as_json:
         echo_json(report.as_dict())
@@ -438,10 +449,11 @@ def status(home, as_json):
 
 @click.command()
 @home_option
+@catalog_option
 @click.option("--repair", is_flag=True, help="Rebuild every index that disagrees with the catalog.")
 @json_option
 @handle_errors
-def check(home, repair, as_json):
+def check(home, catalog, repair, as_json):
     """Check that the catalog and the vector indexes agree, or say where not.
 
     Exits 1 when they disagree (after --repair: when repair failed).
@@ -450,7 +462,7 @@ def check(home, repair, as_json):
 
         searchengine check --repair
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         report = engine.check(repair=repair, progress=show_progress(as_json))
     if as_json:
         echo_json(
@@ -480,16 +492,17 @@ def check(home, repair, as_json):
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @home_option
+@catalog_option
 @json_option
 @handle_errors
-def remove(paths, home, as_json):
+def remove(paths, home, catalog, as_json):
     """Forget files or folders (their catalog rows and vectors); files on disk are untouched.
 
     Example:
 
         searchengine remove ~/Pictures/old
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         removed = engine.remove(list(paths))
     if as_json:
         echo_json({"removed": removed})
@@ -500,16 +513,17 @@ def remove(paths, home, as_json):
 @click.command("use-model")
 @click.argument("spec")
 @home_option
+@catalog_option
 @click.option("--force", is_flag=True, help="Switch even if the model has not indexed every image.")
 @handle_errors
-def use_model(spec, home, force):
+def use_model(spec, home, catalog, force):
     """Make SPEC the home's default model (once it has indexed every image).
 
     Example:
 
         searchengine use-model ViT-B-32/runs/products/best.pt
     """
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         click.echo(f"default model: {engine.use_model(spec, force=force)}")
 
 

@@ -38,6 +38,22 @@ def home_option(function: Callable) -> Callable:
     )(function)
 
 
+def catalog_option(function: Callable) -> Callable:
+    """`--catalog URL` (or SEARCHENGINE_CATALOG) of every command that opens a home: the
+    `catalog_url` of `Engine.open`."""
+    return click.option(
+        "--catalog",
+        "catalog",
+        envvar="SEARCHENGINE_CATALOG",
+        default=None,
+        metavar="URL",
+        show_envvar=True,
+        help="Keep the catalog in this database instead of HOME/catalog.sqlite, e.g. "
+        "postgresql+psycopg://USER@HOST/DB (pip install 'searchengine[postgres]'); the index "
+        "files stay in HOME.",
+    )(function)
+
+
 def model_option(function: Callable) -> Callable:
     return click.option(
         "--model",

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import click
 
-from searchengine.cli.options import handle_errors, home_option, model_option
+from searchengine.cli.options import (
+    catalog_option,
+    handle_errors,
+    home_option,
+    model_option,
+)
 
 
 @click.command()
 @home_option
+@catalog_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback needs --token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
@@ -19,7 +25,7 @@ from searchengine.cli.options import handle_errors, home_option, model_option
               help="Secret every API request must carry (at least 16 characters); required when "
               "--host is not loopback. Prefer the environment variable (not in `ps`).")
 @handle_errors
-def serve(home, host, port, model, token):
+def serve(home, catalog, host, port, model, token):
     """Serve a web page and a JSON API to search a home (model loaded once).
 
     The API is described at /openapi.json; see docs/serve.md.
@@ -34,7 +40,7 @@ def serve(home, host, port, model, token):
     from searchengine.server.runner import run, settings_for
 
     settings = settings_for(host, token=token, model=model)
-    with Engine.open(home, create=False) as engine:
+    with Engine.open(home, create=False, catalog_url=catalog) as engine:
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"loading {engine.model_id_of(model)} and serving {engine.home} on "
                    f"http://{shown}:{port}/ (Ctrl-C stops)", err=True)

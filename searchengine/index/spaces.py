@@ -158,8 +158,9 @@ class VectorSpace:
         self._stale = False
         self._unsaved = True
 
-    def _expected(self, kind: str | None = None) -> Manifest:
-        """The identity an index file must have; `kind`: the kind built (auto: the file's)."""
+    def _expected(self, kind: str | None = None, *, saving: bool = False) -> Manifest:
+        """The identity an index file must have; `kind`: the kind built (auto: the file's).
+        `saving`: for a file about to be written (the catalog's id is made if it has none)."""
         if kind is None and self.kind == "auto":
             kind = "flat"
             with contextlib.suppress(IndexMismatchError):
@@ -171,6 +172,21 @@ class VectorSpace:
             dim=self.model.dim,
             count=0,
             catalog_revision=head_revision(),
+            catalog_id=self.catalog.identity(create=saving),
+        )
+
+    def _foreign_catalog(self, manifest: Manifest) -> str | None:
+        """Why the file was built from another catalog than this space's (a sentence), or None.
+        A file from before index files named their catalog is taken as the home's own only when
+        the catalog is the home's SQLite file, which it was then built from."""
+        current = self.catalog.identity()
+        if manifest.catalog_id == current:
+            return None
+        if manifest.catalog_id is None and self.catalog.home is not None:
+            return None
+        return (
+            f"it was built from another catalog (id {manifest.catalog_id or 'not recorded'}) "
+            f"than {self.catalog.shown_url} (id {current or 'none yet'})"
         )
 
     def _load(self) -> VectorIndex:
@@ -194,6 +210,9 @@ class VectorSpace:
             if manifest.catalog_revision != head_revision():  # e.g. the vectors' stored form
                 raise _Outdated(f"the catalog moved from schema revision "
                                 f"{manifest.catalog_revision} to {head_revision()}")
+            foreign = self._foreign_catalog(manifest)
+            if foreign is not None:  # the same ids may name other photos there
+                raise IndexMismatchError(foreign)
             index = VectorIndex.load(self.path, self._expected(manifest.kind))
             self._unsaved = self._sync(index)
         except _Outdated as change:  # after an upgrade: every reader pays until a writer saves
@@ -344,10 +363,10 @@ class VectorSpace:
     def save(self, index: VectorIndex | None = None) -> None:
         """Write the in-memory index (or `index`) and its manifest atomically."""
         if index is None or index is self._index:
-            self.index.save(self.path, self._expected(self.index.kind))
+            self.index.save(self.path, self._expected(self.index.kind, saving=True))
             self._unsaved = False
         else:
-            index.save(self.path, self._expected(index.kind))
+            index.save(self.path, self._expected(index.kind, saving=True))
         self._identity = self._manifest_identity()
         if self._clears_marker:
             self._marker().unlink(missing_ok=True)
@@ -456,7 +475,7 @@ class VectorSpace:
             size = self.path.stat().st_size
         except (IndexMismatchError, FileNotFoundError):
             return False
-        if self.interrupted():
+        if self.interrupted() or self._foreign_catalog(manifest) is not None:
             return False
         expected = self._expected()
         if not self._accepts(manifest.kind) or (manifest.catalog_revision, manifest.dim) != (
@@ -486,6 +505,9 @@ class VectorSpace:
         problem = None
         index_ids = np.zeros(0, dtype=np.int64)
         try:
+            foreign = self._foreign_catalog(read_manifest(self.path))
+            if foreign is not None:
+                raise IndexMismatchError(f"{self.path.name}: {foreign}")
             on_disk = VectorIndex.load(self.path, self._expected())
             index_ids = on_disk.ids()
         except IndexMismatchError as error:

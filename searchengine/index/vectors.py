@@ -70,6 +70,9 @@ class Manifest:
     tuned_count: int = 0  # vectors held when the parameters were tuned
     build_seconds: float | None = None  # train + add + tune, when last built
     memory_bytes: int = 0  # bytes of the index as written (what loading it holds)
+    # `Catalog.identity` of the catalog the vectors came from (None: written before files named
+    # their catalog); an index is read only against that catalog
+    catalog_id: str | None = None
 
 
 class VectorIndex:
