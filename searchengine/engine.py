@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def _image_terms(images: Sequence[ImageQuery] | ImageQuery | None) -> list[Image
         return []
     if isinstance(images, (list, tuple)):
         return list(images)
-    return [images]
+    return [cast(ImageQuery, images)]  # a str or bytes is one image, not a sequence of them
 
 
 def _writes(command: str, *, only_if: str | None = None) -> Callable:
