@@ -14,9 +14,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from searchengine.models import (
     parse_model_spec,
 )
 from searchengine.paths import catalog_path
+from searchengine.query.arithmetic import check_weights, combine, parse_query
 from searchengine.query.hits import check_query_text, image_hits, text_hits
 from searchengine.query.images import embed_pil, stored_vector, unchanged_file_vector
 from searchengine.query.inputs import (
@@ -77,6 +79,15 @@ from searchengine.texts import clean_texts, read_texts
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
 MAX_LABELS = 1_000  # classify: each label costs one text encoding per prompt template
+
+
+def _image_terms(images: Sequence[ImageQuery] | ImageQuery | None) -> list[ImageQuery]:
+    """`like` / `unlike` as a list: None is none, one image (a path, an id, ...) a list of one."""
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [cast(ImageQuery, images)]  # a str or bytes is one image, not a sequence of them
 
 
 def _writes(command: str, *, only_if: str | None = None) -> Callable:
@@ -537,14 +548,53 @@ class Engine:
     # -- queries --------------------------------------------------------------------------
 
     def search(
-        self, query: str, *, k: int = 10, model: str | None = None, offset: int = 0
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        model: str | None = None,
+        offset: int = 0,
+        like: Sequence[ImageQuery] = (),
+        unlike: Sequence[ImageQuery] = (),
     ) -> SearchResult:
-        """Text -> image: the `k` images closest to the sentence, best first (from `offset`)."""
-        query = check_query_text(query)
+        """Text -> image: the `k` images closest to the sentence, best first (from `offset`).
+
+        The sentence may be query arithmetic ("beach +sunset -0.5:people", see
+        `query.arithmetic`), and images may join it as terms of weight +1 (`like`) or -1
+        (`unlike`), each as `image_vector` takes it; `query_vector` makes the vector."""
         space = self.space(model, "image")
-        vector = self.encoder(model).encode_texts([query])  # (1, d)
+        vector = self.query_vector(query, model=model, like=like, unlike=unlike)
         hits = image_hits(self.catalog, space, vector, k, offset)
-        return SearchResult(query, space.model.spec, hits)
+        return SearchResult(query.strip(), space.model.spec, hits)
+
+    def query_vector(
+        self,
+        query: str,
+        *,
+        model: str | None = None,
+        like: Sequence[ImageQuery] = (),
+        unlike: Sequence[ImageQuery] = (),
+    ) -> np.ndarray:
+        """(1, d) float32 unit vector `search` looks for: the normalised weighted sum of the
+        query's phrase vectors (all encoded in one `encode_texts` call) and the `like` (+1) and
+        `unlike` (-1) images' vectors. A plain sentence without images is the encoder's own row
+        for it, unchanged. InvalidInputError for a blank query without images, an empty term, a
+        bad weight, only zero weights, or terms that cancel out."""
+        like, unlike = _image_terms(like), _image_terms(unlike)
+        if not isinstance(query, str) or (not query.strip() and not like and not unlike):
+            check_query_text(query)  # the usual message for a blank query
+        terms = parse_query(query)
+        check_weights([term.weight for term in terms] + [1.0] * len(like) + [-1.0] * len(unlike))
+        terms = [term for term in terms if term.weight != 0]
+        phrases = list(dict.fromkeys(term.text for term in terms))  # each phrase encoded once
+        rows: list[np.ndarray] = []  # (d,) float32 unit rows
+        if phrases:
+            encoded = self.encoder(model).encode_texts(phrases)  # (p, d)
+            rows += [encoded[phrases.index(term.text)] for term in terms]
+        for image in [*like, *unlike]:
+            rows.append(self.image_vector(image, model=model)[0][0])
+        weights = [term.weight for term in terms] + [1.0] * len(like) + [-1.0] * len(unlike)
+        return combine(np.stack(rows), weights)
 
     def similar(
         self, image: ImageQuery, *, k: int = 10, model: str | None = None, offset: int = 0

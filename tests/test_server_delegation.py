@@ -99,6 +99,25 @@ def test_similar_of_an_id_through_serve_prints_what_a_local_one_prints(serving, 
     compare(json.loads(asked.stdout), json.loads(local.stdout))
 
 
+def test_query_arithmetic_and_like_ids_through_serve(serving, cli_run):
+    home, record, _ = serving
+    args = ["search", "a photo of a dog +2:red shapes -something green", "--home", home,
+            "-k", 4, "--like", "id:2", "--unlike", "id:3", "--json"]
+    asked = cli_run(*args)
+    local = cli_run(*args, "--no-serve")
+    assert f"answered by the serve at {record.url}" in asked.stderr
+    compare(json.loads(asked.stdout), json.loads(local.stdout))
+
+
+def test_a_like_file_is_searched_here(serving, cli_run, photo_folder):
+    home, record, _ = serving
+    result = cli_run("search", "a dog", "--home", home, "--like", photo_folder / "photo_0.jpg",
+                     "--json")
+    assert "the serve cannot read; searching here" in result.stderr
+    assert "answered by" not in result.stderr
+    assert json.loads(result.stdout)["hits"]
+
+
 def test_another_model_is_searched_here(serving, cli_run):
     home, record, _ = serving
     result = cli_run("search", "a dog", "--home", home, "--model", TINY_MODEL, "--json")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from searchengine.cli.options import (
+    ImageArgument,
     catalog_option,
     echo_json,
     echo_line,
@@ -225,26 +226,41 @@ def _ray_settings(address, num_gpus, concurrency, ship_bytes):
 @k_option
 @offset_option
 @json_option
+@click.option("--like", "like", multiple=True, type=ImageArgument(), metavar="IMAGE",
+              help="An image (file or id:N) the photos should look like: a term of weight +1 "
+              "added to the query (repeatable; QUERY may then be \"\").")
+@click.option("--unlike", "unlike", multiple=True, type=ImageArgument(), metavar="IMAGE",
+              help="An image (file or id:N) the photos should not look like: a term of weight "
+              "-1 (repeatable).")
 @click.option("--no-serve", is_flag=True,
               help="Search here even when a `searchengine serve` runs on the home (it answers "
               "otherwise, in a fraction of the time: no model to load).")
 @handle_errors
-def search(query, home, catalog, model, k, offset, as_json, no_serve):
+def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_serve):
     """Find the photos that best match a sentence (text -> image).
+
+    QUERY may add and subtract phrases: "beach +sunset -people" searches for the normalised
+    sum beach + sunset - people; a weight goes between the sign and the phrase with a colon
+    ("beach +2:sunset -0.5:people"). A + or - counts only after a space: "a t-shirt" and
+    "+1 phone" are searched as typed.
 
     When `searchengine serve` runs on the home, it answers (stderr says so).
 
     Example:
 
         searchengine search "a dog on the beach" -k 10
+
+        searchengine search "beach +sunset -people" --unlike id:42
     """
     from searchengine.cli.via_serve import search_through_serve
 
     if not no_serve and search_through_serve(home, query, model=model, k=k, offset=offset,
-                                             as_json=as_json):
+                                             as_json=as_json, like=like, unlike=unlike):
         return
     with _engine(home, catalog) as engine:
-        _print_result(engine.search(query, k=k, model=model, offset=offset), as_json)
+        result = engine.search(query, k=k, model=model, offset=offset, like=list(like),
+                               unlike=list(unlike))
+        _print_result(result, as_json)
 
 
 @click.command()

@@ -22,10 +22,22 @@ TIMEOUT_SECONDS = 10.0  # a server answering slower than this is treated as not 
 
 
 def search_through_serve(home: Path, query: str, *, model: str | None, k: int, offset: int,
-                         as_json: bool) -> bool:
+                         as_json: bool, like: tuple = (), unlike: tuple = ()) -> bool:
     """Ask the `serve` running on `home` for a text search and print its answer as `search`
-    does; False (nothing printed on stdout) when no such server can answer it."""
-    return _through_serve(home, "/api/search", {"q": query}, model=model, k=k, offset=offset,
+    does; False (nothing printed on stdout) when no such server can answer it. `like` and
+    `unlike` (ints: catalog ids; else files) travel as ids; a file among them is searched
+    here (the API takes indexed photos only)."""
+    if not all(isinstance(image, int) for image in (*like, *unlike)):
+        if read_record(Path(home)) is not None:
+            _note("--like/--unlike name a file, which the serve cannot read; searching here "
+                  "(id:N is sent to it)")
+        return False
+    params: dict = {"q": query}
+    if like:
+        params["like"] = list(like)
+    if unlike:
+        params["unlike"] = list(unlike)
+    return _through_serve(home, "/api/search", params, model=model, k=k, offset=offset,
                           as_json=as_json)
 
 
@@ -78,7 +90,8 @@ def _ask(record: ServeRecord, path: str, params: dict) -> dict | None:
                   "searching here")
             return None
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(f"{record.url}{path}?{urlencode(params)}", headers=headers)
+    query = urlencode(params, doseq=True)  # like=[3, 5]: like=3&like=5
+    request = urllib.request.Request(f"{record.url}{path}?{query}", headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
     try:
         with opener.open(request, timeout=TIMEOUT_SECONDS) as response:

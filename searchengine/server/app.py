@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from searchengine.engine import Engine
+from searchengine.query.arithmetic import has_arithmetic
 from searchengine.server import schemas
 from searchengine.server.errors import ApiError, install_error_handlers
 from searchengine.server.guard import Guard
@@ -45,6 +46,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 ERRORS[422] = {"model": schemas.Unprocessable}  # replaces FastAPI's (list-valued `detail`)
 MAX_ID = 2**63 - 1  # catalog ids are SQLite INTEGERs (64-bit signed)
+MAX_IMAGE_TERMS = 32  # like + unlike ids of one search (each a catalog read)
 
 
 def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAPI:
@@ -211,13 +213,31 @@ def open_session(body: schemas.TokenBody, service: Service, response: Response) 
          tags=["search"])
 async def search(
     request: Request, response: Response, service: Service, page: Paged,
-    q: Annotated[str, Query(description="The sentence to search for.")],
+    q: Annotated[str, Query(description="The sentence to search for. Query arithmetic: "
+                            "`beach +sunset -people` searches for the normalised sum of the "
+                            "phrases' vectors, with weights as `+2:sunset` or `-0.5:people`; "
+                            "a + or - counts only after a space (`a t-shirt` is one phrase). "
+                            "May be empty when `like` is given.")],
+    like: Annotated[list[int] | None, Query(description="Catalog id of an indexed photo the "
+                                            "hits should look like: a term of weight +1 "
+                                            "(repeatable: like=3&like=5).")] = None,
+    unlike: Annotated[list[int] | None, Query(description="Catalog id of an indexed photo the "
+                                              "hits should not look like: a term of weight -1 "
+                                              "(repeatable).")] = None,
     exact_scores: Annotated[bool, Query(description="Scores at full float32 precision instead "
                                                     "of rounded to 6 decimals.")] = False,
 ) -> dict:
     """Text -> image; the same JSON as `searchengine search --json`."""
     _check_length(q, service.settings.max_query_chars, "q")
-    result = await service.lanes.fast(service.search, q, limit=page.limit, offset=page.offset)
+    images = (tuple(like or ()), tuple(unlike or ()))
+    if len(images[0]) + len(images[1]) > MAX_IMAGE_TERMS:
+        raise ApiError(400, f"at most {MAX_IMAGE_TERMS} like and unlike images together")
+    for media_id in (*images[0], *images[1]):
+        if not 0 < media_id <= MAX_ID:
+            raise ApiError(404, f"no catalogued image with id {media_id}")
+    lane = service.lanes.slow if any(images) or has_arithmetic(q) else service.lanes.fast
+    result = await lane(service.search, q, limit=page.limit, offset=page.offset,
+                        like=images[0], unlike=images[1])
     answer = _paged(request, response, result, page)
     if exact_scores:  # the CLI answering through `serve` rounds them itself, as it does locally
         for shown, hit in zip(answer["hits"], result.hits, strict=True):

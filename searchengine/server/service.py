@@ -24,6 +24,7 @@ from searchengine.engine import Classification, Engine, SearchResult
 from searchengine.errors import NotIndexedError
 from searchengine.index.spaces import VectorSpace
 from searchengine.paths import display_path, path_fields
+from searchengine.query.arithmetic import has_arithmetic
 from searchengine.query.hits import check_query_text, image_hits
 from searchengine.query.images import stored_vector
 from searchengine.query.inputs import check_media_id
@@ -82,14 +83,29 @@ class SearchService:
 
     # -- searches ----------------------------------------------------------------------
 
-    def search(self, query: str, *, limit: int, offset: int) -> SearchResult:
-        """As `Engine.search`, the sentence encoded in a batch with other requests'."""
+    def search(self, query: str, *, limit: int, offset: int, like: tuple[int, ...] = (),
+               unlike: tuple[int, ...] = ()) -> SearchResult:
+        """As `Engine.search`, the sentence encoded in a batch with other requests'. Query
+        arithmetic, or indexed photos as terms (`like`, `unlike`: catalog ids), go to the
+        engine (`search_terms`)."""
+        if like or unlike or has_arithmetic(query):
+            return self.search_terms(query, limit=limit, offset=offset, like=like, unlike=unlike)
         query = check_query_text(query)
         model = self.model
         space = self._space(model, "image")
         vector = self.batcher.encode(model, query)  # (1, d)
         hits = image_hits(self.engine.catalog, space, vector, limit, offset)
         return SearchResult(query, space.model.spec, hits)
+
+    def search_terms(self, query: str, *, limit: int, offset: int, like: tuple[int, ...] = (),
+                     unlike: tuple[int, ...] = ()) -> SearchResult:
+        """As `Engine.search` with query arithmetic: the phrases in one model call (behind the
+        gate, as slow work) and the stored vectors of the `like` and `unlike` ids."""
+        for media_id in (*like, *unlike):
+            self.require_media(media_id)
+        model = self._prepare("image")
+        return self.engine.search(query, k=limit, model=model, offset=offset, like=list(like),
+                                  unlike=list(unlike))
 
     def search_upload(self, upload: Upload, *, limit: int, offset: int) -> SearchResult:
         model = self._prepare("image")
