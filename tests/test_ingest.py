@@ -511,7 +511,8 @@ def test_decode_workers_run_at_the_chosen_priority(priority):
 @needs_sched_idle
 def test_starved_idle_workers_restart_at_normal_priority_where_they_stopped(caplog):
     """Idle workers deliver files 0-3, then get no CPU: the rest comes from normal workers,
-    every file once and in order."""
+    every file once and in order. (On a host whose other processes keep both cores busy, the
+    idle workers may be starved from the first file: the switch then comes earlier, never back.)"""
     from searchengine.ingest.local import decoded_batches
     from searchengine.settings import IngestSettings
 
@@ -521,7 +522,11 @@ def test_starved_idle_workers_restart_at_normal_priority_where_they_stopped(capl
         batches = list(decoded_batches(dataset, settings))
     assert [len(batch) for batch in batches] == [4, 4, 2]
     items = [item for batch in batches for item in batch]
-    assert items == [(i, os.SCHED_IDLE if i < 4 else os.SCHED_OTHER) for i in range(10)]
+    assert [i for i, _ in items] == list(range(10))
+    policies = [policy for _, policy in items]
+    switch = policies.index(os.SCHED_OTHER)  # the first file a normal worker decoded
+    assert switch <= 4 and set(policies[:switch]) <= {os.SCHED_IDLE}
+    assert set(policies[switch:]) == {os.SCHED_OTHER}
     assert "restarting them at normal priority" in caplog.text
 
 

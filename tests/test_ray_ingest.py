@@ -229,11 +229,15 @@ def test_a_killed_embed_actor_is_restarted_and_every_file_is_indexed(open_engine
 
     def killer() -> None:
         while not done.is_set() and not killed:
-            seen.update(pids_titled(b"EmbedStage"))
+            live = pids_titled(b"EmbedStage")
+            seen.update(live)
             decoders.update(pids_titled(b"decode_rows"))
-            if seen and committed(home) >= 8:
-                victim = min(seen)
-                os.kill(victim, signal.SIGKILL)
+            if live and committed(home) >= 8:
+                victim = min(live)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:  # it ended between the listing and the kill
+                    continue
                 killed.append(victim)
             time.sleep(0.02)
         while not done.is_set():  # watch for the restarted actor
