@@ -1,11 +1,11 @@
 """Groups of nearly identical vectors: the connected components of the pairs whose inner
 product reaches a threshold, found through the index's own k-NN search (never all pairs).
 
-Every stored vector is a query, streamed in batches. A row whose k-th neighbour still reaches
-the threshold may have more: it is searched again with k four times larger (down to its last
-neighbour or the whole index), in sub-batches of at most PAIR_BUDGET (query, neighbour) slots,
-so memory stays that of a batch. Each batch's pairs are merged at once into a union-find over
-the ids' positions (`Components`, NumPy only), so no list of pairs is ever kept.
+Every stored vector is a query, streamed in batches, for its FIRST_K nearest neighbours. A row
+whose k-th neighbour still reaches the threshold may have more: it is searched again among the
+ids outside its component only (`near_components`), in sub-batches of at most PAIR_BUDGET
+(query, neighbour) slots, so memory stays that of a batch. Pairs are merged at once into a
+union-find over the ids' positions (`Components`, NumPy only), so no list of pairs is kept.
 
 A candidate pair is confirmed on the stored vectors themselves: its cosine is computed in float64
 (the same number the report shows) from the query and the neighbour's vector (the index's own
@@ -14,8 +14,9 @@ candidates by code are also re-scored with them first: `index.search.rescore`).
 An approximate kind (hnsw, ivf) finds what its tuned search finds; a pair it misses is still
 grouped when its two photos connect through others.
 
-Cost: about n queries of the index at k = FIRST_K, plus the widened rows. A low threshold
-(every photo near many) widens towards k = n, which is all pairs: that is what it asks for.
+Cost: about n queries of the index at k = FIRST_K, plus the rows searched again (filtered to
+the ids outside their component: a dense region costs about its rows times what lies outside
+it). A very low threshold still approaches all pairs (every photo near many components).
 """
 
 # faiss' short names (D scores, I ids, xq queries) are the house style in vector code.
@@ -92,24 +93,50 @@ def near_components(
     vectors_of: VectorsOf | None = None,
     components: Components | None = None,
 ) -> Components:
-    """The components of `ids` joined by pairs of inner product >= `threshold`.
+    """The components of `ids` joined by pairs of cosine >= `threshold`.
 
     `ids`: (n,) int64 ascending, the ids to group (positions in the result are indexes into
     it); `batches`: the queries, ((b,) int64 ids, (b, d) float32 vectors) as the catalog streams
     them; `index`: searched for each query's neighbours (ids it holds outside `ids` are
-    ignored); `vectors_of`: the durable vectors, read to re-score a compressed kind's
-    candidates. `components`: merged into (e.g. holding exact copies already), else new.
+    ignored); `vectors_of`: the durable vectors, read for a compressed kind. `components`:
+    merged into (e.g. holding exact copies already), else new.
+
+    A row whose last neighbour may still reach the threshold is searched again among the ids
+    outside its component only (neighbours inside it join nothing new), with k growing by WIDEN
+    a round, until its last neighbour there falls below the threshold: exact for flat, and in a
+    dense region (a long burst) the search shrinks as the component grows instead of widening
+    towards all pairs.
     """
     ids = np.asarray(ids, dtype=np.int64)
     found = components if components is not None else Components(len(ids))
+    pending_rows, pending_xq = [], []
     for query_ids, xq in batches:
         rows = _positions(ids, query_ids)
-        keep = rows >= 0
-        _join_neighbours(index, xq[keep], rows[keep], ids, threshold, vectors_of, found)
+        xq, rows = xq[rows >= 0], rows[rows >= 0]
+        full = _search_and_merge(index, xq, rows, ids, threshold, vectors_of, found, FIRST_K)
+        pending_rows.append(rows[full])
+        pending_xq.append(xq[full])
+    rows = np.concatenate(pending_rows) if pending_rows else np.zeros(0, dtype=np.int64)
+    xq = np.concatenate(pending_xq) if pending_xq else np.zeros((0, index.dim), np.float32)
+    k = FIRST_K
+    while len(rows):
+        labels = found.labels[rows]
+        still = []
+        for label in np.unique(labels):
+            mine = np.flatnonzero(labels == label)
+            outside = ids[found.labels != label]  # (a,) int64 ascending
+            if len(outside):
+                full = _search_and_merge(
+                    index, xq[mine], rows[mine], ids, threshold, vectors_of, found, k, outside
+                )
+                still.append(mine[full])
+        keep = np.concatenate(still) if still else np.zeros(0, dtype=np.int64)
+        rows, xq = rows[keep], xq[keep]
+        k = min(k * WIDEN, max(index.count, 1))
     return found
 
 
-def _join_neighbours(
+def _search_and_merge(
     index: VectorIndex,
     xq: np.ndarray,
     rows: np.ndarray,
@@ -117,26 +144,22 @@ def _join_neighbours(
     threshold: float,
     vectors_of: VectorsOf | None,
     found: Components,
-) -> None:
-    """Search (b, d) float32 queries at positions `rows`, merging every pair whose cosine
-    reaches `threshold`; rows whose last neighbour may still reach it are searched again,
-    wider."""
-    k = min(FIRST_K, max(index.count, 1))
-    reach = threshold - SLACK
-    while len(rows):
-        step = max(1, PAIR_BUDGET // k)
-        wider = []
-        for start in range(0, len(rows), step):
-            part = slice(start, start + step)
-            D, I = index.search(xq[part], k, vectors_of=vectors_of)
-            _merge(index, xq[part], D, I, rows[part], ids, threshold, vectors_of, found)
-            if D.shape[1] == k and k < index.count:
-                wider.append(start + np.flatnonzero(D[:, -1] >= reach))
-        if not wider or k >= index.count:
-            return
-        again = np.concatenate(wider)
-        xq, rows = xq[again], rows[again]
-        k = min(k * WIDEN, index.count)
+    k: int,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Search (b, d) float32 queries at positions `rows` for their top k (among `allowed` ids
+    when given), merging every pair whose cosine reaches `threshold`; returns (b,) bool: the rows
+    whose k-th neighbour may still reach it (more may lie beyond)."""
+    k = min(k, max(index.count, 1))
+    full = np.zeros(len(rows), dtype=bool)
+    step = max(1, PAIR_BUDGET // k)
+    for start in range(0, len(rows), step):
+        part = slice(start, start + step)
+        D, I = index.search(xq[part], k, allowed_ids=allowed, vectors_of=vectors_of)
+        _merge(index, xq[part], D, I, rows[part], ids, threshold, vectors_of, found)
+        if D.shape[1] == k and k < index.count:
+            full[part] = (I[:, -1] >= 0) & np.greater_equal(D[:, -1], threshold - SLACK)
+    return full
 
 
 def _merge(
@@ -151,12 +174,14 @@ def _merge(
     found: Components,
 ) -> None:
     """Merge the pairs (row, neighbour) of (b, k) scores D and ids I whose cosine, computed in
-    float64 from the stored vectors, reaches `threshold` (candidates: D >= threshold - SLACK)."""
+    float64 from the stored vectors, reaches `threshold` (candidates: D >= threshold - SLACK;
+    pairs already in one component are not looked at)."""
     hit = (I >= 0) & np.greater_equal(D, threshold - SLACK)
     query_rows, slots = np.nonzero(hit)
     neighbour_ids = I[query_rows, slots]
     neighbours = _positions(ids, neighbour_ids)
-    keep = (neighbours >= 0) & (neighbours != rows[query_rows])
+    keep = neighbours >= 0
+    keep[keep] = found.labels[neighbours[keep]] != found.labels[rows[query_rows[keep]]]
     query_rows, neighbour_ids, neighbours = query_rows[keep], neighbour_ids[keep], neighbours[keep]
     for start in range(0, len(query_rows), CONFIRM_CHUNK):
         part = slice(start, start + CONFIRM_CHUNK)
