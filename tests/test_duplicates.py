@@ -261,3 +261,15 @@ def test_components_merge_like_a_plain_walk():
     near[u, v] = near[v, u] = True
     found = [g.tolist() for g in merged.groups()]
     assert sorted(found) == sorted(map(sorted, walk(near)))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-pq"])
+def test_rounds_that_widen_k_instead_of_filtering_find_the_same_groups(
+    tmp_path, kind, monkeypatch
+):
+    """With many components pending, a round widens k for every row instead of one filtered
+    search a component: forced here for every round, the groups are still the reference's."""
+    from searchengine.index import components
+
+    monkeypatch.setattr(components, "FILTERED_COMPONENTS", 0)
+    test_every_kind_finds_the_groups_of_the_all_pairs_reference(tmp_path, kind)

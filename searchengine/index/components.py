@@ -31,6 +31,7 @@ import numpy as np
 from searchengine.index.vectors import VectorIndex
 
 FIRST_K = 16  # neighbours a query asks for first (self included)
+FILTERED_COMPONENTS = 64  # pending components above which a round widens k instead of filtering
 WIDEN = 4  # the factor k grows by for rows whose k-th neighbour still reaches the threshold
 PAIR_BUDGET = 1 << 22  # (query, neighbour) slots searched at once: 4M, ~48 MB of D and I
 CONFIRM_CHUNK = 1 << 14  # candidate pairs whose cosine is computed at once (16k x d float64)
@@ -121,6 +122,13 @@ def near_components(
     k = FIRST_K
     while len(rows):
         labels = found.labels[rows]
+        if len(np.unique(labels)) > FILTERED_COMPONENTS:
+            # many components: one filter each would cost O(n) apiece; widen k for all instead
+            # (their merges leave fewer components for the next round)
+            k = min(k * WIDEN, max(index.count, 1))
+            full = _search_and_merge(index, xq, rows, ids, threshold, vectors_of, found, k)
+            rows, xq = rows[full], xq[full]
+            continue
         still = []
         for label in np.unique(labels):
             mine = np.flatnonzero(labels == label)
