@@ -47,6 +47,12 @@ from searchengine.models import (
 )
 from searchengine.paths import catalog_path
 from searchengine.query.arithmetic import check_weights, combine, parse_query
+from searchengine.query.duplicates import (
+    DEFAULT_THRESHOLD,
+    DuplicateReport,
+    check_threshold,
+    duplicate_groups,
+)
 from searchengine.query.hits import check_query_text, image_hits, text_hits
 from searchengine.query.images import embed_pil, stored_vector, unchanged_file_vector
 from searchengine.query.inputs import (
@@ -606,6 +612,16 @@ class Engine:
         hits = image_hits(self.catalog, space, vector, k, offset)
         return SearchResult(label, space.model.spec, hits)
 
+    def duplicates(
+        self, *, threshold: float = DEFAULT_THRESHOLD, model: str | None = None
+    ) -> DuplicateReport:
+        """Groups of near-duplicate photos (burst shots, resized or re-encoded copies): the
+        connected components of the photo pairs whose stored vectors have cosine >= `threshold`
+        (in [-1, 1]), found through the image index's k-NN search; exact copies (same content
+        hash) are one group whatever their vectors. Reads only."""
+        check_threshold(threshold)
+        return duplicate_groups(self.space(model, "image"), threshold)
+
     def lookup(
         self,
         image: ImageQuery,
@@ -852,6 +868,7 @@ __all__ = [
     "AddTextsReport",
     "CheckReport",
     "Classification",
+    "DuplicateReport",
     "Engine",
     "LabelScore",
     "SearchHit",

@@ -38,6 +38,9 @@ BENCH_TEXT_SET_PREFIX = "bench-"
 DECODE_PRIORITIES = ("idle", "normal")
 """Values of `IngestSettings.decode_priority` (and `index --decode-priority`)."""
 
+DUPLICATE_THRESHOLD = 0.95
+"""The cosine from which `duplicates` counts two photos as near-copies (`Engine.duplicates`)."""
+
 
 @dataclass(frozen=True)
 class IngestSettings:

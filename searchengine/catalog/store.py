@@ -286,6 +286,26 @@ class Catalog:
                 )
             )
 
+    def same_content(self, model_id: int) -> list[list[int]]:
+        """Exact copies: the ids of media that share a content hash and have a vector of
+        `model_id`, one ascending list per hash held by two or more, ordered by first id."""
+        held = (
+            select(Media.content_hash, Media.id)
+            .join(ImageEmbedding, ImageEmbedding.media_id == Media.id)
+            .where(ImageEmbedding.model_id == model_id)
+        )
+        shared = (
+            held.with_only_columns(Media.content_hash)
+            .group_by(Media.content_hash)
+            .having(func.count() > 1)
+        )
+        groups: dict[str, list[int]] = {}
+        with self.session() as session:
+            rows = session.execute(held.where(Media.content_hash.in_(shared)).order_by(Media.id))
+            for content_hash, media_id in rows:
+                groups.setdefault(content_hash, []).append(int(media_id))
+        return list(groups.values())
+
     def write_images(
         self, model_id: int, images: Sequence[NewImage], vectors: np.ndarray, skips: Sequence[Skip]
     ) -> WriteResult:
