@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from searchengine.cli.options import (
+    catalog_option,
     echo_json,
     echo_line,
     handle_errors,
@@ -17,15 +18,10 @@ from searchengine.cli.options import (
 )
 
 
-def _engine(home: Path, *, create: bool = False):
-    from searchengine.engine import Engine
-
-    return Engine.open(home, create=create)
-
-
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @home_option
+@catalog_option
 @model_option
 @click.option("--texts", "text_set", default=None, metavar="SET",
               help="Export this text set (text_emb/ with `caption`) instead of the photos.")
@@ -38,7 +34,7 @@ def _engine(home: Path, *, create: bool = False):
               help="Replace OUT when it is not empty (once the new folder is complete).")
 @json_option
 @handle_errors
-def export(out, home, model, text_set, shard_size, dtype, force, as_json):
+def export(out, home, catalog, model, text_set, shard_size, dtype, force, as_json):
     """Write the vectors as clip-retrieval does: OUT/img_emb/, OUT/metadata/.
 
     autofaiss, clip-retrieval and embedding-reader read the folder as it is. It is written
@@ -50,7 +46,9 @@ def export(out, home, model, text_set, shard_size, dtype, force, as_json):
 
         searchengine export caption-embeddings/ --texts captions
     """
-    with _engine(home) as engine:
+    from searchengine.cli.collection import _engine
+
+    with _engine(home, catalog) as engine:
         report = engine.export_embeddings(
             out, model=model, text_set=text_set, shard_size=shard_size, dtype=dtype, force=force,
             progress=show_progress(as_json),
@@ -68,6 +66,7 @@ def export(out, home, model, text_set, shard_size, dtype, force, as_json):
 @click.command("import")
 @click.argument("folder", type=click.Path(path_type=Path))
 @home_option
+@catalog_option
 @click.option("--model", "model", required=True, metavar="SPEC",
               help="The model that made the vectors (ARCH/PRETRAINED, ARCH/path/to/checkpoint.pt, "
               "ARCH/random); its dimension must match.")
@@ -81,7 +80,7 @@ def export(out, home, model, text_set, shard_size, dtype, force, as_json):
               "flat, hnsw, ivf, ivf-sq8 or ivf-pq. Kept by later runs.")
 @json_option
 @handle_errors
-def import_(folder, home, model, text_set, base, index_kind, as_json):
+def import_(folder, home, catalog, model, text_set, base, index_kind, as_json):
     """Add the vectors of a clip-retrieval folder (img_emb/, metadata/) without the model.
 
     Rows whose image_path is no file here (URLs, webdataset keys) are counted, not stored.
@@ -91,7 +90,9 @@ def import_(folder, home, model, text_set, base, index_kind, as_json):
 
         searchengine import embeddings/ --model ViT-B-32/laion2b_s34b_b79k
     """
-    with _engine(home, create=True) as engine:
+    from searchengine.cli.collection import _engine
+
+    with _engine(home, catalog, create=True) as engine:
         report = engine.import_embeddings(
             folder, model=model, text_set=text_set, base=base, index_kind=index_kind,
             progress=show_progress(as_json),

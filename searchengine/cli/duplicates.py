@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from searchengine.cli.options import (
+    catalog_option,
     echo_json,
     echo_line,
     echo_table,
@@ -26,10 +27,11 @@ from searchengine.settings import DUPLICATE_THRESHOLD
     help="Cosine similarity (-1 to 1) from which two photos count as near-duplicates.",
 )
 @home_option
+@catalog_option
 @model_option
 @json_option
 @handle_errors
-def duplicates(threshold, home, model, as_json):
+def duplicates(threshold, home, catalog, model, as_json):
     """Group photos that are near-copies (bursts, resized or re-encoded copies, exact copies).
 
     Each group lists its photos best first (most pixels, then largest file) with size,
@@ -43,7 +45,7 @@ def duplicates(threshold, home, model, as_json):
     """
     from searchengine.cli.collection import _engine
 
-    with _engine(home) as engine:
+    with _engine(home, catalog) as engine:
         report = engine.duplicates(threshold=threshold, model=model)
     if as_json:
         echo_json(report.as_dict())
