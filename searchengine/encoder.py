@@ -254,24 +254,35 @@ def query_threads(setting: int | None) -> int | None:
 
     if setting is not None:
         return setting or None
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # no load average on this system: the fixed one-thread policy
+    busy = _busy_elsewhere()
+    if busy is None:  # no way to tell on this system: the safe one-thread policy
         return 1
-    return threads_for_load(load, _usable_cpus(), torch.get_num_threads())
+    return threads_for_load(busy, _usable_cpus(), torch.get_num_threads())
 
 
 def threads_for_load(load: float, cpus: int, most: int) -> int:
-    """Threads for a short query on `cpus` cores with a 1-minute load average of `load`: one a
-    core left idle by the others, plus this query's own; at least 1, at most `most`.
+    """Threads for a short query on `cpus` cores while `load` cores' worth of other work runs:
+    one a core left idle by the others, plus this query's own; at least 1, at most `most`.
 
     A short query is a chain of small matrix products with a barrier after each. On an idle core
     a second thread halves it; on a busy one each barrier waits for a thread the scheduler gave
-    to someone else, and the query gets several times slower than on one thread. The load
-    average lags by about a minute, which matches how long a host stays busy or quiet.
+    to someone else, and the query gets several times slower than on one thread.
     """
-    idle = max(0, int(cpus - load))  # whole cores nobody else used over the last minute
+    idle = max(0, int(cpus - load))  # whole cores nobody else is using
     return max(1, min(most, idle + 1))
+
+
+def _busy_elsewhere() -> float | None:
+    """Threads of other work running or waiting for a core right now: the kernel's count of
+    runnable tasks (`/proc/loadavg`, 4th field) less this thread. The 1-minute load average
+    where there is no /proc: it lags by a minute and counts this process's own past queries."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/loadavg") as stat:
+            running = int(stat.read().split()[3].split("/")[0])
+        return max(0, running - 1)
+    with contextlib.suppress(OSError, AttributeError):
+        return os.getloadavg()[0]
+    return None
 
 
 def _usable_cpus() -> int:
