@@ -30,7 +30,6 @@ from searchengine.errors import (
     IndexMismatchError,
     InvalidInputError,
     NotIndexedError,
-    SearchEngineError,
 )
 from searchengine.home import Home
 from searchengine.index.kinds import IndexSettings
@@ -127,22 +126,7 @@ class Engine:
     _spaces: HomeSpaces = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._spaces = HomeSpaces(self.state.catalog, self.state.path, self._generic_queries)
-
-    def _generic_queries(self, row: ModelRow) -> np.ndarray | None:
-        """(c, d) float32: `tuning.GENERIC_QUERIES` encoded by the model of `row`, the recall
-        guard's cross-modal queries for a home of photos alone; None when the row's weights
-        cannot be loaded as they were indexed (the guard then tunes on photo queries only)."""
-        from searchengine.index.tuning import GENERIC_QUERIES
-
-        try:
-            spec = parse_model_spec(row.spec)
-            if row.content_hash not in (None, spec.digest):  # other weights at that path now
-                return None
-            return self.encoder(row.spec).encode_texts(list(GENERIC_QUERIES))
-        except SearchEngineError as error:  # a checkpoint moved, hub weights not downloaded
-            log.info("recall guard without text queries for %s (%s)", row.spec, error)
-            return None
+        self._spaces = HomeSpaces(self.state.catalog, self.state.path)
 
     @classmethod
     def open(

@@ -342,10 +342,12 @@ def test_check_finds_a_stale_code_in_a_compressed_kind_and_only_that(home, kind)
     assert (result.stale, result.missing, result.extra) == (1, 0, 0)
 
 
-def photos_and_captions_across_a_gap(catalog, model):
-    """Photos in 40 tight clusters (stored), and 300 caption vectors between two clusters each
-    (not stored), as text sits across CLIP's modality gap; and caption_recall(index), their
-    recall@10 through an index against float64 brute force."""
+def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home):
+    """Photos in tight clusters, captions between two clusters (as text sits across CLIP's
+    modality gap): photo queries alone are satisfied by nprobe 1, which finds about half of a
+    caption's neighbours. With the home's captions as cross-modal queries the tuner raises nprobe
+    until they too reach the target, checked against float64 brute force."""
+    tmp_path, catalog, model = home
     rng = np.random.default_rng(11)
     centres = rng.normal(size=(40, DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -356,6 +358,9 @@ def photos_and_captions_across_a_gap(catalog, model):
     pairs = rng.integers(0, 40, (300, 2))
     captions = centres[pairs[:, 0]] + centres[pairs[:, 1]]
     captions = (captions / np.linalg.norm(captions, axis=1, keepdims=True)).astype(np.float32)
+    catalog.add_texts("captions", [f"caption {i}" for i in range(len(captions))])
+    text_ids = sorted(catalog.text_ids("captions").values())
+    catalog.write_text_vectors(model.id, text_ids, captions)
 
     def caption_recall(index: VectorIndex) -> float:
         _, found = index.search(captions, 10)
@@ -366,22 +371,8 @@ def photos_and_captions_across_a_gap(catalog, model):
             hits += len(truth & set(row.tolist()))
         return hits / (10 * len(captions))
 
-    return captions, caption_recall
-
-
-def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home):
-    """Photo queries alone are satisfied by nprobe 1, which finds about half of a caption's
-    neighbours. With the home's captions as cross-modal queries the tuner raises nprobe until
-    they too reach the target, checked against float64 brute force."""
-    tmp_path, catalog, model = home
-    captions, caption_recall = photos_and_captions_across_a_gap(catalog, model)
-    catalog.add_texts("captions", [f"caption {i}" for i in range(len(captions))])
-    text_ids = sorted(catalog.text_ids("captions").values())
-    catalog.write_text_vectors(model.id, text_ids, captions)
-
     settings = IndexSettings(target_recall=0.95)
     space = VectorSpace(catalog, tmp_path, model, "image", "ivf", settings)
-    n = catalog.vector_stats("image", model.id)[0]
     photo_only = VectorIndex.build_from_batches(
         "ivf", DIM, n, space._batches, plan=plan_index("ivf", DIM, n)
     )
@@ -393,31 +384,6 @@ def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home)
     guarded = space.index
     assert guarded.tuning.params["nprobe"] > alone.params["nprobe"]
     assert guarded.tuning.recall >= 0.95 and caption_recall(guarded) >= 0.93
-
-
-def test_a_home_of_photos_alone_is_guarded_with_the_models_generic_queries(home):
-    """Without stored texts, the guard asks `generic_queries` (the model's text tower on
-    GENERIC_QUERIES in the engine) for its cross-modal queries, and answers for them as for
-    stored captions; a flat index, which has nothing to tune, never asks (no model load)."""
-    tmp_path, catalog, model = home
-    captions, caption_recall = photos_and_captions_across_a_gap(catalog, model)
-    asked = []
-
-    def generic() -> np.ndarray:
-        asked.append(1)
-        return captions
-
-    settings = IndexSettings(target_recall=0.95)
-    flat = VectorSpace(catalog, tmp_path, model, "image", "flat", settings,
-                       generic_queries=generic)
-    assert flat.index.kind == "flat" and not asked
-    space = VectorSpace(catalog, tmp_path, model, "image", "ivf", settings,
-                        generic_queries=generic)
-    guarded = space.index
-    assert asked == [1]
-    assert guarded.tuning.recall >= 0.95 and caption_recall(guarded) >= 0.93
-    unguarded = VectorSpace(catalog, tmp_path, model, "image", "ivf", settings).index
-    assert caption_recall(unguarded) < 0.9  # what the same home gets from photo queries alone
 
 
 @pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])
@@ -505,29 +471,3 @@ def test_training_and_tuning_samples_do_not_keep_the_batches_they_were_drawn_fro
         tracemalloc.stop()
         assert len(sample) == 400
         assert peak < 4 * batch * dim * 4  # a few batches at most, not all 40
-
-
-def test_the_engine_encodes_the_generic_queries_with_the_indexed_weights_only(
-    copy_photos, tmp_path, open_engine, tiny_checkpoint, ingest_settings
-):
-    """A photo-only home's approximate index is tuned with GENERIC_QUERIES under its own model,
-    and with nothing when the checkpoint it was indexed with has other weights now."""
-    from conftest import write_checkpoint
-
-    from searchengine.encoder import Encoder
-    from searchengine.index.tuning import GENERIC_QUERIES
-    from searchengine.settings import EncoderSettings
-
-    checkpoint = tmp_path / "weights.pt"
-    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
-    model = f"se-tiny/{checkpoint}"
-    engine = open_engine(tmp_path / "home", encoder_settings=EncoderSettings(device="cpu"))
-    engine.index([copy_photos], model=model, settings=ingest_settings(), index_kind="ivf")
-    space = engine.space(model, "image")
-    assert space.index.kind == "ivf" and space.index.tuning.queries > len(GENERIC_QUERIES)
-    queries = space.generic_queries()
-    expected = Encoder.load(model, EncoderSettings(device="cpu")).encode_texts(
-        list(GENERIC_QUERIES))
-    np.testing.assert_allclose(queries, expected, rtol=0, atol=1e-4)  # MODEL_NOISE
-    write_checkpoint(checkpoint, seed=2)  # other weights where the home's model was read
-    assert space.generic_queries() is None

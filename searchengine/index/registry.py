@@ -8,10 +8,7 @@ change (`resync`), and `check(repair=True)` rebuilds what disagrees with the cat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from searchengine.catalog import Catalog
 from searchengine.catalog.records import ModelRow
@@ -39,17 +36,9 @@ def settings_key(spec_id: str, modality: str) -> str:
 class HomeSpaces:
     """The spaces of a home's catalog, cached by (model key, modality)."""
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        home: Path,
-        generic_queries: Callable[[ModelRow], np.ndarray | None] | None = None,
-    ):
-        """`generic_queries(row)`: the recall guard's cross-modal queries for a photo index of a
-        home without texts (`VectorSpace`), encoded by the row's model; None: none."""
+    def __init__(self, catalog: Catalog, home: Path):
         self.catalog = catalog
         self.home = home
-        self.generic_queries = generic_queries
         self._open: dict[tuple[str, str], VectorSpace] = {}
         self._told_changed: set[str] = set()
 
@@ -153,10 +142,7 @@ class HomeSpaces:
             self.catalog.set_setting(kind_key(row.spec, modality), kind)
         if record and self.stored_settings(row.spec, modality) != settings:
             self.catalog.set_setting(settings_key(row.spec, modality), settings.as_json())
-        space = VectorSpace(
-            self.catalog, self.home, row, modality, kind, settings,
-            generic_queries=self._generic_queries(row),
-        )
+        space = VectorSpace(self.catalog, self.home, row, modality, kind, settings)
         self._open[(row.spec, modality)] = space
         return space
 
@@ -181,12 +167,7 @@ class HomeSpaces:
             modality,
             self.stored_kind(row.spec, modality),
             self.stored_settings(row.spec, modality),
-            generic_queries=self._generic_queries(row),
         )
-
-    def _generic_queries(self, row: ModelRow) -> Callable[[], np.ndarray | None] | None:
-        read = self.generic_queries
-        return None if read is None else lambda: read(row)
 
     def resync(self) -> None:
         """A writer's first step: bring back in step every index file whose manifest disagrees

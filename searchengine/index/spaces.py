@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,14 +122,8 @@ class VectorSpace:
         modality: str,
         kind: str,
         settings: IndexSettings | None = None,
-        *,
-        generic_queries: Callable[[], np.ndarray | None] | None = None,
     ):
-        """`generic_queries()`: (c, d) float32 vectors of `tuning.GENERIC_QUERIES` under this
-        model, or None where it cannot be loaded; the recall guard's cross-modal queries for a
-        photo index when the home holds no texts under the model."""
         self.catalog = catalog
-        self.generic_queries = generic_queries
         self.model = model
         self.modality = modality
         self.kind = kind  # as asked: a kind, or auto (the index built says which it chose)
@@ -283,7 +277,7 @@ class VectorSpace:
             index,
             self._batches,
             target=self.settings.target_recall,
-            cross=self._cross_queries() if index.kind != "flat" else None,  # flat: nothing to tune
+            cross=self._cross_queries(),
             vectors_of=space_vectors(self),
         )
         index.apply_tuning(tuning)
@@ -292,13 +286,10 @@ class VectorSpace:
     def _cross_queries(self) -> np.ndarray | None:
         """(c, d) float32: up to QUERIES stored vectors of the other modality under this model
         (captions for a photo index, photos for a text index), spread over their ids; the
-        queries users actually send across the modality gap. A photo index without texts asks
-        the model's own text tower (`generic_queries`). None when there are none."""
+        queries users actually send across the modality gap. None when there are none."""
         other = "text" if self.modality == "image" else "image"
         count, _ = self.catalog.vector_stats(other, self.model.id)
         if not count:
-            if self.modality == "image" and self.generic_queries is not None:
-                return self.generic_queries()
             return None
         _, vectors = held_out(self.catalog.iter_vectors(other, self.model.id), count, QUERIES)
         return vectors

@@ -6,9 +6,7 @@ query would find itself and inflate recall. Where the home holds vectors of the 
 under the same model (captions beside photos), a sample of those is searched too: text queries
 sit across CLIP's modality gap, away from every photo, and an index tuned on photo queries alone
 can miss them (HNSW tuned to 0.95 on photos gave 0.84 on captions, bench/scale.py). The recall
-that must reach the target is the lower of the two. A home of photos alone has no captions to
-ask: its model's text tower encodes GENERIC_QUERIES instead (descriptions of everyday photos),
-so the guard still answers for the sentences users will search it with.
+that must reach the target is the lower of the two.
 
 FAISS' `ParameterSpace` enumerates the kind's search parameter (nprobe for IVF, efSearch for
 HNSW) in increasing cost and sets it; the first value whose recall@k reaches the target is the
@@ -41,24 +39,6 @@ QUERIES = 500  # held-out queries: recall is measured to about +-0.01 at 0.95
 # CLIP-structured photos at 100k whatever nprobe, 0.964 re-scoring 4 a hit (bench/scale.py)
 RERANK = 4
 PLATEAU = 0.001  # recall gained over two steps below which searching wider stops
-GENERIC_QUERIES = tuple(
-    f"a photo of {subject}"
-    for subject in (
-        "a dog on the beach", "a cat asleep on a sofa", "children playing in a park",
-        "a birthday cake with candles", "a wedding couple", "a city street at night",
-        "snowy mountains", "a sunset over the sea", "a plate of food", "a bicycle against a wall",
-        "a crowd at a concert", "an old church", "a baby smiling", "a red car", "a forest path",
-        "people at a dinner table", "a horse in a field", "a boat on a lake", "a kitchen",
-        "a football match", "a bird on a branch", "flowers in a garden", "a train station",
-        "a man climbing a rock", "two girls laughing", "a desert road", "a skyscraper",
-        "a dog catching a ball", "a swimming pool", "a market stall with fruit",
-        "a person skiing", "a group photo of a family", "a bridge over a river",
-        "a living room with a fireplace", "a surfer riding a wave", "a black and white portrait",
-        "a plane in the sky", "a bowl of soup", "a dog running through snow",
-        "a beach with palm trees",
-    )
-)
-"""Cross-modal tuning queries for a home that holds no texts under the model (photos alone)."""
 
 
 class RecallTargetError(InvalidInputError):
