@@ -25,10 +25,10 @@ class EncoderSettings:
     """Seed for `ARCH/random` weights, so that random models are reproducible."""
     query_threads: int | None = None
     """CPU threads for a text query of a few sentences. None (default): one thread per core no
-    other work runs on at that moment, plus one (`encoder.query_threads`): two threads halve a query on an idle
-    2-core host (ViT-B-32: 20 ms against 45 ms) but spend their time waiting for each other on a
-    loaded one (204-865 ms against 77-80 ms; `bench/query.py`). 0: torch's default (all cores);
-    n: always n. Image batches and long text batches always use every thread."""
+    other work runs on at that moment, plus one (`encoder.query_threads`): two threads halve a
+    ViT-B-32 query on an idle 2-core host (18 ms against 32 ms) but wait for each other on a
+    loaded one (794 ms against 30 ms; `bench/query_threads.py`). 0: torch's default (all
+    cores); n: always n. Image batches and long text batches always use every thread."""
 
 
 BENCH_TEXT_SET_PREFIX = "bench-"
