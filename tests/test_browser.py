@@ -185,6 +185,66 @@ def test_an_error_is_shown_not_thrown(page, tmp_path):
     page.problems.clear()  # the browser logs the 415 response itself; that is expected here
 
 
+def test_the_search_lives_in_the_url(page, server_url):
+    """A URL with a query runs it; a typed query, "more like this" and Back keep the URL and the
+    page in step, so a search can be bookmarked and shared."""
+    page.goto(server_url + "/?q=a%20dog%20on%20the%20beach")
+    sync_api.expect(page.locator("#query")).to_have_value(QUERY)
+    all_thumbnails_loaded(page, minimum=9)
+    sync_api.expect(page.locator("#status")).to_contain_text(f"9 results for “{QUERY}”")
+
+    page.locator("#query").fill("a red square")
+    page.locator("#query").press("Enter")
+    page.wait_for_url("**/?q=a+red+square")
+    sync_api.expect(page.locator("#status")).to_contain_text("for “a red square”")
+
+    first = page.locator("#results .card").first
+    first_name = first.locator("img").get_attribute("alt")
+    first_id = first.locator("button").get_attribute("data-id")
+    first.locator("button").click()
+    page.locator("#more-like-this").click()
+    page.wait_for_url(f"**/?like={first_id}")
+    sync_api.expect(page.locator("#query-label")).to_have_text(f"Photos like {first_name}")
+
+    page.go_back()
+    page.wait_for_url("**/?q=a+red+square")
+    sync_api.expect(page.locator("#query")).to_have_value("a red square")
+    sync_api.expect(page.locator("#query-image")).to_be_hidden()
+    sync_api.expect(page.locator("#status")).to_contain_text("for “a red square”")
+
+    page.goto(server_url + f"/?like={first_id}")  # a shared "more like this" link
+    sync_api.expect(page.locator("#query-label")).to_have_text(f"Photos like {first_name}")
+    all_thumbnails_loaded(page, minimum=9)
+    sync_api.expect(page.locator("#results .card img").first).to_have_attribute("alt", first_name)
+
+
+def test_the_folder_picker_filters_inside_the_search_and_is_kept_in_the_url(
+    page, server_url, photo_folder
+):
+    trip = str(photo_folder / "trip")
+    picker = page.locator("#folder")
+    sync_api.expect(picker.locator("option")).to_have_count(3)  # all, the root, trip
+    sync_api.expect(picker.locator("option").nth(2)).to_have_text(f"{trip} (2)")
+    page.locator("#query").fill(QUERY)
+    page.locator("#query").press("Enter")
+    all_thumbnails_loaded(page, minimum=9)
+
+    picker.select_option(trip)
+    sync_api.expect(page.locator("#status")).to_contain_text("2 results")
+    sync_api.expect(page.locator("#status")).to_contain_text("(filtered)")
+    names = page.locator("#results .card img").evaluate_all("(images) => images.map(i => i.alt)")
+    assert sorted(names) == ["photo_6.jpg", "photo_7.jpg"]
+    assert "folder=" in page.url and "q=a+dog" in page.url
+
+    page.reload()  # the URL alone brings the same search back
+    sync_api.expect(picker).to_have_value(trip)
+    sync_api.expect(page.locator("#status")).to_contain_text("2 results")
+
+    page.locator("#clear-filters").click()
+    sync_api.expect(page.locator("#status")).to_contain_text("9 results")
+    assert "folder=" not in page.url
+
+
 def _score_pattern():
     import re
 

@@ -350,6 +350,45 @@ def test_status(client, engine):
     assert response.json()["images"] == 9
 
 
+def test_facets_list_folders_at_any_depth_and_follow_new_photos(tmp_path, photo_folder):
+    """/api/facets: each folder with its photos at any depth, the cameras, the date span; a new
+    photo indexed while the server runs changes the answer (the cache follows the catalog)."""
+    import shutil
+
+    from searchengine.engine import Engine
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_folder, folder)
+    with Engine.open(tmp_path / "home") as engine:
+        engine.index([folder], model=TINY_MODEL)
+        local = TestClient(create_app(engine), raise_server_exceptions=False)
+        first = local.get("/api/facets")
+        assert first.status_code == 200
+        assert first.json()["folders"] == [
+            {"folder": str(folder), "count": 9}, {"folder": str(folder / "trip"), "count": 2},
+        ]
+        assert first.json()["cameras"] == []  # generated photos carry no EXIF
+        assert first.json()["first_taken"] is None
+        (folder / "trip" / "deeper").mkdir()
+        shutil.copy(photo_folder / "drawing.png", folder / "trip" / "deeper" / "again.png")
+        engine.index([folder], model=TINY_MODEL)
+        folders = {f["folder"]: f["count"] for f in local.get("/api/facets").json()["folders"]}
+        assert folders == {str(folder): 10, str(folder / "trip"): 3,
+                           str(folder / "trip" / "deeper"): 1}
+
+
+def test_facets_keep_the_shallowest_folders_past_the_limit():
+    from collections import Counter
+
+    from searchengine.catalog.facets import _folders
+
+    direct = Counter({"/p/a/x/y": 5, "/p/a/x": 1, "/p/b": 2, "/p/c/z": 1})
+    assert _folders(direct, 100) == [("/p", 9), ("/p/a", 6), ("/p/a/x", 6), ("/p/a/x/y", 5),
+                                     ("/p/b", 2), ("/p/c", 1), ("/p/c/z", 1)]
+    assert _folders(direct, 3) == [("/p", 9), ("/p/a", 6), ("/p/b", 2)]
+    assert _folders(Counter(), 3) == []
+
+
 def test_original_is_the_catalogued_file_with_a_sniffed_type(client, engine, photo_folder):
     for name, media_type in (("photo_6.jpg", "image/jpeg"), ("drawing.png", "image/png")):
         path = next(photo_folder.rglob(name))

@@ -333,6 +333,12 @@ def status(service: Service) -> dict:
     return service.status()
 
 
+@api.get("/facets", response_model=schemas.Facets, tags=["collection"])
+def facets(service: Service) -> dict:
+    """The collection's folders, cameras and date span: what its photos can be filtered by."""
+    return service.facets()
+
+
 @api.get("/images/{media_id}/info", response_model=schemas.ImageInfo, tags=["images"])
 def image_info(service: Service, media_id: ImageId) -> dict:
     """What the catalog knows about an image."""

@@ -120,3 +120,24 @@ class Unprocessable(BaseModel):
 
 class TokenBody(BaseModel):
     token: str = Field(max_length=1024)
+
+
+class FolderCount(BaseModel):
+    folder: str = Field(description="A folder (absolute path) that holds photos at any depth.")
+    count: int = Field(description="Photos under it, at any depth.")
+
+
+class CameraCount(BaseModel):
+    camera: str = Field(description="An EXIF camera model, as recorded.")
+    count: int
+
+
+class Facets(BaseModel):
+    """What the collection offers to filter on (the web page's folder, camera and date choices)."""
+
+    folders: list[FolderCount] = Field(
+        description="Folders holding photos and those between them and the collection's common "
+        "root, sorted by path; at most 500, the shallowest first.")
+    cameras: list[CameraCount] = Field(description="Camera models, the most photos first.")
+    first_taken: str | None = Field(None, description="Earliest EXIF capture time, if any.")
+    last_taken: str | None = Field(None, description="Latest EXIF capture time, if any.")

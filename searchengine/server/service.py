@@ -19,6 +19,7 @@ from datetime import timezone
 
 from PIL import Image
 
+from searchengine.catalog.facets import collection_facets, media_fingerprint
 from searchengine.encoder import Encoder
 from searchengine.engine import Classification, Engine, SearchResult
 from searchengine.errors import NotIndexedError
@@ -56,6 +57,8 @@ class SearchService:
         self.lanes = Lanes(fast_threads=settings.fast_threads, slow_threads=1)
         self.gate = ModelGate()  # one model call at a time, the batcher's first (`gate.py`)
         self._open = threading.Lock()
+        self._facets: tuple[tuple, dict] | None = None  # (catalog fingerprint, facets)
+        self._facets_lock = threading.Lock()
         self.instance = secrets.token_hex(8)  # names this server run (`searchengine.serving`)
 
     @property
@@ -157,6 +160,15 @@ class SearchService:
     def status(self) -> dict:
         report = self.engine.status()
         return {**report.as_dict(), "serving_model": self.model}
+
+    def facets(self) -> dict:
+        """`collection_facets`, computed again only when the catalog's photos changed (one
+        grouped query tells: count, last id, last indexing time)."""
+        key = media_fingerprint(self.engine.catalog)
+        with self._facets_lock:
+            if self._facets is None or self._facets[0] != key:
+                self._facets = (key, collection_facets(self.engine.catalog).as_dict())
+            return self._facets[1]
 
     def info(self, media_id: int) -> dict:
         row = self.require_media(media_id)

@@ -1,11 +1,14 @@
 // The searchengine web page: text search as you type, search by image, detail with closest
-// texts and "more like this". Plain JavaScript, no dependencies; every text is set with
-// textContent (never innerHTML), so file names and captions cannot inject markup.
+// texts and "more like this", filters by date, folder and camera. The search and its filters
+// live in the page's URL (/?q=dog&after=2023-01-01), so a search can be bookmarked, shared and
+// gone back to. Plain JavaScript, no dependencies; every text is set with textContent (never
+// innerHTML), so file names and captions cannot inject markup.
 "use strict";
 
 const PAGE = 24;
 const DEBOUNCE_MS = 250;
 const $ = (id) => document.getElementById(id);
+const FILTERS = ["after", "before", "folder", "camera", "sort"];  // control ids = query names
 
 const state = {
   mode: null,      // "text" | "image" | "similar"
@@ -65,8 +68,19 @@ function signIn() {
 
 // -- searching --------------------------------------------------------------------------------
 
+// The filters as query parameters, only those set (sort by score is the default).
+function filterParams() {
+  const params = new URLSearchParams();
+  for (const name of FILTERS) {
+    const value = $(name).value;
+    if (value && !(name === "sort" && value === "score")) params.set(name, value);
+  }
+  return params;
+}
+
 function searchRequest(offset) {
-  const page = `k=${PAGE}&offset=${offset}`;
+  const filters = filterParams().toString();
+  const page = `k=${PAGE}&offset=${offset}${filters ? "&" + filters : ""}`;
   if (state.mode === "text") {
     return [`/api/search?q=${encodeURIComponent(state.query)}&${page}`, {}];
   }
@@ -93,9 +107,12 @@ async function run(append = false) {
     state.offset = offset;
     showError(null);
     render(result.hits, append);
+    if (state.mode === "similar") $("query-label").textContent = `Photos like ${basename(result.query)}`;
     const took = Math.round(performance.now() - started);
     const shown = $("results").children.length;
-    setStatus(`${shown} result${shown === 1 ? "" : "s"} for ${describe(result.query)} · ${took} ms`);
+    const filtered = [...filterParams().keys()].some((name) => name !== "sort");
+    setStatus(`${shown} result${shown === 1 ? "" : "s"} for ${describe(result.query)}` +
+              `${filtered ? " (filtered)" : ""} · ${took} ms`);
     $("more").hidden = result.hits.length < PAGE;
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -113,10 +130,11 @@ function describe(query) {
   return `the image ${query}`;
 }
 
-function searchText(text) {
+function searchText(text, push = false) {
   state.mode = "text";
   state.query = text.trim();
   $("query-image").hidden = true;
+  remember(push);
   if (!state.query) {
     if (state.controller) state.controller.abort();
     state.sequence++;
@@ -139,18 +157,75 @@ function searchImage(file) {
   preview.src = URL.createObjectURL(file);
   $("query-label").textContent = `Photos like ${file.name || "your image"}`;
   $("query-image").hidden = false;
+  remember(false);  // an upload has no URL: the page's URL keeps the filters only
   run();
 }
 
-function searchSimilar(hit) {
+function searchSimilar(hit, push = true) {
   state.mode = "similar";
   state.mediaId = hit.id;
   $("query").value = "";
   $("query-preview").src = thumbnailUrl(hit.id, 128);
-  $("query-label").textContent = `Photos like ${basename(hit.path)}`;
+  $("query-label").textContent = hit.path ? `Photos like ${basename(hit.path)}` : "Photos like…";
   $("query-image").hidden = false;
+  remember(push);
   run();
   window.scrollTo({ top: 0 });
+}
+
+// -- the URL ----------------------------------------------------------------------------------
+
+// The page's URL for the current search and filters: /?q=…, /?like=ID, plus the filters set.
+function pageUrl() {
+  const params = new URLSearchParams();
+  if (state.mode === "text" && state.query) params.set("q", state.query);
+  if (state.mode === "similar") params.set("like", String(state.mediaId));
+  for (const [name, value] of filterParams()) params.set(name, value);
+  const search = params.toString();
+  return search ? `/?${search}` : "/";
+}
+
+// Record the search in the URL: a new history entry for a new kind of search (so Back returns
+// to the previous one), the same entry while a query is typed or a filter changed.
+function remember(push) {
+  const url = pageUrl();
+  if (url === location.pathname + location.search) return;
+  history[push ? "pushState" : "replaceState"](null, "", url);
+}
+
+// Set the controls from the URL and run the search it names (on load, and on Back/Forward).
+function restore() {
+  const params = new URLSearchParams(location.search);
+  for (const name of FILTERS) setControl(name, params.get(name) || (name === "sort" ? "score" : ""));
+  const like = params.get("like");
+  if (like !== null && /^[0-9]{1,18}$/.test(like)) {
+    searchSimilar({ id: Number(like), path: null }, false);
+    return;
+  }
+  $("query").value = params.get("q") || "";
+  searchText($("query").value);
+}
+
+// A select offers the value it is given even before (or without) the facets that list it.
+function setControl(name, value) {
+  const control = $(name);
+  if (control.tagName === "SELECT" && value &&
+      !Array.from(control.options).some((option) => option.value === value)) {
+    control.append(new Option(value, value));
+  }
+  control.value = value;
+}
+
+function filtersChanged() {
+  if (state.mode === "image" && state.file) {
+    remember(false);
+    run();
+  } else if (state.mode === "similar") {
+    remember(false);
+    run();
+  } else {
+    searchText($("query").value);
+  }
 }
 
 // -- rendering --------------------------------------------------------------------------------
@@ -272,6 +347,30 @@ function showError(message) {
   $("error").textContent = message || "";
 }
 
+// Fill the folder and camera choices from the collection (`/api/facets`), keeping the selection.
+async function loadFacets() {
+  try {
+    const facets = await api("/api/facets");
+    fillSelect("folder", "All folders", facets.folders.map((f) => [f.folder, `${f.folder} (${f.count})`]));
+    fillSelect("camera", "Any camera", facets.cameras.map((c) => [c.camera, `${c.camera} (${c.count})`]));
+    $("camera").disabled = !facets.cameras.length && !$("camera").value;
+    for (const name of ["after", "before"]) {
+      if (facets.first_taken) $(name).min = facets.first_taken.slice(0, 10);
+      if (facets.last_taken) $(name).max = facets.last_taken.slice(0, 10);
+    }
+  } catch (error) {
+    showError(error.message);
+  }
+}
+
+function fillSelect(id, anyLabel, choices) {
+  const select = $(id);
+  const chosen = select.value;
+  select.replaceChildren(new Option(anyLabel, ""));
+  for (const [value, label] of choices) select.append(new Option(label, value));
+  setControl(id, chosen);
+}
+
 async function loadStatus() {
   try {
     const status = await api("/api/status");
@@ -318,8 +417,12 @@ function start() {
   input.addEventListener("input", typed);
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    searchText(input.value);
+    searchText(input.value, true);
   });
+  $("filters").addEventListener("change", filtersChanged);
+  $("filters").addEventListener("submit", (event) => event.preventDefault());
+  $("filters").addEventListener("reset", () => setTimeout(filtersChanged));  // after the reset
+  window.addEventListener("popstate", restore);
   $("file").addEventListener("change", (event) => {
     searchImage(event.target.files[0]);
     event.target.value = "";
@@ -330,7 +433,8 @@ function start() {
     if (event.target === $("detail")) $("detail").close();  // a click on the backdrop
   });
   wireDragAndDrop();
-  loadStatus();
+  loadFacets();
+  restore();
 }
 
 document.addEventListener("DOMContentLoaded", start);
