@@ -247,6 +247,24 @@ def test_a_half_written_file_is_read_once_complete(watching, copy_photos, tmp_pa
     np.testing.assert_allclose(running.vector_of(target), expected[0], rtol=0, atol=1e-3)
 
 
+def test_a_growing_file_is_left_until_it_settles_without_close_events(watching, copy_photos,
+                                                                      tmp_path):
+    """Polling sees no close-write: a file still growing between two looks `settle_seconds`
+    apart is left for a later round, so it is read once, complete."""
+    settings = WatchSettings(**{**FAST.__dict__, "polling": True, "poll_seconds": 0.4,
+                                "settle_seconds": 0.6})
+    running = watching([copy_photos], settings)
+    data = big_jpeg(tmp_path / "big.jpg")
+    since = len(running.rounds)
+    target = copy_photos / "growing.jpg"
+    write_slowly(target, data, chunks=12, pause=0.25)  # quiet between polls, never settled
+    wait_for(lambda: running.totals(since)["embedded"] == 1, "the grown photo's round")
+    time.sleep(1.5)
+    totals = running.totals(since)
+    assert totals["embedded"] == 1 and totals["skipped"] == 0, running.rounds[since:]
+    assert running.reader.catalog.skipped() == []
+
+
 def test_a_file_that_fails_to_decode_is_retried_when_it_changes(watching, copy_photos,
                                                                  tmp_path):
     """A file whose writer stopped halfway is recorded as skipped; written in full later, it
