@@ -105,7 +105,7 @@ def _print_round(done, as_json: bool) -> None:
     if report is not None:
         parts.append(f"{report.embedded} embedded, {report.reused} reused, "
                      f"{report.skipped} skipped, {report.removed + done.forgotten} removed "
-                     f"({report.scanned} files looked at)")
+                     f"({report.scanned} file{'' if report.scanned == 1 else 's'} looked at)")
     elif done.forgotten:
         parts.append(f"{done.forgotten} removed")
     if done.waiting:

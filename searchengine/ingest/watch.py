@@ -22,6 +22,7 @@ writer lock, one catalog transaction per batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -414,7 +415,8 @@ class Watcher:
             report = None
             if settled or folders:
                 report = self.engine.index([*settled, *folders], model=self.model,
-                                           settings=self.ingest, progress=self.progress)
+                                           settings=self._round_settings(len(settled), folders),
+                                           progress=self.progress)
             forgotten = self._forget(vanished)  # after: a moved file reused its vector first
         except HomeBusyError as error:
             changes.give_back(taken)
@@ -427,6 +429,13 @@ class Watcher:
             return None
         self._busy_told = False
         return WatchRound("events", report, forgotten, taken.waiting + len(unsettled))
+
+    def _round_settings(self, files: int, folders: list[str]) -> IngestSettings:
+        """`ingest`, decoding in this process for a round of less than one batch of files:
+        starting decode workers would take longer than decoding them here."""
+        if folders or files >= self.ingest.batch_size or not self.ingest.workers:
+            return self.ingest
+        return dataclasses.replace(self.ingest, workers=0)
 
     def _forget(self, paths: list[str]) -> int:
         """Forget the catalogued files (and skips) at or under `paths`, which are gone."""
