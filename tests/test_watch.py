@@ -383,6 +383,7 @@ def test_watch_command_indexes_and_stops_on_sigterm(copy_photos, tmp_path):
     assert "stopped watching" in process.stderr.read()
     with Engine.open(home, create=False) as engine:
         assert engine.catalog.count_media() == 10
+        assert engine.check().ok  # the index files saved and in step with the catalog
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -517,6 +518,20 @@ def test_search_in_indexes_the_folder_then_searches_only_it(cli_run, copy_photos
     # nothing new: only the search (no embedding reported)
     again = cli_run("search", "a photo", "--in", trip, "--home", home, "--model", TINY_MODEL)
     assert "embedded" not in again.stderr
+
+
+def test_search_in_waits_for_a_writer_at_work(cli_run, copy_photos, tmp_path,
+                                             reuse_random_encoders):
+    """While a writer (a watcher's round) holds the home, `--in` waits for it, not fails."""
+    home = tmp_path / "home"
+    cli_run("index", copy_photos, "--home", home, "--model", TINY_MODEL)
+    lock = HomeLock(home, "watch")
+    lock.acquire()
+    threading.Timer(1.5, lock.release).start()
+    result = cli_run("search", "a photo", "--in", copy_photos / "trip", "--home", home,
+                     "--model", TINY_MODEL, "--json")
+    assert len(json.loads(result.stdout)["hits"]) == 2
+    assert not lock.held
 
 
 def test_search_in_refuses_a_missing_folder_or_a_file(cli_run, copy_photos, tmp_path):
