@@ -224,11 +224,6 @@ class Changes:
             return (now - self._last >= settings.quiet_seconds
                     or now - first >= settings.max_wait_seconds)
 
-    def pending(self) -> int:
-        """Changes noted and not taken yet (files still being written among them)."""
-        with self._lock:
-            return len(self._files) + len(self._folders) + len(self._gone)
-
     def _ready(self, now: float, settings: WatchSettings) -> bool:
         return bool(self._gone or self._folders or any(
             self._writer_done(path, now, settings) for path in self._files
@@ -389,6 +384,10 @@ class Watcher:
         except HomeBusyError as error:
             self._wait_note(error)
             return None
+        except InvalidInputError:
+            if all(root.is_dir() for root in roots):
+                raise
+            return None  # a root went meanwhile: its deletion comes as an event
         self._busy_told = False
         return WatchRound(cause, report, 0, 0)
 
@@ -423,9 +422,11 @@ class Watcher:
             self._wait_note(error)
             stop.wait(self.settings.busy_retry_seconds)
             return None
-        except InvalidInputError as error:  # a file vanished between its look and the index
-            log.info("a file changed during the round (%s); trying again", error)
-            changes.give_back(taken)
+        except InvalidInputError as error:
+            if all(os.path.exists(path) for path in [*settled, *folders]):
+                raise
+            log.info("a file went during the round (%s); trying again", error)
+            changes.give_back(taken)  # a file vanished between its look and the index
             return None
         self._busy_told = False
         return WatchRound("events", report, forgotten, taken.waiting + len(unsettled))
