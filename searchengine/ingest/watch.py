@@ -38,6 +38,7 @@ from searchengine.paths import catalog_path
 from searchengine.settings import IngestSettings
 
 if TYPE_CHECKING:
+    from searchengine.engine import Engine
     from searchengine.ingest.commit import IngestReport
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class Watcher:
     `engine` (an open Engine, used by this watcher alone) writes through `Engine.index` and
     `Engine.remove`; `model` and `ingest` are `index`'s. See the module's docstring."""
 
-    def __init__(self, engine, roots: Sequence[str | Path], *, model: str | None = None,
+    def __init__(self, engine: Engine, roots: Sequence[str | Path], *, model: str | None = None,
                  settings: WatchSettings = WatchSettings(),
                  ingest: IngestSettings = IngestSettings(), progress: bool = False):
         self.engine = engine

@@ -16,10 +16,15 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from searchengine.errors import SearchEngineError
 from searchengine.ingest.watch import WatchRound, WatchSettings, check_watch_roots
 from searchengine.settings import IngestSettings
+
+if TYPE_CHECKING:
+    from searchengine.encoder import Encoder
+    from searchengine.engine import Engine
 
 log = logging.getLogger(__name__)
 STOP_WAIT_SECONDS = 30.0  # how long a stopping server waits for the round under way
@@ -28,7 +33,7 @@ STOP_WAIT_SECONDS = 30.0  # how long a stopping server waits for the round under
 class ServeWatcher:
     """A watcher thread for a server's home; `start` it once, `stop` it when the server stops."""
 
-    def __init__(self, engine, encoder, model: str, roots: Sequence[str | Path],
+    def __init__(self, engine: Engine, encoder: Encoder, model: str, roots: Sequence[str | Path],
                  settings: WatchSettings = WatchSettings()):
         self.home = engine.home
         self.catalog_url = None if engine.catalog.home is not None else engine.catalog.url
