@@ -475,10 +475,17 @@ def test_serve_watch_shows_new_photos_and_keeps_answering(copy_photos, tmp_path,
     assert answered[0] >= 5
 
 
-def test_serve_refuses_a_watch_folder_that_does_not_exist(cli_run, tmp_path):
-    result = cli_run("serve", "--home", tmp_path / "home", "--watch", tmp_path / "nowhere",
-                     expect=1)
+def test_serve_refuses_bad_watch_options(cli_run, copy_photos, tmp_path):
+    home = tmp_path / "home"
+    result = cli_run("serve", "--home", home, "--watch", tmp_path / "nowhere", expect=1)
     assert "does not exist" in result.stderr
+    result = cli_run("serve", "--home", home, "--watch", copy_photos / "photo_0.jpg", expect=1)
+    assert "is a file" in result.stderr
+    result = cli_run("serve", "--home", home, "--watch", copy_photos, "--rescan", "0", expect=1)
+    assert "--rescan must be a number of seconds above 0" in result.stderr
+    result = cli_run("serve", "--home", home, "--polling", expect=2)
+    assert "only apply with --watch" in result.stderr
+    assert not home.exists()
 
 
 # -- search --in ------------------------------------------------------------------------------

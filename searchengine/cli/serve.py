@@ -30,8 +30,12 @@ from searchengine.cli.options import (
 @click.option("--watch", "watch", multiple=True, type=click.Path(path_type=Path),
               metavar="FOLDER", help="Keep FOLDER indexed while serving (repeatable): new, "
               "changed, moved and deleted photos show without a restart (docs/watch.md).")
+@click.option("--rescan", type=float, default=None, metavar="SECONDS",
+              help="With --watch: index the folders in full this often [default: 600].")
+@click.option("--polling", is_flag=True,
+              help="With --watch: poll the folders instead of using inotify (network shares).")
 @handle_errors
-def serve(home, catalog, host, port, model, token, watch):
+def serve(home, catalog, host, port, model, token, watch, rescan, polling):
     """Serve a web page and a JSON API to search a home (model loaded once).
 
     The API is described at /openapi.json; see docs/serve.md.
@@ -48,10 +52,15 @@ def serve(home, catalog, host, port, model, token, watch):
 
     settings = settings_for(host, token=token, model=model)
     if watch:
-        from searchengine.ingest.watch import check_watch_roots
+        from searchengine.ingest.watch import WatchSettings, check_watch_roots
 
         roots = check_watch_roots(watch)  # a bad folder stops here, before the model loads
-        settings = dataclasses.replace(settings, watch=tuple(map(str, roots)))
+        chosen = {"rescan_seconds": rescan} if rescan is not None else {}
+        watching = WatchSettings(polling=polling, **chosen).check()
+        settings = dataclasses.replace(settings, watch=tuple(map(str, roots)),
+                                       watch_settings=watching)
+    elif rescan is not None or polling:
+        raise click.UsageError("--rescan and --polling only apply with --watch")
     # with --watch, a new home is made (as `index` makes one); without, serve only reads
     with Engine.open(home, create=bool(watch), catalog_url=catalog) as engine:
         shown = f"[{host}]" if ":" in host else host
