@@ -192,6 +192,11 @@ class Engine:
             self._encoders[spec.key] = Encoder(spec, self.encoder_settings)
         return self._encoders[spec.key]
 
+    def use_encoder(self, encoder: Encoder) -> None:
+        """Embed with `encoder`, loaded elsewhere, for its model (a server's, behind its gate):
+        this engine then never loads a second copy of the same weights."""
+        self._encoders[encoder.spec.key] = encoder
+
     def space(
         self,
         model: str | None,
@@ -752,6 +757,29 @@ class Engine:
         space = self.space(model, "image")
         hits = image_hits(self.catalog, space, vector, k, offset)
         return SearchResult(label, space.model.spec, hits)
+
+    def search_in(
+        self,
+        query: str,
+        folder: str | Path,
+        *,
+        k: int = 10,
+        model: str | None = None,
+        offset: int = 0,
+        like: Sequence[ImageQuery] = (),
+        unlike: Sequence[ImageQuery] = (),
+    ) -> SearchResult:
+        """`search` among the catalogued photos at or below `folder` only (the CLI's `--in`):
+        their ids go into the vector search, so `k` hits come back whenever `k` photos lie
+        there. Reads only: `index` the folder first for photos added since."""
+        from searchengine.query.folders import check_folder, folder_hits, media_ids_under
+
+        root = check_folder(folder)
+        space = self.space(model, "image")
+        vector = self.query_vector(query, model=model, like=like, unlike=unlike)
+        allowed = media_ids_under(self.catalog, root)
+        hits = folder_hits(self.catalog, space, vector, allowed, k, offset)
+        return SearchResult(query.strip(), space.model.spec, hits)
 
     @staticmethod
     def _logit_scale(encoder: Encoder) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from searchengine.cli.folder_search import in_folder_option
 from searchengine.cli.options import (
     ImageArgument,
     catalog_option,
@@ -236,6 +237,7 @@ def _ray_settings(address, num_gpus, concurrency, ship_bytes):
               help="Search here even when a `searchengine serve` runs on the home (it answers "
               "otherwise, in a fraction of the time: no model to load).")
 @handle_errors
+@in_folder_option
 def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_serve):
     """Find the photos that best match a sentence (text -> image).
 
@@ -251,6 +253,8 @@ def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_ser
         searchengine search "a dog on the beach" -k 10
 
         searchengine search "beach +sunset -people" --unlike id:42
+
+        searchengine search "a dog" --in ~/Pictures/trip
     """
     from searchengine.cli.via_serve import search_through_serve
 

@@ -54,6 +54,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> FastAP
     settings = settings or ServerSettings()
     service = SearchService(engine, settings)
     service.warm_up()
+    service.start_watching()  # `serve --watch`: after the model is loaded, which it shares
     app = FastAPI(
         title="searchengine",
         description="Cross-modal (CLIP) search over a photo collection: text->image, "

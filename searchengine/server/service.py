@@ -36,6 +36,7 @@ from searchengine.server.lanes import Lanes
 from searchengine.server.media import MediaFiles
 from searchengine.server.settings import ServerSettings
 from searchengine.server.uploads import Upload
+from searchengine.server.watching import ServeWatcher
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class SearchService:
         self._facets: tuple[tuple, dict] | None = None  # (catalog fingerprint, facets)
         self._facets_lock = threading.Lock()
         self.instance = secrets.token_hex(8)  # names this server run (`searchengine.serving`)
+        self.watcher: ServeWatcher | None = None  # `serve --watch` (`start_watching`)
 
     @property
     def model(self) -> str:
@@ -79,8 +81,20 @@ class SearchService:
                 log.warning("no %s vectors for %s in %s yet", modality, self.model,
                             self.engine.home)
 
+    def start_watching(self) -> None:
+        """Keep the folders of `settings.watch` indexed in a thread (`server.watching`), with
+        this server's encoder; nothing to do without any."""
+        if not self.settings.watch or self.watcher is not None:
+            return
+        model = self.model
+        self.watcher = ServeWatcher(self.engine, self._encoder(model), model,
+                                    self.settings.watch, self.settings.watch_settings)
+        self.watcher.start()
+
     def close(self) -> None:
-        """Stop the batcher's and the lanes' threads."""
+        """Stop the watcher's (after its round), the batcher's and the lanes' threads."""
+        if self.watcher is not None:
+            self.watcher.stop()
         self.batcher.close()
         self.lanes.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from searchengine.ingest.watch import WatchSettings
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
@@ -53,6 +55,11 @@ class ServerSettings:
     that arrives meanwhile waits for one such call at most."""
     fast_threads: int = 64
     """Threads for searches and lookups at once (each mostly waits for its batch or FAISS)."""
+    watch: tuple[str, ...] = ()
+    """Folders the server keeps indexed while it runs (`serve --watch`, `server.watching`):
+    photos added, changed, moved or deleted there show in searches without a restart."""
+    watch_settings: WatchSettings = WatchSettings()
+    """How that watcher batches changes, and how often it rescans the folders in full."""
 
 
 def is_loopback(host: str) -> bool:
