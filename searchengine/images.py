@@ -386,11 +386,7 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _read_info(image: Image.Image) -> ImageInfo:
-    try:
-        exif = image.getexif()
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError,
-            OverflowError, ZeroDivisionError):  # a block Pillow cannot parse: no metadata
-        exif = Image.Exif()
+    exif = image.getexif()  # a PNG's may follow its pixels: a corrupt one fails here, as it must
     width, height = image.size
     if exif.get(_ORIENTATION, 1) in (5, 6, 7, 8):
         width, height = height, width
