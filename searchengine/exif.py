@@ -144,10 +144,10 @@ def _coordinate(
     result lies beyond `limit`."""
     if isinstance(value, (tuple, list)):
         parts = [_number(part) for part in value[:3]]
-        if not parts or any(part is None or part < 0 for part in parts):
+        numbers = [part for part in parts if part is not None and part >= 0]
+        if not numbers or len(numbers) != len(parts):
             return None
-        weights = (1.0, 1 / 60, 1 / 3600)
-        degrees = sum(part * weight for part, weight in zip(parts, weights))  # type: ignore[operator]
+        degrees = sum(part / 60**place for place, part in enumerate(numbers))
     else:
         single = _number(value)
         if single is None:

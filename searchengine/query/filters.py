@@ -23,6 +23,8 @@ from searchengine.errors import InvalidInputError
 from searchengine.paths import catalog_path
 
 SORTS = ("score", "date")
+PHOTO_FIELDS = ("taken_at", "taken_offset", "camera", "gps", "width", "height", "folder")
+"""The keys an image hit's JSON adds after its path (`results.PhotoInfo.as_dict`), in order."""
 EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG), as the haversine distance uses it
 MAX_RADIUS_KM = 20_037.5  # half the circumference: every point of the globe
 # what --format takes -> the formats the catalog records (Pillow's names); MPO is the

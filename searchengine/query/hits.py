@@ -128,8 +128,8 @@ def image_result(
     """The images of `space` closest to a (1, d) float32 unit `vector`, among those that pass
     `filters` (the allowed ids go to the vector search: k hits whenever k photos pass), ranked
     `offset + 1` to `offset + k`; hits scoring below `min_score` are dropped, and `sort="date"`
-    orders the hits left by capture time, newest first (photos without one last). `matched` counts the photos
-    the filter left (None without a filter)."""
+    orders the hits left by capture time, newest first (photos without one last). `matched`
+    counts the photos the filter left (None without a filter)."""
     filters, min_score, sort = check_refinements(filters, min_score, sort)
     allowed, matched = None, None
     if filters is not None:

@@ -9,10 +9,6 @@ from searchengine.index.spaces import SpaceCheck
 from searchengine.paths import display_path, path_fields
 
 
-PHOTO_FIELDS = ("taken_at", "taken_offset", "camera", "gps", "width", "height", "folder")
-"""The keys `PhotoInfo.as_dict` adds to an image hit's JSON, in their order."""
-
-
 @dataclass(frozen=True)
 class PhotoInfo:
     """What the catalog knows of a hit's photo (`searchengine.exif`): the capture time as the
@@ -29,6 +25,7 @@ class PhotoInfo:
     folder: str | None = None
 
     def as_dict(self) -> dict:
+        """The keys `query.filters.PHOTO_FIELDS`, in that order."""
         located = self.latitude is not None and self.longitude is not None
         return {
             "taken_at": self.taken_at.isoformat() if self.taken_at else None,
