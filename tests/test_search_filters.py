@@ -26,10 +26,9 @@ from searchengine.catalog.records import NewImage
 from searchengine.errors import InvalidInputError
 from searchengine.exif import read_capture
 from searchengine.images import ImageInfo, read_info
-from searchengine.index.kinds import IndexSettings
+from searchengine.index.kinds import COMPRESSED_KINDS, INDEX_KINDS, IndexSettings
 from searchengine.index.spaces import VectorSpace
 from searchengine.index.tuning import apply_params
-from searchengine.index.kinds import COMPRESSED_KINDS, INDEX_KINDS
 from searchengine.query.filters import (
     PHOTO_FIELDS,
     SearchFilter,

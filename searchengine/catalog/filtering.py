@@ -28,7 +28,7 @@ def matching_ids(catalog: Catalog, model_id: int, filters: SearchFilter) -> np.n
     """(a,) int64 ids, ascending, of the photos with a vector of `model_id` that pass every
     condition of `filters`."""
     conditions = [ImageEmbedding.model_id == model_id]
-    columns = [Media.id]
+    columns: list = [Media.id]  # the id, then what `_finish` checks
     if filters.after is not None:
         conditions.append(Media.taken_at >= filters.after)
     if filters.before is not None:
@@ -105,8 +105,9 @@ def write_metadata(catalog: Catalog, found: Sequence[tuple[int, ImageInfo]]) -> 
     with catalog.session() as session, session.begin():
         paths: dict[int, str] = {}
         for chunk in chunks([media_id for media_id, _ in found]):
-            paths.update(session.execute(select(Media.id, Media.path)
-                                         .where(Media.id.in_(chunk))).tuples().all())
+            found_paths = session.execute(select(Media.id, Media.path)
+                                          .where(Media.id.in_(chunk)))
+            paths.update({row.id: row.path for row in found_paths})
         rows = [
             {"id": media_id, "taken_at": info.taken_at, "camera": info.camera,
              "width": info.width, "height": info.height, "format": info.format}

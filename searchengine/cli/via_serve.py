@@ -128,8 +128,7 @@ def _detail(error) -> str:
 
 def _print(answer: dict, as_json: bool, min_score: float | None = None) -> None:
     """Print a search answer as `collection._print_result` prints the local SearchResult (the
-    API's fields are `SearchResult.as_dict`'s, less those that are null; its scores come at
-    full precision)."""
+    API's fields are `SearchResult.as_dict`'s; its scores come at full precision)."""
     hits = answer["hits"]
     matched = answer.get("matched")
     if as_json:
@@ -161,7 +160,8 @@ def _hit_fields(hit: dict) -> dict:
         out["path"] = hit.get("path")
         if "path_bytes" in hit:
             out["path_bytes"] = hit["path_bytes"]
-        out.update({key: hit.get(key) for key in PHOTO_FIELDS})  # the API leaves out nulls
+        if any(key in hit for key in PHOTO_FIELDS):  # a catalogued photo's metadata
+            out.update({key: hit.get(key) for key in PHOTO_FIELDS})
     return out
 
 

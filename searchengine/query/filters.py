@@ -78,12 +78,14 @@ class SearchFilter:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
-        set_(self, "after", _bound(self.after, "after", end=False))
-        set_(self, "before", _bound(self.before, "before", end=True))
-        if self.after and self.before and self.after > self.before:
+        after = _bound(self.after, "after", end=False)
+        before = _bound(self.before, "before", end=True)
+        if after and before and after > before:
             raise InvalidInputError(
-                f"after ({self.after.isoformat()}) is later than before "
-                f"({self.before.isoformat()}): no photo can pass; swap them")
+                f"after ({after.isoformat()}) is later than before ({before.isoformat()}): no "
+                "photo can pass; swap them")
+        set_(self, "after", after)
+        set_(self, "before", before)
         if self.camera is not None:
             if not isinstance(self.camera, str):
                 raise InvalidInputError("camera is text found in the camera's make or model")

@@ -76,7 +76,7 @@ class SearchResult:
     matched: int | None = None
 
     def as_dict(self) -> dict:
-        out = path_fields(self.query, "query") | {  # the query of `similar` is a path
+        out: dict[str, object] = path_fields(self.query, "query") | {  # `similar`'s: a path
             "model": self.model,
             "hits": [h.as_dict() for h in self.hits],
         }

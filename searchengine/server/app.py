@@ -210,7 +210,7 @@ def open_session(body: schemas.TokenBody, service: Service, response: Response) 
         response.set_cookie(COOKIE, expected, httponly=True, samesite="strict", path="/")
 
 
-@api.get("/search", response_model=schemas.SearchResult, response_model_exclude_none=True,
+@api.get("/search", response_model=schemas.SearchResult, response_model_exclude_unset=True,
          tags=["search"])
 async def search(
     request: Request, response: Response, service: Service, page: Paged,
@@ -250,7 +250,7 @@ async def search(
     return answer
 
 
-@api.post("/search/image", response_model=schemas.SearchResult, response_model_exclude_none=True,
+@api.post("/search/image", response_model=schemas.SearchResult, response_model_exclude_unset=True,
           tags=["search"])
 async def search_image(request: Request, response: Response, service: Service, page: Paged,
                        upload: Uploaded, refine: Refined = NONE) -> dict:
@@ -262,7 +262,7 @@ async def search_image(request: Request, response: Response, service: Service, p
 
 
 @api.get("/similar/{media_id}", response_model=schemas.SearchResult,
-         response_model_exclude_none=True, tags=["search"])
+         response_model_exclude_unset=True, tags=["search"])
 async def similar(request: Request, response: Response, service: Service, page: Paged,
                   media_id: ImageId, refine: Refined = NONE) -> dict:
     """Image -> image for an indexed image ("more like this"); it is its own first hit (when it

@@ -9,7 +9,13 @@ from typing import Annotated, NamedTuple
 from fastapi import Depends, Query
 
 from searchengine.errors import InvalidInputError
-from searchengine.query.filters import FORMATS, SearchFilter
+from searchengine.query.filters import (
+    FORMATS,
+    SearchFilter,
+    parse_formats,
+    parse_near,
+    parse_time,
+)
 from searchengine.server.errors import ApiError
 
 MAX_FILTER_CHARS = 4096  # a folder path, a camera text
@@ -61,8 +67,12 @@ async def get_refinements(
     try:
         filters = None
         if any(value is not None for value in (after, before, camera, folder, near, formats)):
-            filters = SearchFilter(after=after, before=before, camera=camera, folder=folder,
-                                   near=near, formats=formats or ())
+            filters = SearchFilter(
+                after=parse_time(after) if after is not None else None,
+                before=parse_time(before, end=True) if before is not None else None,
+                camera=camera, folder=folder,
+                near=parse_near(near) if near is not None else None,
+                formats=parse_formats(formats))
             filters = filters if filters.active else None
     except InvalidInputError as error:
         raise ApiError(422, str(error)) from None
