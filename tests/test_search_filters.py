@@ -483,3 +483,132 @@ def test_a_home_of_revision_0003_fills_the_metadata_on_the_next_index_without_em
     assert names(near) == {"a.jpg", "b.jpg", "c.jpg"}
     again = reader.index([album], model=TINY_MODEL, settings=fast_ingest())
     assert (again.refreshed, again.embedded) == (0, 0)  # read once
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+
+def stored_state(home: Path) -> tuple[bytes, dict[str, bytes]]:
+    """The catalog file's bytes and every index file's: what a refused command must not touch."""
+    files = {str(p): p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()
+             and p.suffix not in (".lock", ".json") and "catalog.sqlite" not in p.name}
+    return (home / "catalog.sqlite").read_bytes(), files
+
+
+def test_cli_filters_min_score_and_sort(album, album_engine, cli_run):
+    home = album_engine.home
+    payload = cli_run.json("search", "a photo", "--home", home, "--camera", "pixel",
+                           "--after", "2023-01-01", "--before", "2023-12-31")
+    assert {Path(hit["path"]).name for hit in payload["hits"]} == {"a.jpg", "b.jpg"}
+    assert payload["matched"] == 2 and list(payload) == ["query", "model", "hits", "matched"]
+    assert all(list(hit) == ["rank", "score", "id", "path", *PHOTO_FIELDS]
+               for hit in payload["hits"])
+    by_date = cli_run.json("search", "a photo", "--home", home, "--near", "48.85,2.35,20km",
+                           "--sort", "date")
+    assert [Path(hit["path"]).name for hit in by_date["hits"]] == ["c.jpg", "b.jpg", "a.jpg"]
+    assert by_date["hits"][0]["gps"]["lat"] == pytest.approx(PARIS[0], abs=1e-6)
+    folder = cli_run.json("similar", f"id:{payload['hits'][0]['id']}", "--home", home,
+                          "--folder", album / "paris-old", "--format", "png")
+    assert [Path(hit["path"]).name for hit in folder["hits"]] == ["g.png"]
+    table = cli_run("search", "a photo", "--home", home, "--format", "webp").stdout
+    assert "1 photo pass the filters" in table and "h.webp" in table
+
+
+def test_cli_says_how_many_photos_the_filters_left_when_nothing_is_found(album_engine, cli_run):
+    home = album_engine.home
+    out = cli_run("search", "a photo", "--home", home, "--camera", "hasselblad").stdout
+    assert "no photo passes the filters (0 left)" in out
+    out = cli_run("search", "a photo", "--home", home, "--camera", "pixel",
+                  "--min-score", "1").stdout
+    assert "2 photos pass the filters, none scores 1 or more" in out
+    assert cli_run.json("search", "a", "--home", home, "--camera", "zzz")["matched"] == 0
+
+
+@pytest.mark.parametrize("option, words", [
+    (["--after", "2023-02-30"], "not a date"),
+    (["--before", "12/31/2023"], "not a date"),
+    (["--after", "2024-01-01", "--before", "2023-12-31"], "later than before"),
+    (["--near", "95,2.35,20km"], "outside the globe"),
+    (["--near", "48.85,2.35,-3km"], "km or m"),
+    (["--near", "48.85,2.35,0m"], "radius"),
+    (["--near", "paris"], "LAT,LON,RADIUS"),
+    (["--format", "jpeg,raw"], "known formats"),
+    (["--min-score", "1.5"], "-1"),
+    (["--sort", "name"], "score"),
+])
+def test_cli_bad_filters_exit_2_and_store_nothing(album_engine, cli_run, option, words):
+    home = album_engine.home
+    before = stored_state(home)
+    for command in (["search", "a photo"], ["similar", "id:1"]):
+        result = cli_run(*command, "--home", home, *option, expect=2)
+        assert words in result.stderr, result.stderr
+    assert stored_state(home) == before
+
+
+# -- the HTTP API --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def api(album_engine):
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from searchengine.server import create_app
+
+    return TestClient(create_app(album_engine), raise_server_exceptions=False)
+
+
+def test_api_filters_as_query_parameters(api, album, album_engine, cli_run):
+    answer = api.get("/api/search", params={"q": "a photo", "camera": "pixel",
+                                            "after": "2023-01-01", "before": "2023-12-31"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert {Path(hit["path"]).name for hit in body["hits"]} == {"a.jpg", "b.jpg"}
+    assert body["matched"] == 2
+    local = cli_run.json("search", "a photo", "--home", album_engine.home, "--no-serve",
+                         "--camera", "pixel", "--after", "2023-01-01", "--before", "2023-12-31")
+    assert body == local  # the same JSON, null metadata fields included
+    first = body["hits"][0]["id"]
+    near = api.get(f"/api/similar/{first}", params={"near": "48.85,2.35,20km", "sort": "date",
+                                                   "format": "jpeg"}).json()
+    assert [Path(hit["path"]).name for hit in near["hits"]] == ["c.jpg", "b.jpg", "a.jpg"]
+    assert near["hits"][0]["gps"]["lat"] == pytest.approx(PARIS[0], abs=1e-6)
+    folder = api.get("/api/search", params={"q": "a", "folder": str(album / "nyc"),
+                                            "min_score": -1}).json()
+    assert {Path(hit["path"]).name for hit in folder["hits"]} == {"d.jpg", "e.jpg"}
+    none = api.get("/api/search", params={"q": "a", "camera": "hasselblad"}).json()
+    assert (none["hits"], none["matched"]) == ([], 0)
+    assert "matched" not in api.get("/api/search", params={"q": "a"}).json()
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"after": "2023-13-01"}, "not a date"),
+    ({"after": "2024-01-01", "before": "2023-01-01"}, "later than before"),
+    ({"before": "2023-01-01T00:00:00Z"}, "time zone"),
+    ({"near": "91,0,1km"}, "outside the globe"),
+    ({"near": "1,2,3 parsecs"}, "km or m"),
+    ({"format": "raw"}, "known formats: jpeg"),
+    ({"min_score": 2}, "min_score"),
+    ({"sort": "name"}, "sort"),
+    ({"folder": "Pictures/family"}, "absolute"),
+])
+def test_api_bad_filters_are_422_with_a_message(api, params, words):
+    for path, query in (("/api/search", {"q": "a"}), ("/api/similar/1", {})):
+        answer = api.get(path, params=query | params)
+        assert answer.status_code == 422, answer.text
+        assert words in answer.json()["detail"]
+
+
+def test_the_openapi_schema_documents_the_filters(api):
+    spec = api.get("/openapi.json").json()
+    for path in ("/api/search", "/api/similar/{media_id}"):
+        parameters = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        for name in ("after", "before", "camera", "folder", "near", "format", "min_score",
+                     "sort"):
+            assert parameters[name]["description"], (path, name)
+        assert "48.85,2.35,20km" in str(parameters["near"])
+        assert parameters["min_score"]["schema"]["anyOf"][0]["maximum"] == 1.0
+    schemas = spec["components"]["schemas"]
+    assert {"taken_at", "camera", "gps", "width", "height", "folder"} <= set(
+        schemas["Hit"]["properties"])
+    assert "matched" in schemas["SearchResult"]["properties"]
