@@ -612,3 +612,27 @@ def test_the_openapi_schema_documents_the_filters(api):
     assert {"taken_at", "camera", "gps", "width", "height", "folder"} <= set(
         schemas["Hit"]["properties"])
     assert "matched" in schemas["SearchResult"]["properties"]
+
+
+def test_matching_ids_agree_with_plain_python_on_both_backends(tmp_path, catalog_url):
+    """The SQL of every condition (and what Python finishes) on SQLite and PostgreSQL, against
+    `passes`; cameras beyond ASCII and folders that differ only in case included."""
+    from searchengine.catalog.filtering import matching_ids
+
+    catalog = Catalog(catalog_url or f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    try:
+        model = catalog.ensure_model("test/model", DIM)
+        described = [metadata(i) for i in range(300)]
+        described[5] = ("/photos/Trip/5.jpg", described[5][1])  # not under /photos/trip
+        described[7] = (described[7][0], ImageInfo(10, 10, "JPEG", None, "Ärger ÉLAN 100%_x",
+                                                   extended=True))
+        images = [NewImage(p, 1, 1, f"h{i}", info) for i, (p, info) in enumerate(described)]
+        ids = np.array(catalog.write_images(model.id, images, clustered(300, 3), []).ids)
+        for filters in [*FILTERS.values(), SearchFilter(camera="ärger é"),
+                        SearchFilter(camera="100%_"), SearchFilter(camera="%"),
+                        SearchFilter(folder="/photos/trip", camera="iphone"),
+                        SearchFilter(near=(47.5, 2.5, 40), formats="heic")]:
+            expected = ids[[passes(path, info, filters) for path, info in described]]
+            assert matching_ids(catalog, model.id, filters).tolist() == expected.tolist()
+    finally:
+        catalog.close()

@@ -199,6 +199,9 @@ def index(
         f"{report.unchanged} unchanged, {report.skipped} skipped, {report.removed} removed "
         f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
+    if report.refreshed:
+        click.echo(f"{report.refreshed} unchanged files had their capture metadata (date, "
+                   "camera, place) read again, without being embedded again")
     if report.skipped:
         click.echo("see `searchengine status` for the skipped files and why")
 
