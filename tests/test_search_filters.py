@@ -636,6 +636,6 @@ def test_matching_ids_agree_with_plain_python_on_both_backends(tmp_path, catalog
                         SearchFilter(folder="/photos/trip", camera="iphone"),
                         SearchFilter(near=(47.5, 2.5, 40), formats="heic")]:
             expected = ids[[passes(path, info, filters) for path, info in described]]
-            assert matching_ids(catalog, model.id, filters).tolist() == expected.tolist()
+            assert matching_ids(catalog, filters).tolist() == expected.tolist()
     finally:
         catalog.close()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import and_, func, or_, select, update
 
-from searchengine.catalog.schema import ImageEmbedding, Media
+from searchengine.catalog.schema import Media
 from searchengine.catalog.statements import chunks, folder_set, is_under, metadata_values, under
 from searchengine.catalog.store import Catalog
 from searchengine.exif import METADATA_VERSION
@@ -24,10 +24,11 @@ from searchengine.query.filters import SearchFilter, bounding_box, haversine_km
 BOX_MARGIN = 1e-6  # degrees (about 0.1 m) around the bounding box: rounding never drops an edge
 
 
-def matching_ids(catalog: Catalog, model_id: int, filters: SearchFilter) -> np.ndarray:
-    """(a,) int64 ids, ascending, of the photos with a vector of `model_id` that pass every
-    condition of `filters`."""
-    conditions = [ImageEmbedding.model_id == model_id]
+def matching_ids(catalog: Catalog, filters: SearchFilter) -> np.ndarray:
+    """(a,) int64 ids, ascending, of the catalogued photos that pass every condition of
+    `filters` (whether a model holds a vector of each is the vector index's to say:
+    `index.search.held_ids`). Core rows, not ORM objects: a broad filter returns most ids."""
+    conditions = []
     columns: list = [Media.id]  # the id, then what `_finish` checks
     if filters.after is not None:
         conditions.append(Media.taken_at >= filters.after)
@@ -53,13 +54,12 @@ def matching_ids(catalog: Catalog, model_id: int, filters: SearchFilter) -> np.n
         conditions.append(or_(*(Media.gps_lon.between(west - BOX_MARGIN, east + BOX_MARGIN)
                                 for west, east in ranges)))
         columns += [Media.gps_lat, Media.gps_lon]
-    query = (select(*columns).join(ImageEmbedding, ImageEmbedding.media_id == Media.id)
-             .where(and_(*conditions)).order_by(Media.id))
+    query = select(*columns).where(and_(*conditions)).order_by(Media.id)
     with catalog.session() as session:
+        rows = session.connection().execute(query)
         if len(columns) == 1:
-            return np.fromiter(session.scalars(query), dtype=np.int64)
-        rows = session.execute(query).all()
-    return _finish(rows, filters)
+            return np.fromiter(rows.scalars(), dtype=np.int64)
+        return _finish(rows.all(), filters)
 
 
 def _finish(rows: Sequence, filters: SearchFilter) -> np.ndarray:

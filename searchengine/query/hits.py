@@ -12,7 +12,7 @@ from searchengine.catalog import Catalog
 from searchengine.catalog.filtering import matching_ids
 from searchengine.catalog.schema import Media
 from searchengine.errors import InvalidInputError
-from searchengine.index.search import search_space
+from searchengine.index.search import held_ids, search_space
 from searchengine.index.spaces import VectorSpace
 from searchengine.query.filters import SearchFilter, check_min_score, check_sort
 from searchengine.query.results import PhotoInfo, SearchHit, SearchResult
@@ -132,8 +132,8 @@ def image_result(
     counts the photos the filter left (None without a filter)."""
     filters, min_score, sort = check_refinements(filters, min_score, sort)
     allowed, matched = None, None
-    if filters is not None:
-        allowed = matching_ids(catalog, space.model.id, filters)
+    if filters is not None:  # the photos that pass and that this space holds
+        allowed = held_ids(space.index, matching_ids(catalog, filters))
         matched = len(allowed)
     if matched == 0:
         if k < 1 or offset < 0:
