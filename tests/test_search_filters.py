@@ -224,6 +224,9 @@ def test_the_folder_filter_takes_a_folder_and_everything_below_it(album, album_e
     assert found(album / "paris") == {"a.jpg", "b.jpg", "c.jpg"}  # not paris-old
     assert found(album / "paris" / "sub") == {"c.jpg"}
     assert found(str(album).upper()) == set()  # case counts, also on SQLite
+    assert found(album / "nowhere") == set()  # no row at all
+    assert found(album / "paris" / "a.jpg") == set()  # a file is no folder
+    assert names(album_engine.search("a", k=8, filters=SearchFilter(camera="ÄÖÜ"))) == set()
     monkeypatch.chdir(album)
     assert found("nyc") == {"d.jpg", "e.jpg"}  # relative to the working folder
 

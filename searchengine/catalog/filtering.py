@@ -68,11 +68,12 @@ def _finish(rows: Sequence, filters: SearchFilter) -> np.ndarray:
     keep = np.ones(len(rows), dtype=bool)
     if filters.camera is not None and not filters.camera.isascii():
         needle = filters.camera.casefold()
-        keep &= [needle in f"{row.camera_make or ''} {row.camera or ''}".casefold()
-                 for row in rows]
+        keep &= np.fromiter((needle in f"{row.camera_make or ''} {row.camera or ''}".casefold()
+                             for row in rows), dtype=bool, count=len(rows))
     if filters.folder is not None:
         folders = folder_set([filters.folder])
-        keep &= [is_under(row.folder, folders) for row in rows]
+        keep &= np.fromiter((is_under(row.folder, folders) for row in rows), dtype=bool,
+                            count=len(rows))
     if filters.near is not None and len(rows):
         near = filters.near
         latitudes = np.fromiter((row.gps_lat for row in rows), dtype=np.float64, count=len(rows))
