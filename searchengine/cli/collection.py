@@ -261,7 +261,7 @@ def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_ser
 
         searchengine search "beach +sunset -people" --unlike id:42
 
-        searchengine search "birthday cake" --after 2023-01-01 --camera pixel --sort date
+        searchengine search "cake" --after 2023-01-01 --camera pixel --sort date
     """
     from searchengine.cli.via_serve import search_through_serve
 
