@@ -43,7 +43,7 @@ def search_through_serve(home: Path, query: str, *, model: str | None, k: int, o
         params["unlike"] = list(unlike)
     params |= filter_params(filters, min_score, sort)
     return _through_serve(home, "/api/search", params, model=model, k=k, offset=offset,
-                          as_json=as_json, min_score=min_score)
+                          as_json=as_json, min_score=min_score, filtered=filters is not None)
 
 
 def similar_through_serve(home: Path, media_id: int, *, model: str | None, k: int, offset: int,
@@ -52,16 +52,22 @@ def similar_through_serve(home: Path, media_id: int, *, model: str | None, k: in
     """As `search_through_serve`, for `similar id:N` (the stored vector of catalog id N)."""
     return _through_serve(home, f"/api/similar/{int(media_id)}",
                           filter_params(filters, min_score, sort), model=model, k=k,
-                          offset=offset, as_json=as_json, min_score=min_score)
+                          offset=offset, as_json=as_json, min_score=min_score,
+                          filtered=filters is not None)
 
 
 def _through_serve(home: Path, path: str, params: dict, *, model: str | None, k: int,
-                   offset: int, as_json: bool, min_score: float | None = None) -> bool:
+                   offset: int, as_json: bool, min_score: float | None = None,
+                   filtered: bool = False) -> bool:
     record = read_record(Path(home))
     if record is None or not _same_model(record, model):
         return False
     answer = _ask(record, path, {**params, "k": k, "offset": offset, "exact_scores": "true"})
     if answer is None:
+        return False
+    if filtered and "matched" not in answer:  # a server from before the filters ignores them
+        _note(f"the serve at {record.url} does not know the search filters (an older version: "
+              "restart it); searching here")
         return False
     try:
         _print(answer, as_json, min_score)
