@@ -109,6 +109,25 @@ def test_query_arithmetic_and_like_ids_through_serve(serving, cli_run):
     compare(json.loads(asked.stdout), json.loads(local.stdout))
 
 
+def test_filters_travel_to_the_serve(serving, cli_run, photo_folder):
+    """--folder, --format, --min-score and --sort reach the server as the API's parameters: its
+    answer prints what a local search with the same options prints, `matched` included."""
+    home, _, _ = serving
+    options = ["--folder", photo_folder / "trip", "--format", "jpeg", "--min-score", "-0.99",
+               "--sort", "date", "-k", 5, "--json"]
+    for command in (["search", "a photo"], ["similar", "id:1"]):
+        asked = cli_run(*command, "--home", home, *options)
+        assert "answered by the serve" in asked.stderr
+        local = cli_run(*command, "--home", home, *options, "--no-serve")
+        compare(json.loads(asked.stdout), json.loads(local.stdout))
+        assert json.loads(asked.stdout)["matched"] == 2
+    empty = ["search", "a photo", "--home", home, "--after", "2030-01-01"]
+    asked = cli_run(*empty)
+    assert "answered by the serve" in asked.stderr
+    assert asked.stdout == cli_run(*empty, "--no-serve").stdout
+    assert "no photo passes the filters (0 left)" in asked.stdout
+
+
 def test_a_like_file_is_searched_here(serving, cli_run, photo_folder):
     home, record, _ = serving
     result = cli_run("search", "a dog", "--home", home, "--like", photo_folder / "photo_0.jpg",
@@ -216,25 +235,6 @@ def test_an_answer_prints_as_the_local_result_prints(capsys, as_json):
             shown["score"] = hit.score
         _print(json.loads(json.dumps(answer)), as_json)
         assert capsys.readouterr().out == local
-
-
-def test_filters_travel_to_the_serve(serving, cli_run, photo_folder):
-    """--folder, --format, --min-score and --sort reach the server as the API's parameters: its
-    answer prints what a local search with the same options prints, `matched` included."""
-    home, _, _ = serving
-    options = ["--folder", photo_folder / "trip", "--format", "jpeg", "--min-score", "-0.99",
-               "--sort", "date", "-k", 5, "--json"]
-    for command in (["search", "a photo"], ["similar", "id:1"]):
-        asked = cli_run(*command, "--home", home, *options)
-        assert "answered by the serve" in asked.stderr
-        local = cli_run(*command, "--home", home, *options, "--no-serve")
-        compare(json.loads(asked.stdout), json.loads(local.stdout))
-        assert json.loads(asked.stdout)["matched"] == 2
-    empty = ["search", "a photo", "--home", home, "--after", "2030-01-01"]
-    asked = cli_run(*empty)
-    assert "answered by the serve" in asked.stderr
-    assert asked.stdout == cli_run(*empty, "--no-serve").stdout
-    assert "no photo passes the filters (0 left)" in asked.stdout
 
 
 def test_a_serve_that_ignores_the_filters_is_not_believed(private_home, cli_run):

@@ -19,15 +19,16 @@ from searchengine.catalog.statements import chunks, folder_set, is_under, metada
 from searchengine.catalog.store import Catalog
 from searchengine.exif import METADATA_VERSION
 from searchengine.images import ImageInfo
-from searchengine.query.filters import SearchFilter, bounding_box, haversine_km
+from searchengine.query.filters import Conditions, SearchFilter, bounding_box, haversine_km
 
 BOX_MARGIN = 1e-6  # degrees (about 0.1 m) around the bounding box: rounding never drops an edge
 
 
-def matching_ids(catalog: Catalog, filters: SearchFilter) -> np.ndarray:
+def matching_ids(catalog: Catalog, search_filter: SearchFilter) -> np.ndarray:
     """(a,) int64 ids, ascending, of the catalogued photos that pass every condition of
-    `filters` (whether a model holds a vector of each is the vector index's to say:
+    `search_filter` (whether a model holds a vector of each is the vector index's to say:
     `index.search.held_ids`). Core rows, not ORM objects: a broad filter returns most ids."""
+    filters = search_filter.checked()
     conditions = []
     columns: list = [Media.id]  # the id, then what `_finish` checks
     if filters.after is not None:
@@ -62,7 +63,7 @@ def matching_ids(catalog: Catalog, filters: SearchFilter) -> np.ndarray:
         return _finish(rows.all(), filters)
 
 
-def _finish(rows: Sequence, filters: SearchFilter) -> np.ndarray:
+def _finish(rows: Sequence, filters: Conditions) -> np.ndarray:
     """The ids of `rows` (id first, then the columns `matching_ids` added) that pass the
     conditions SQL could only approximate."""
     keep = np.ones(len(rows), dtype=bool)

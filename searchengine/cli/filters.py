@@ -105,6 +105,7 @@ def filter_params(filters, min_score: float | None, sort: str) -> dict:
     """The API's query parameters for the same filter (`serve` answering a CLI search)."""
     params: dict = {}
     if filters is not None:
+        filters = filters.checked()
         if filters.after is not None:
             params["after"] = filters.after.isoformat()
         if filters.before is not None:

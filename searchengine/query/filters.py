@@ -14,10 +14,11 @@ time zone. A photo without a capture time passes no date bound; one without GPS 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from pathlib import Path
+from typing import NamedTuple, cast
 
 from searchengine.errors import InvalidInputError
 from searchengine.paths import catalog_path
@@ -55,6 +56,18 @@ class Near:
     radius_km: float
 
 
+class Conditions(NamedTuple):
+    """A `SearchFilter`'s values after checking: bounds as datetimes (inclusive), the folder as
+    the catalog names paths, the place as a `Near`, formats as the catalog's names."""
+
+    after: datetime | None
+    before: datetime | None
+    camera: str | None
+    folder: str | None
+    near: Near | None
+    formats: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class SearchFilter:
     """The photos a search may answer with; every condition given must hold (AND).
@@ -69,12 +82,13 @@ class SearchFilter:
 
     Values are checked and normalised here: InvalidInputError says what is wrong."""
 
-    after: datetime | None = None
-    before: datetime | None = None
+    # given as any of these types; normalised on construction to those `checked` returns
+    after: datetime | date | str | None = None
+    before: datetime | date | str | None = None
     camera: str | None = None
-    folder: str | None = None
-    near: Near | None = None
-    formats: tuple[str, ...] = field(default=())  # catalog format names, e.g. ("JPEG", "MPO")
+    folder: str | os.PathLike | None = None
+    near: Near | str | tuple[float, float, float] | None = None
+    formats: tuple[str, ...] | list[str] | str = field(default=())  # ("JPEG", "MPO") once made
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -91,11 +105,24 @@ class SearchFilter:
                 raise InvalidInputError("camera is text found in the camera's make or model")
             set_(self, "camera", self.camera.strip() or None)
         if self.folder is not None:
-            if not isinstance(self.folder, (str, Path)) or not str(self.folder).strip():
+            if not isinstance(self.folder, (str, os.PathLike)) or not os.fspath(
+                self.folder
+            ).strip():
                 raise InvalidInputError("folder is a folder path, e.g. ~/Pictures/family")
-            set_(self, "folder", catalog_path(str(self.folder).strip()))
+            set_(self, "folder", catalog_path(os.fspath(self.folder).strip()))
         set_(self, "near", parse_near(self.near) if self.near is not None else None)
         set_(self, "formats", parse_formats(self.formats))
+
+    def checked(self) -> Conditions:
+        """The normalised values, typed as they are after construction."""
+        return Conditions(
+            after=cast("datetime | None", self.after),
+            before=cast("datetime | None", self.before),
+            camera=self.camera,
+            folder=cast("str | None", self.folder),
+            near=cast("Near | None", self.near),
+            formats=cast("tuple[str, ...]", self.formats),
+        )
 
     @property
     def active(self) -> bool:
