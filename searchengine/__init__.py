@@ -11,8 +11,9 @@ from searchengine.errors import SearchEngineError
 
 if TYPE_CHECKING:
     from searchengine.engine import Engine, SearchHit, SearchResult
+    from searchengine.query.filters import SearchFilter
 
-__all__ = ["Engine", "SearchEngineError", "SearchHit", "SearchResult"]
+__all__ = ["Engine", "SearchEngineError", "SearchFilter", "SearchHit", "SearchResult"]
 
 
 def __getattr__(name: str):
@@ -20,4 +21,8 @@ def __getattr__(name: str):
         from searchengine import engine
 
         return getattr(engine, name)
+    if name == "SearchFilter":
+        from searchengine.query.filters import SearchFilter
+
+        return SearchFilter
     raise AttributeError(f"module 'searchengine' has no attribute {name!r}")

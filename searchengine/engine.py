@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -39,6 +39,7 @@ from searchengine.index.spaces import VectorSpace, index_path
 from searchengine.index.vectors import check_kind, read_manifest
 from searchengine.ingest.cluster import connect, embed_files_on_ray, require_ray
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
+from searchengine.ingest.metadata import refresh_metadata
 from searchengine.ingest.scan import Plan, check_roots, plan
 from searchengine.models import (
     ensure_weights_available,
@@ -52,7 +53,14 @@ from searchengine.query.duplicates import (
     check_threshold,
     duplicate_groups,
 )
-from searchengine.query.hits import check_query_text, image_hits, text_hits
+from searchengine.query.filters import SearchFilter
+from searchengine.query.hits import (
+    check_query_text,
+    check_refinements,
+    image_hits,
+    image_result,
+    text_hits,
+)
 from searchengine.query.images import embed_pil, stored_vector, unchanged_file_vector
 from searchengine.query.inputs import (
     ImageQuery,
@@ -309,6 +317,7 @@ class Engine:
         space.begin_writes()  # until the last save: a kill in between is seen by the next run
         try:
             result, removed = self._apply(space, work, model, settings, progress, ray=ray)
+            refreshed = refresh_metadata(self.catalog, work.refresh, settings, progress=progress)
         finally:
             space.end_writes()
             if cluster is not None:
@@ -324,6 +333,7 @@ class Engine:
             skipped=result.skipped + len(work.unreadable),
             removed=removed,
             seconds=time.perf_counter() - start,
+            refreshed=refreshed,
         )
 
     def _apply(
@@ -551,16 +561,23 @@ class Engine:
         offset: int = 0,
         like: Sequence[ImageQuery] = (),
         unlike: Sequence[ImageQuery] = (),
+        filters: SearchFilter | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
     ) -> SearchResult:
         """Text -> image: the `k` images closest to the sentence, best first (from `offset`).
 
         The sentence may be query arithmetic ("beach +sunset -0.5:people", see
         `query.arithmetic`), and images may join it as terms of weight +1 (`like`) or -1
-        (`unlike`), each as `image_vector` takes it; `query_vector` makes the vector."""
+        (`unlike`), each as `image_vector` takes it; `query_vector` makes the vector.
+        `filters` (a `SearchFilter`: dates, camera, folder, place, formats) limits the photos
+        searched, inside the vector search (`matched` says how many passed); `min_score` drops
+        hits below a cosine in [-1, 1]; `sort` is "score" or "date" (newest first)."""
+        check_refinements(filters, min_score, sort)  # before the model runs
         space = self.space(model, "image")
         vector = self.query_vector(query, model=model, like=like, unlike=unlike)
-        hits = image_hits(self.catalog, space, vector, k, offset)
-        return SearchResult(query.strip(), space.model.spec, hits)
+        return image_result(self.catalog, space, vector, query.strip(), k=k, offset=offset,
+                            filters=filters, min_score=min_score, sort=sort)
 
     def query_vector(
         self,
@@ -592,14 +609,23 @@ class Engine:
         return combine(np.stack(rows), weights)
 
     def similar(
-        self, image: ImageQuery, *, k: int = 10, model: str | None = None, offset: int = 0
+        self,
+        image: ImageQuery,
+        *,
+        k: int = 10,
+        model: str | None = None,
+        offset: int = 0,
+        filters: SearchFilter | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
     ) -> SearchResult:
         """Image -> image: `image` as `image_vector` takes it (a path, an id, an image, bytes, a
-        vector)."""
+        vector); `filters`, `min_score` and `sort` as `search` takes them."""
+        check_refinements(filters, min_score, sort)
         space = self.space(model, "image")
         vector, label = self.image_vector(image, model=model)
-        hits = image_hits(self.catalog, space, vector, k, offset)
-        return SearchResult(label, space.model.spec, hits)
+        return image_result(self.catalog, space, vector, label, k=k, offset=offset,
+                            filters=filters, min_score=min_score, sort=sort)
 
     def duplicates(
         self, *, threshold: float = DEFAULT_THRESHOLD, model: str | None = None
@@ -768,18 +794,24 @@ class Engine:
         offset: int = 0,
         like: Sequence[ImageQuery] = (),
         unlike: Sequence[ImageQuery] = (),
+        filters: SearchFilter | None = None,
+        min_score: float | None = None,
+        sort: str = "score",
     ) -> SearchResult:
         """`search` among the catalogued photos at or below `folder` only (the CLI's `--in`):
-        their ids go into the vector search, so `k` hits come back whenever `k` photos lie
-        there. Reads only: `index` the folder first for photos added since."""
-        from searchengine.query.folders import check_folder, folder_hits, media_ids_under
+        `search` with `filters` narrowed to that folder, so `k` hits come back whenever `k`
+        photos pass. InvalidInputError when `folder` is missing or a file, or when `filters`
+        names a folder too. Reads only: `index` the folder first for photos added since."""
+        from searchengine.query.folders import check_folder
 
         root = check_folder(folder)
-        space = self.space(model, "image")
-        vector = self.query_vector(query, model=model, like=like, unlike=unlike)
-        allowed = media_ids_under(self.catalog, root)
-        hits = folder_hits(self.catalog, space, vector, allowed, k, offset)
-        return SearchResult(query.strip(), space.model.spec, hits)
+        if filters is not None and filters.folder is not None:
+            raise InvalidInputError(
+                f"two folders given ({filters.folder} and {root}): search in one of them")
+        within = (replace(filters, folder=root) if filters is not None
+                  else SearchFilter(folder=root))
+        return self.search(query, k=k, model=model, offset=offset, like=like, unlike=unlike,
+                           filters=within, min_score=min_score, sort=sort)
 
     @staticmethod
     def _logit_scale(encoder: Encoder) -> float:

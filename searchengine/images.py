@@ -20,11 +20,8 @@ import simplejpeg
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from searchengine.errors import ImageDecodeError
+from searchengine.exif import read_capture
 
-_EXIF_IFD = 0x8769
-_DATETIME_ORIGINAL = 36867
-_DATETIME = 306
-_MODEL = 0x0110
 _ORIENTATION = 0x0112
 # Formats we accept after sniffing the content (the file name is never trusted).
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO", "HEIF", "AVIF"})
@@ -59,6 +56,14 @@ class ImageInfo:
     format: str
     taken_at: datetime | None
     camera: str | None
+    # the rest of the capture metadata (`searchengine.exif`); `extended` says it was read (a
+    # row imported from another tool's export has only the fields above)
+    taken_offset: str | None = None
+    make: str | None = None
+    lens: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    extended: bool = False
 
 
 def load_image(
@@ -119,16 +124,18 @@ def load_image(
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
 
 
-def read_info(data: bytes, *, max_pixels: int = 200_000_000) -> ImageInfo:
-    """What the catalog keeps about an image file's bytes, from its header alone (no pixels are
-    decoded): for `import`, whose vectors were made elsewhere. Raises `ImageDecodeError` with
-    the reason for a file that is not an accepted image."""
-    if not data:
+def read_info(data: bytes | Path, *, max_pixels: int = 200_000_000) -> ImageInfo:
+    """What the catalog keeps about an image file (its bytes, or its path: then only its header
+    is read from the disk), from its header alone (no pixels are decoded): for `import`, whose
+    vectors were made elsewhere, and for files whose metadata is read again
+    (`ingest.metadata`). Raises `ImageDecodeError` with the reason for a file that is not an
+    accepted image."""
+    if isinstance(data, bytes) and not data:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
         with pillow_limits(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
                 if image.format not in ACCEPTED_FORMATS:
                     raise ImageDecodeError(f"unsupported image format {image.format}")
                 return _read_info(image)
@@ -379,26 +386,21 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _read_info(image: Image.Image) -> ImageInfo:
-    exif = image.getexif()
+    exif = image.getexif()  # a PNG's may follow its pixels: a corrupt one fails here, as it must
     width, height = image.size
-    if _orientation(image) in (5, 6, 7, 8):
+    if exif.get(_ORIENTATION, 1) in (5, 6, 7, 8):
         width, height = height, width
-    sub = exif.get_ifd(_EXIF_IFD)
-    taken = sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-    camera = exif.get(_MODEL)
+    capture = read_capture(exif)
     return ImageInfo(
         width=width,
         height=height,
         format=image.format or "unknown",
-        taken_at=_parse_exif_time(taken),
-        camera=(str(camera).strip("\x00 ").strip() or None) if camera else None,
+        taken_at=capture.taken_at,
+        camera=capture.model,
+        taken_offset=capture.taken_offset,
+        make=capture.make,
+        lens=capture.lens,
+        latitude=capture.latitude,
+        longitude=capture.longitude,
+        extended=True,
     )
-
-
-def _parse_exif_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
-    except ValueError:
-        return None

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import TINY_MODEL
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -243,6 +244,45 @@ def test_the_folder_picker_filters_inside_the_search_and_is_kept_in_the_url(
     page.locator("#clear-filters").click()
     sync_api.expect(page.locator("#status")).to_contain_text("9 results")
     assert "folder=" not in page.url
+
+
+def test_camera_and_date_controls_filter_and_say_how_many_photos_pass(browser, tmp_path):
+    """A home of photos with EXIF (test_search_filters' album): the camera choice lists its
+    cameras, and camera and date range narrow the search together, in the URL; a range that
+    holds nothing says so instead of failing, and after > before is a readable error."""
+    from test_search_filters import exif_photo
+
+    from searchengine.engine import Engine
+
+    album = tmp_path / "album"
+    exif_photo(album / "a.jpg", 1, taken="2023:07:14 10:20:30", model="Pixel 7")
+    exif_photo(album / "d.jpg", 4, taken="2022:05:01 12:00:00", model="iPhone 13")
+    exif_photo(album / "e.jpg", 5, taken="2023:03:03 08:00:00", model="iPhone 13")
+    exif_photo(album / "f.jpg", 6)
+    with Engine.open(tmp_path / "home") as engine:
+        engine.index([album], model=TINY_MODEL)
+    with serving(tmp_path / "home") as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.goto(url + "/?q=a%20photo")
+        all_thumbnails_loaded(page, minimum=4)
+        camera = page.locator("#camera option")
+        sync_api.expect(camera).to_have_count(3)
+        assert camera.all_inner_texts() == ["Any camera", "iPhone 13 (2)", "Pixel 7 (1)"]
+
+        page.locator("#camera").select_option("iPhone 13")
+        sync_api.expect(page.locator("#status")).to_contain_text("2 photos pass")
+        page.locator("#after").fill("2023-01-01")
+        sync_api.expect(page.locator("#status")).to_contain_text("1 photo pass")
+        assert page.locator("#results .card img").get_attribute("alt") == "e.jpg"
+        assert "camera=iPhone+13" in page.url and "after=2023-01-01" in page.url
+
+        page.locator("#before").fill("2023-02-01")  # iPhone photos: none in January 2023
+        sync_api.expect(page.locator("#status")).to_contain_text("0 results")
+        sync_api.expect(page.locator("#status")).to_contain_text("0 photos pass")
+        page.locator("#before").fill("2022-12-31")  # before the start: no photo can pass
+        sync_api.expect(page.locator("#error")).to_contain_text("later than before")
+        context.close()
 
 
 def _score_pattern():

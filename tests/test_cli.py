@@ -17,10 +17,11 @@ from conftest import CAPTIONS, PHOTO_COUNT, TINY_MODEL, write_image
 from float_noise import stored_score_noise
 
 from searchengine.cli import cli
+from searchengine.query.filters import PHOTO_FIELDS
 
 pytestmark = pytest.mark.usefixtures("reuse_random_encoders")
 ALL_PHOTOS = PHOTO_COUNT + 1
-HIT_KEYS = ["rank", "score", "id", "path"]
+HIT_KEYS = ["rank", "score", "id", "path", *PHOTO_FIELDS]  # the photo's metadata after its path
 TEXT_HIT_KEYS = ["rank", "score", "id", "text"]
 
 

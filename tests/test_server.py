@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from float_noise import stored_score_noise  # noqa: E402
 
 from searchengine.errors import InvalidInputError  # noqa: E402
+from searchengine.query.filters import PHOTO_FIELDS  # noqa: E402
 from searchengine.server import ServerSettings, create_app  # noqa: E402
 from searchengine.server.runner import settings_for  # noqa: E402
 from searchengine.server.settings import LOOPBACK_NAMES  # noqa: E402
@@ -78,7 +79,7 @@ def test_search_answers_the_same_json_as_the_cli(
     expected = cli_run.json("search", "a dog on the beach", "-k", "3", "--home", indexed_home)
     assert response.json() == expected
     assert [hit["rank"] for hit in expected["hits"]] == [1, 2, 3]
-    assert set(expected["hits"][0]) == {"rank", "score", "id", "path"}
+    assert list(expected["hits"][0]) == ["rank", "score", "id", "path", *PHOTO_FIELDS]
 
 
 def test_search_pages_with_offset_and_limit(client):

@@ -109,6 +109,25 @@ def test_query_arithmetic_and_like_ids_through_serve(serving, cli_run):
     compare(json.loads(asked.stdout), json.loads(local.stdout))
 
 
+def test_filters_travel_to_the_serve(serving, cli_run, photo_folder):
+    """--folder, --format, --min-score and --sort reach the server as the API's parameters: its
+    answer prints what a local search with the same options prints, `matched` included."""
+    home, _, _ = serving
+    options = ["--folder", photo_folder / "trip", "--format", "jpeg", "--min-score", "-0.99",
+               "--sort", "date", "-k", 5, "--json"]
+    for command in (["search", "a photo"], ["similar", "id:1"]):
+        asked = cli_run(*command, "--home", home, *options)
+        assert "answered by the serve" in asked.stderr
+        local = cli_run(*command, "--home", home, *options, "--no-serve")
+        compare(json.loads(asked.stdout), json.loads(local.stdout))
+        assert json.loads(asked.stdout)["matched"] == 2
+    empty = ["search", "a photo", "--home", home, "--after", "2030-01-01"]
+    asked = cli_run(*empty)
+    assert "answered by the serve" in asked.stderr
+    assert asked.stdout == cli_run(*empty, "--no-serve").stdout
+    assert "no photo passes the filters (0 left)" in asked.stdout
+
+
 def test_a_like_file_is_searched_here(serving, cli_run, photo_folder):
     home, record, _ = serving
     result = cli_run("search", "a dog", "--home", home, "--like", photo_folder / "photo_0.jpg",
@@ -216,3 +235,41 @@ def test_an_answer_prints_as_the_local_result_prints(capsys, as_json):
             shown["score"] = hit.score
         _print(json.loads(json.dumps(answer)), as_json)
         assert capsys.readouterr().out == local
+
+
+def test_a_serve_that_ignores_the_filters_is_not_believed(private_home, cli_run):
+    """A serve of a version from before the filters ignores their parameters and would answer
+    an unfiltered search: without `matched` in its answer the CLI searches here. (The older
+    server is a stand-in: that version cannot be started from this checkout.)"""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from searchengine.serving import INSTANCE_HEADER
+
+    class Older(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's name is http.server's)
+            body = json.dumps({"query": "a dog", "model": TINY_MODEL, "hits": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header(INSTANCE_HEADER, "older")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Older)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        write_record(private_home, ServeRecord(
+            pid=os.getpid(), url=f"http://127.0.0.1:{server.server_port}", started="now",
+            instance="older", home=str(private_home), catalog=_identity(private_home),
+            model=None, token=False))
+        result = cli_run("search", "a dog", "--home", private_home, "--json", "--format", "png")
+        assert "does not know the search filters" in result.stderr
+        local = cli_run.json("search", "a dog", "--home", private_home, "--no-serve",
+                             "--format", "png")
+        assert json.loads(result.stdout) == local and local["matched"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()

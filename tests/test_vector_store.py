@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, fast_ingest
 
-from searchengine.catalog import Catalog, as_stored, head_revision
+from searchengine.catalog import INDEX_REVISION, Catalog, as_stored, head_revision
 from searchengine.catalog.vectors import BATCH_SIZE, decode, encode
 from searchengine.errors import CatalogError, InvalidInputError
 
@@ -231,7 +231,7 @@ def test_index_files_of_an_older_catalog_revision_are_rebuilt_and_saved_by_the_n
     # (tests/test_spaces.py follows several readers)
     assert rebuilt and all(r.levelno == logging.WARNING and "searchengine index" in r.getMessage()
                            for r in rebuilt)
-    assert json.loads(manifest.read_text())["catalog_revision"] == head_revision()
+    assert json.loads(manifest.read_text())["catalog_revision"] == INDEX_REVISION
     assert open_engine(home).check().ok
 
 

@@ -16,6 +16,7 @@ class StoredFile:
     size: int
     mtime_ns: int
     content_hash: str
+    metadata_version: int | None = None  # the extraction its metadata columns come from
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -48,10 +50,20 @@ class Base(DeclarativeBase):
 
 
 class Media(Base):
-    """One image file. `id` is also its vector id in every image index (ids are never reused)."""
+    """One image file. `id` is also its vector id in every image index (ids are never reused).
+
+    The capture metadata (revision 0004, `searchengine.exif`): `taken_at` is the camera's local
+    time as EXIF recorded it (naive) and `taken_offset` its UTC offset ("+02:00") when recorded;
+    `camera` the model, `camera_make` the make; `gps_lat` / `gps_lon` decimal degrees; `folder`
+    the parent folder of `path`. `metadata_version` says which extraction filled them
+    (`exif.METADATA_VERSION`); NULL for rows from before 0004, filled by the next
+    `index` without embedding again."""
 
     __tablename__ = "media"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        Index("ix_media_gps", "gps_lat", "gps_lon"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(PathText, unique=True)
@@ -64,6 +76,13 @@ class Media(Base):
     taken_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
     camera: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
+    taken_offset: Mapped[str | None] = mapped_column(String(6))
+    camera_make: Mapped[str | None] = mapped_column(Text)
+    lens: Mapped[str | None] = mapped_column(Text)
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_lon: Mapped[float | None] = mapped_column(Float)
+    folder: Mapped[str | None] = mapped_column(PathText, index=True)
+    metadata_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class SkippedFile(Base):

@@ -18,8 +18,12 @@ from searchengine.catalog.records import NewImage, Skip, StoredFile
 from searchengine.catalog.schema import ImageEmbedding, Media, TextEmbedding
 from searchengine.catalog.vectors import encode
 from searchengine.errors import InvalidInputError
+from searchengine.exif import METADATA_VERSION
+from searchengine.images import ImageInfo
 
 MODALITIES = ("image", "text")
+STORED_FILE_COLUMNS = (Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash,
+                       Media.metadata_version)  # a `StoredFile`, in its fields' order
 CHUNK = 500  # ids per IN (...) clause; SQLite allows 32766 variables, keep statements small
 
 
@@ -62,9 +66,7 @@ def existing_files(session: Session, paths: Sequence[str]) -> dict[str, StoredFi
     found: dict[str, StoredFile] = {}
     for chunk in chunks(list(paths)):
         rows = session.execute(
-            select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash).where(
-                Media.path.in_(chunk)
-            )
+            select(*STORED_FILE_COLUMNS).where(Media.path.in_(chunk))
         )
         found.update({r.path: StoredFile(*r) for r in rows})
     return found
@@ -123,7 +125,27 @@ def media_values(image: NewImage, now: datetime) -> dict:
         "taken_at": info.taken_at,
         "camera": info.camera,
         "indexed_at": now,
+    } | metadata_values(image.path, info)
+
+
+def metadata_values(path: str, info: ImageInfo) -> dict:
+    """The capture-metadata columns of a file (revision 0004) from its `ImageInfo`; an info
+    without them (`extended` false: an imported row) leaves metadata_version NULL, so the next
+    `index` reads them from the file."""
+    return {
+        "taken_offset": info.taken_offset,
+        "camera_make": info.make,
+        "lens": info.lens,
+        "gps_lat": info.latitude,
+        "gps_lon": info.longitude,
+        "folder": parent_folder(path),
+        "metadata_version": METADATA_VERSION if info.extended else None,
     }
+
+
+def parent_folder(path: str) -> str:
+    """The folder of a catalog path (absolute, `/`-separated): the text before its last slash."""
+    return path.rsplit("/", 1)[0] or "/"
 
 
 def skip_values(skip: Skip, now: datetime) -> dict:

@@ -45,6 +45,7 @@ from searchengine.catalog.schema import (
     TextItem,
 )
 from searchengine.catalog.statements import (
+    STORED_FILE_COLUMNS,
     chunks,
     embedding_table,
     existing_files,
@@ -65,6 +66,10 @@ CATALOG_ID_KEY = "catalog_id"  # the setting that names a catalog (`Catalog.iden
 _ATTEMPTS = 3  # runs of a write transaction that PostgreSQL ended in a deadlock
 T = TypeVar("T")
 _ROOTS_PER_QUERY = 200  # two OR terms per root; SQLite's expression tree stops at depth 1000
+INDEX_REVISION = "0003"
+"""The newest revision that changed what index files are built from (the vectors' stored form,
+their ids); index manifests record it. A later revision that only adds columns (0004: capture
+metadata) leaves every index file valid: no rebuild after the upgrade."""
 
 
 @functools.cache
@@ -226,9 +231,7 @@ class Catalog:
         with self.session() as session:
             for chunk in chunks(list(roots), _ROOTS_PER_QUERY):
                 rows = session.execute(
-                    select(
-                        Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash
-                    ).where(under(Media.path, chunk))
+                    select(*STORED_FILE_COLUMNS).where(under(Media.path, chunk))
                 )
                 folders = folder_set(chunk)
                 found.update({r.path: StoredFile(*r) for r in rows if is_under(r.path, folders)})

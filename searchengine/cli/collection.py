@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from searchengine.cli.filters import build_filter, empty_line, filter_options
 from searchengine.cli.folder_search import in_folder_option
 from searchengine.cli.options import (
     ImageArgument,
@@ -35,14 +36,17 @@ def _engine(home: Path, catalog: str | None, *, create: bool = False):
     return Engine.open(home, create=create, catalog_url=catalog)
 
 
-def _print_result(result, as_json: bool) -> None:
+def _print_result(result, as_json: bool, min_score: float | None = None) -> None:
     if as_json:
         echo_json(result.as_dict())
         return
     echo_line(f"{result.query}  [{result.model}]")
+    matched = getattr(result, "matched", None)
     if not result.hits:
-        click.echo("no hits")
+        click.echo(empty_line(matched, min_score))
         return
+    if matched is not None:
+        click.echo(f"{matched} photo{'s' if matched != 1 else ''} pass the filters")
     column = "text" if result.hits[0].text is not None else "path"
     rows = [[h.rank, h.score, h.id, h.text if h.text is not None else h.path] for h in result.hits]
     echo_table(["rank", "score", "id", column], rows)
@@ -196,6 +200,9 @@ def index(
         f"{report.unchanged} unchanged, {report.skipped} skipped, {report.removed} removed "
         f"in {report.seconds:.1f} s ({report.images_per_second:.1f} images/s)"
     )
+    if report.refreshed:
+        click.echo(f"{report.refreshed} unchanged files had their capture metadata (date, "
+                   "camera, place) read again, without being embedded again")
     if report.skipped:
         click.echo("see `searchengine status` for the skipped files and why")
 
@@ -236,9 +243,11 @@ def _ray_settings(address, num_gpus, concurrency, ship_bytes):
 @click.option("--no-serve", is_flag=True,
               help="Search here even when a `searchengine serve` runs on the home (it answers "
               "otherwise, in a fraction of the time: no model to load).")
+@filter_options
 @handle_errors
 @in_folder_option
-def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_serve):
+def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_serve, after,
+           before, camera, folder, near, formats, min_score, sort):
     """Find the photos that best match a sentence (text -> image).
 
     QUERY may add and subtract phrases: "beach +sunset -people" searches for the normalised
@@ -254,17 +263,22 @@ def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_ser
 
         searchengine search "beach +sunset -people" --unlike id:42
 
+        searchengine search "cake" --after 2023-01-01 --camera pixel --sort date
+
         searchengine search "a dog" --in ~/Pictures/trip
     """
     from searchengine.cli.via_serve import search_through_serve
 
+    filters = build_filter(after, before, camera, folder, near, formats)
+    refine = {"filters": filters, "min_score": min_score, "sort": sort}
     if not no_serve and search_through_serve(home, query, model=model, k=k, offset=offset,
-                                             as_json=as_json, like=like, unlike=unlike):
+                                             as_json=as_json, like=like, unlike=unlike,
+                                             **refine):
         return
     with _engine(home, catalog) as engine:
         result = engine.search(query, k=k, model=model, offset=offset, like=list(like),
-                               unlike=list(unlike))
-        _print_result(result, as_json)
+                               unlike=list(unlike), **refine)
+        _print_result(result, as_json, min_score)
 
 
 @click.command()
@@ -278,8 +292,10 @@ def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_ser
 @click.option("--no-serve", is_flag=True,
               help="Search here even when a `searchengine serve` runs on the home (it answers "
               "id:N queries otherwise).")
+@filter_options
 @handle_errors
-def similar(image, home, catalog, model, k, offset, as_json, no_serve):
+def similar(image, home, catalog, model, k, offset, as_json, no_serve, after, before, camera,
+            folder, near, formats, min_score, sort):
     """Find photos like IMAGE, a file or id:N for catalog id N (image -> image).
 
     A bare number is a file name, never an id: write `id:42` for the image with id 42.
@@ -290,15 +306,20 @@ def similar(image, home, catalog, model, k, offset, as_json, no_serve):
         searchengine similar ~/Pictures/x.jpg -k 10
 
         searchengine similar id:42 -k 10
+
+        searchengine similar x.jpg --folder ~/Pictures/2024 --format jpeg,heic
     """
     from searchengine.cli.via_serve import similar_through_serve
 
+    filters = build_filter(after, before, camera, folder, near, formats)
+    refine = {"filters": filters, "min_score": min_score, "sort": sort}
     if (not no_serve and isinstance(image, int)
             and similar_through_serve(home, image, model=model, k=k, offset=offset,
-                                      as_json=as_json)):
+                                      as_json=as_json, **refine)):
         return
     with _engine(home, catalog) as engine:
-        _print_result(engine.similar(image, k=k, model=model, offset=offset), as_json)
+        result = engine.similar(image, k=k, model=model, offset=offset, **refine)
+        _print_result(result, as_json, min_score)
 
 
 @click.command("add-texts")

@@ -15,18 +15,22 @@ from pathlib import Path
 
 import click
 
+from searchengine.cli.filters import empty_line, filter_params
 from searchengine.cli.options import echo_json, echo_line, echo_table
+from searchengine.query.filters import PHOTO_FIELDS
 from searchengine.serving import INSTANCE_HEADER, ServeRecord, read_record
 
 TIMEOUT_SECONDS = 10.0  # a server answering slower than this is treated as not answering
 
 
 def search_through_serve(home: Path, query: str, *, model: str | None, k: int, offset: int,
-                         as_json: bool, like: tuple = (), unlike: tuple = ()) -> bool:
+                         as_json: bool, like: tuple = (), unlike: tuple = (), filters=None,
+                         min_score: float | None = None, sort: str = "score") -> bool:
     """Ask the `serve` running on `home` for a text search and print its answer as `search`
     does; False (nothing printed on stdout) when no such server can answer it. `like` and
     `unlike` (ints: catalog ids; else files) travel as ids; a file among them is searched
-    here (the API takes indexed photos only)."""
+    here (the API takes indexed photos only). The filters, `min_score` and `sort` travel as
+    the API's query parameters (`cli.filters.filter_params`)."""
     if not all(isinstance(image, int) for image in (*like, *unlike)):
         if read_record(Path(home)) is not None:
             _note("--like/--unlike name a file, which the serve cannot read; searching here "
@@ -37,27 +41,36 @@ def search_through_serve(home: Path, query: str, *, model: str | None, k: int, o
         params["like"] = list(like)
     if unlike:
         params["unlike"] = list(unlike)
+    params |= filter_params(filters, min_score, sort)
     return _through_serve(home, "/api/search", params, model=model, k=k, offset=offset,
-                          as_json=as_json)
+                          as_json=as_json, min_score=min_score, filtered=filters is not None)
 
 
 def similar_through_serve(home: Path, media_id: int, *, model: str | None, k: int, offset: int,
-                          as_json: bool) -> bool:
+                          as_json: bool, filters=None, min_score: float | None = None,
+                          sort: str = "score") -> bool:
     """As `search_through_serve`, for `similar id:N` (the stored vector of catalog id N)."""
-    return _through_serve(home, f"/api/similar/{int(media_id)}", {}, model=model, k=k,
-                          offset=offset, as_json=as_json)
+    return _through_serve(home, f"/api/similar/{int(media_id)}",
+                          filter_params(filters, min_score, sort), model=model, k=k,
+                          offset=offset, as_json=as_json, min_score=min_score,
+                          filtered=filters is not None)
 
 
 def _through_serve(home: Path, path: str, params: dict, *, model: str | None, k: int,
-                   offset: int, as_json: bool) -> bool:
+                   offset: int, as_json: bool, min_score: float | None = None,
+                   filtered: bool = False) -> bool:
     record = read_record(Path(home))
     if record is None or not _same_model(record, model):
         return False
     answer = _ask(record, path, {**params, "k": k, "offset": offset, "exact_scores": "true"})
     if answer is None:
         return False
+    if filtered and "matched" not in answer:  # a server from before the filters ignores them
+        _note(f"the serve at {record.url} does not know the search filters (an older version: "
+              "restart it); searching here")
+        return False
     try:
-        _print(answer, as_json)
+        _print(answer, as_json, min_score)
     except (KeyError, TypeError, ValueError):
         _note(f"the serve at {record.url} sent an answer this command cannot read; "
               "searching here")
@@ -119,20 +132,25 @@ def _detail(error) -> str:
         return error.reason or "no detail"
 
 
-def _print(answer: dict, as_json: bool) -> None:
+def _print(answer: dict, as_json: bool, min_score: float | None = None) -> None:
     """Print a search answer as `collection._print_result` prints the local SearchResult (the
     API's fields are `SearchResult.as_dict`'s; its scores come at full precision)."""
     hits = answer["hits"]
+    matched = answer.get("matched")
     if as_json:
         payload = {key: answer[key] for key in ("query", "query_bytes") if key in answer}
         payload["model"] = answer["model"]
         payload["hits"] = [_hit_fields(hit) for hit in hits]
+        if matched is not None:
+            payload["matched"] = int(matched)
         echo_json(payload)
         return
     echo_line(f"{answer['query']}  [{answer['model']}]")
     if not hits:
-        click.echo("no hits")
+        click.echo(empty_line(matched, min_score))
         return
+    if matched is not None:
+        click.echo(f"{matched} photo{'s' if matched != 1 else ''} pass the filters")
     column = "text" if "text" in hits[0] else "path"
     rows = [[hit["rank"], float(hit["score"]), hit["id"], hit.get("text", hit.get("path"))]
             for hit in hits]
@@ -148,6 +166,8 @@ def _hit_fields(hit: dict) -> dict:
         out["path"] = hit.get("path")
         if "path_bytes" in hit:
             out["path_bytes"] = hit["path_bytes"]
+        if any(key in hit for key in PHOTO_FIELDS):  # a catalogued photo's metadata
+            out.update({key: hit.get(key) for key in PHOTO_FIELDS})
     return out
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchengine.catalog import Catalog, head_revision
+from searchengine.catalog import INDEX_REVISION, Catalog
 from searchengine.catalog.records import ModelRow
 from searchengine.catalog.vectors import BATCH_SIZE
 from searchengine.errors import IndexMismatchError
@@ -165,7 +165,7 @@ class VectorSpace:
             kind=kind or self.kind,
             dim=self.model.dim,
             count=0,
-            catalog_revision=head_revision(),
+            catalog_revision=INDEX_REVISION,
             catalog_id=self.catalog.identity(create=saving),
         )
 
@@ -201,9 +201,9 @@ class VectorSpace:
                 raise _Outgrown(f"the index kind changes from {manifest.kind} to {self.kind}")
             if manifest.version < MANIFEST_VERSION and manifest.kind in IVF_KINDS:
                 raise _Outdated("its IVF lists were written in the id-map form of version 1")
-            if manifest.catalog_revision != head_revision():  # e.g. the vectors' stored form
+            if manifest.catalog_revision != INDEX_REVISION:  # e.g. the vectors' stored form
                 raise _Outdated(f"the catalog moved from schema revision "
-                                f"{manifest.catalog_revision} to {head_revision()}")
+                                f"{manifest.catalog_revision} to {INDEX_REVISION}")
             foreign = self._foreign_catalog(manifest)
             if foreign is not None:  # the same ids may name other photos there
                 raise IndexMismatchError(foreign)

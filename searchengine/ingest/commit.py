@@ -35,6 +35,7 @@ class IngestReport:
     skipped: int
     removed: int
     seconds: float
+    refreshed: int = 0  # unchanged files whose metadata was read again (no embedding)
 
     @property
     def images_per_second(self) -> float:

@@ -16,6 +16,7 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
 from searchengine.catalog import Catalog, Skip, StoredFile
 from searchengine.errors import InvalidInputError
+from searchengine.exif import METADATA_VERSION
 from searchengine.paths import catalog_path, display_path
 from searchengine.settings import IngestSettings
 
@@ -37,6 +38,9 @@ class Plan:
     vanished: list[str]
     unchanged: int
     unreadable: list[Skip] = field(default_factory=list)
+    # unchanged files whose metadata columns are from an older extraction (a home from before
+    # revision 0004): their headers are read again, nothing is embedded (`ingest.metadata`)
+    refresh: list[StoredFile] = field(default_factory=list)
 
 
 def check_roots(paths: list[Path]) -> list[Path]:
@@ -179,6 +183,7 @@ def plan(
     skipped = catalog.skipped_under(root_strings)
     have_vector = set(catalog.vector_ids("image", model_id).tolist())
     to_embed: list[FileStat] = []
+    refresh: list[StoredFile] = []
     unchanged = 0
     for path, stat in on_disk.items():
         old: StoredFile | None = stored.get(path)
@@ -188,6 +193,8 @@ def plan(
             and old.id in have_vector
         ):
             unchanged += 1
+            if (old.metadata_version or 0) < METADATA_VERSION:
+                refresh.append(old)
             continue
         known_bad = skipped.get(path)
         if known_bad is not None and (known_bad.size, known_bad.mtime_ns) == (
@@ -199,4 +206,4 @@ def plan(
         to_embed.append(stat)
     vanished = [p for p in stored if p not in on_disk]
     vanished += [p for p in skipped if p not in on_disk]
-    return Plan(to_embed, vanished, unchanged, unreadable), len(on_disk)
+    return Plan(to_embed, vanished, unchanged, unreadable, refresh), len(on_disk)

@@ -3,23 +3,56 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from searchengine.index.spaces import SpaceCheck
 from searchengine.paths import display_path, path_fields
 
 
 @dataclass(frozen=True)
+class PhotoInfo:
+    """What the catalog knows of a hit's photo (`searchengine.exif`): the capture time as the
+    camera's clock showed it and its UTC offset when recorded, the camera model, the GPS
+    position in decimal degrees, the size in pixels after EXIF rotation, the folder."""
+
+    taken_at: datetime | None = None
+    taken_offset: str | None = None
+    camera: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    width: int | None = None
+    height: int | None = None
+    folder: str | None = None
+
+    def as_dict(self) -> dict:
+        """The keys `query.filters.PHOTO_FIELDS`, in that order."""
+        located = self.latitude is not None and self.longitude is not None
+        return {
+            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            "taken_offset": self.taken_offset,
+            "camera": self.camera,
+            "gps": {"lat": self.latitude, "lon": self.longitude} if located else None,
+            "width": self.width,
+            "height": self.height,
+            "folder": display_path(self.folder) if self.folder is not None else None,
+        }
+
+
+@dataclass(frozen=True)
 class SearchHit:
-    """One ranked result: an image (`path`) or a text (`text`), with its catalog id.
+    """One ranked result: an image (`path`, and `photo`: its metadata) or a text (`text`),
+    with its catalog id.
 
     In `as_dict` (JSON), a path that is not valid UTF-8 shows its odd bytes as `\\xNN` and
-    comes with `path_bytes`, its exact bytes in base64 (`searchengine.paths`)."""
+    comes with `path_bytes`, its exact bytes in base64 (`searchengine.paths`); an image hit's
+    metadata follows (`PHOTO_FIELDS`)."""
 
     rank: int
     score: float
     id: int
     path: str | None = None
     text: str | None = None
+    photo: PhotoInfo | None = None
 
     def as_dict(self) -> dict:
         out: dict[str, object] = {"rank": self.rank, "score": round(self.score, 6), "id": self.id}
@@ -27,20 +60,29 @@ class SearchHit:
             out["text"] = self.text
         else:
             out.update(path_fields(self.path) if self.path is not None else {"path": None})
+            if self.photo is not None:
+                out.update(self.photo.as_dict())
         return out
 
 
 @dataclass(frozen=True)
 class SearchResult:
+    """The hits of a search. `matched`: with a filter, how many photos passed it (the most hits
+    any page can have); None without one."""
+
     query: str
     model: str
     hits: list[SearchHit]
+    matched: int | None = None
 
     def as_dict(self) -> dict:
-        return path_fields(self.query, "query") | {  # the query of `similar` is a path
+        out: dict[str, object] = path_fields(self.query, "query") | {  # `similar`'s: a path
             "model": self.model,
             "hits": [h.as_dict() for h in self.hits],
         }
+        if self.matched is not None:
+            out["matched"] = self.matched
+        return out
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,10 @@ from searchengine.engine import Engine
 from searchengine.query.arithmetic import has_arithmetic
 from searchengine.server import schemas
 from searchengine.server.errors import ApiError, install_error_handlers
+from searchengine.server.filters import Refined
 from searchengine.server.guard import Guard
 from searchengine.server.media import ServedImage
-from searchengine.server.service import SearchService
+from searchengine.server.service import NONE, SearchService
 from searchengine.server.settings import ServerSettings
 from searchengine.server.uploads import Upload, read_upload
 from searchengine.serving import INSTANCE_HEADER
@@ -210,7 +211,7 @@ def open_session(body: schemas.TokenBody, service: Service, response: Response) 
         response.set_cookie(COOKIE, expected, httponly=True, samesite="strict", path="/")
 
 
-@api.get("/search", response_model=schemas.SearchResult, response_model_exclude_none=True,
+@api.get("/search", response_model=schemas.SearchResult, response_model_exclude_unset=True,
          tags=["search"])
 async def search(
     request: Request, response: Response, service: Service, page: Paged,
@@ -227,8 +228,12 @@ async def search(
                                               "(repeatable).")] = None,
     exact_scores: Annotated[bool, Query(description="Scores at full float32 precision instead "
                                                     "of rounded to 6 decimals.")] = False,
+    refine: Refined = NONE,
 ) -> dict:
-    """Text -> image; the same JSON as `searchengine search --json`."""
+    """Text -> image; the same JSON as `searchengine search --json`. The filters (after,
+    before, camera, folder, near, format) limit the photos searched, inside the vector search:
+    `matched` then says how many passed; `min_score` drops weak hits, `sort=date` orders them
+    by capture time."""
     _check_length(q, service.settings.max_query_chars, "q")
     images = (tuple(like or ()), tuple(unlike or ()))
     if len(images[0]) + len(images[1]) > MAX_IMAGE_TERMS:
@@ -238,7 +243,7 @@ async def search(
             raise ApiError(404, f"no catalogued image with id {media_id}")
     lane = service.lanes.slow if any(images) or has_arithmetic(q) else service.lanes.fast
     result = await lane(service.search, q, limit=page.limit, offset=page.offset,
-                        like=images[0], unlike=images[1])
+                        like=images[0], unlike=images[1], refine=refine)
     answer = _paged(request, response, result, page)
     if exact_scores:  # the CLI answering through `serve` rounds them itself, as it does locally
         for shown, hit in zip(answer["hits"], result.hits, strict=True):
@@ -246,23 +251,25 @@ async def search(
     return answer
 
 
-@api.post("/search/image", response_model=schemas.SearchResult, response_model_exclude_none=True,
+@api.post("/search/image", response_model=schemas.SearchResult, response_model_exclude_unset=True,
           tags=["search"])
 async def search_image(request: Request, response: Response, service: Service, page: Paged,
-                       upload: Uploaded) -> dict:
-    """Image -> image, for an uploaded image (multipart field `image`)."""
+                       upload: Uploaded, refine: Refined = NONE) -> dict:
+    """Image -> image, for an uploaded image (multipart field `image`); the filters as
+    `/api/search` takes them."""
     result = await service.lanes.slow(service.search_upload, upload, limit=page.limit,
-                                      offset=page.offset)
+                                      offset=page.offset, refine=refine)
     return _paged(request, response, result, page)
 
 
 @api.get("/similar/{media_id}", response_model=schemas.SearchResult,
-         response_model_exclude_none=True, tags=["search"])
+         response_model_exclude_unset=True, tags=["search"])
 async def similar(request: Request, response: Response, service: Service, page: Paged,
-                  media_id: ImageId) -> dict:
-    """Image -> image for an indexed image ("more like this"); it is its own first hit."""
+                  media_id: ImageId, refine: Refined = NONE) -> dict:
+    """Image -> image for an indexed image ("more like this"); it is its own first hit (when it
+    passes the filters, which `/api/search` documents)."""
     result = await service.lanes.fast(service.similar, media_id, limit=page.limit,
-                                      offset=page.offset)
+                                      offset=page.offset, refine=refine)
     return _paged(request, response, result, page)
 
 

@@ -13,6 +13,11 @@ from pydantic import BaseModel, Field
 BYTES_HELP = "Only where the path is not UTF-8 (then shown with \\xNN escapes): its bytes, base64."
 
 
+class Gps(BaseModel):
+    lat: float = Field(description="Latitude in decimal degrees, north positive.")
+    lon: float = Field(description="Longitude in decimal degrees, east positive.")
+
+
 class Hit(BaseModel):
     rank: int = Field(description="1-based rank over the whole result (offset included).")
     score: float = Field(description="Cosine similarity, rounded to 6 decimals "
@@ -21,6 +26,18 @@ class Hit(BaseModel):
     path: str | None = Field(None, description="Image hits: the catalogued file.")
     path_bytes: str | None = Field(None, description=BYTES_HELP)
     text: str | None = Field(None, description="Text hits: the text.")
+    taken_at: str | None = Field(
+        None, description="Image hits: the EXIF capture time (DateTimeOriginal) as the camera's "
+        "clock showed it, ISO 8601 without a zone, e.g. 2024-07-01T14:03:22; left out when not "
+        "recorded.")
+    taken_offset: str | None = Field(
+        None, description="Image hits: that clock's offset from UTC (EXIF OffsetTimeOriginal), "
+        "e.g. +02:00, when recorded.")
+    camera: str | None = Field(None, description="Image hits: the EXIF camera model.")
+    gps: Gps | None = Field(None, description="Image hits: where it was taken (EXIF GPS).")
+    width: int | None = Field(None, description="Image hits: pixels, after EXIF rotation.")
+    height: int | None = Field(None, description="Image hits: pixels, after EXIF rotation.")
+    folder: str | None = Field(None, description="Image hits: the folder holding the file.")
 
 
 class SearchResult(BaseModel):
@@ -28,6 +45,9 @@ class SearchResult(BaseModel):
     query_bytes: str | None = Field(None, description=BYTES_HELP)
     model: str
     hits: list[Hit]
+    matched: int | None = Field(
+        None, description="With a filter: how many photos passed it (the most hits any page "
+        "can hold); 0 when none did, which is no error.")
 
 
 class LabelProbability(BaseModel):

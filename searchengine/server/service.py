@@ -26,11 +26,12 @@ from searchengine.errors import NotIndexedError
 from searchengine.index.spaces import VectorSpace
 from searchengine.paths import display_path, path_fields
 from searchengine.query.arithmetic import has_arithmetic
-from searchengine.query.hits import check_query_text, image_hits
+from searchengine.query.hits import check_query_text, image_result
 from searchengine.query.images import stored_vector
 from searchengine.query.inputs import check_media_id
 from searchengine.server.batcher import TextBatcher
 from searchengine.server.errors import ApiError
+from searchengine.server.filters import Refinements
 from searchengine.server.gate import ModelGate, gate_encoder, ungated_texts
 from searchengine.server.lanes import Lanes
 from searchengine.server.media import MediaFiles
@@ -41,6 +42,7 @@ from searchengine.server.watching import ServeWatcher
 log = logging.getLogger(__name__)
 
 ImageRef = int | Upload  # an indexed image's catalog id, or an uploaded image
+NONE = Refinements()  # no filter, no threshold, best first
 
 
 class SearchService:
@@ -101,41 +103,45 @@ class SearchService:
     # -- searches ----------------------------------------------------------------------
 
     def search(self, query: str, *, limit: int, offset: int, like: tuple[int, ...] = (),
-               unlike: tuple[int, ...] = ()) -> SearchResult:
+               unlike: tuple[int, ...] = (), refine: Refinements = NONE) -> SearchResult:
         """As `Engine.search`, the sentence encoded in a batch with other requests'. Query
         arithmetic, or indexed photos as terms (`like`, `unlike`: catalog ids), go to the
-        engine (`search_terms`)."""
+        engine (`search_terms`). `refine`: the filters, threshold and order."""
         if like or unlike or has_arithmetic(query):
-            return self.search_terms(query, limit=limit, offset=offset, like=like, unlike=unlike)
+            return self.search_terms(query, limit=limit, offset=offset, like=like, unlike=unlike,
+                                     refine=refine)
         query = check_query_text(query)
         model = self.model
         space = self._space(model, "image")
         vector = self.batcher.encode(model, query)  # (1, d)
-        hits = image_hits(self.engine.catalog, space, vector, limit, offset)
-        return SearchResult(query, space.model.spec, hits)
+        return image_result(self.engine.catalog, space, vector, query, k=limit, offset=offset,
+                            **refine.as_kwargs())
 
     def search_terms(self, query: str, *, limit: int, offset: int, like: tuple[int, ...] = (),
-                     unlike: tuple[int, ...] = ()) -> SearchResult:
+                     unlike: tuple[int, ...] = (), refine: Refinements = NONE) -> SearchResult:
         """As `Engine.search` with query arithmetic: the phrases in one model call (behind the
         gate, as slow work) and the stored vectors of the `like` and `unlike` ids."""
         for media_id in (*like, *unlike):
             self.require_media(media_id)
         model = self._prepare("image")
         return self.engine.search(query, k=limit, model=model, offset=offset, like=list(like),
-                                  unlike=list(unlike))
+                                  unlike=list(unlike), **refine.as_kwargs())
 
-    def search_upload(self, upload: Upload, *, limit: int, offset: int) -> SearchResult:
+    def search_upload(self, upload: Upload, *, limit: int, offset: int,
+                      refine: Refinements = NONE) -> SearchResult:
         model = self._prepare("image")
-        result = self.engine.similar(upload.image, k=limit, model=model, offset=offset)
+        result = self.engine.similar(upload.image, k=limit, model=model, offset=offset,
+                                     **refine.as_kwargs())
         return dataclasses.replace(result, query=upload.name)
 
-    def similar(self, media_id: int, *, limit: int, offset: int) -> SearchResult:
+    def similar(self, media_id: int, *, limit: int, offset: int,
+                refine: Refinements = NONE) -> SearchResult:
         """As `Engine.similar` of an id: the stored vector, no model call."""
         self.require_media(media_id)
         space = self._space(self.model, "image")
         vector, label = stored_vector(self.engine.catalog, space.model, check_media_id(media_id))
-        hits = image_hits(self.engine.catalog, space, vector, limit, offset)
-        return SearchResult(label, space.model.spec, hits)
+        return image_result(self.engine.catalog, space, vector, label, k=limit, offset=offset,
+                            **refine.as_kwargs())
 
     def lookup(self, image: ImageRef, *, limit: int, offset: int,
                text_set: str | None) -> SearchResult:

@@ -111,8 +111,11 @@ async function run(append = false) {
     const took = Math.round(performance.now() - started);
     const shown = $("results").children.length;
     const filtered = [...filterParams().keys()].some((name) => name !== "sort");
+    // `matched`: how many photos passed the filters (an empty answer is not an error)
+    const passed = filtered && typeof result.matched === "number"
+      ? ` (filtered: ${result.matched} photo${result.matched === 1 ? "" : "s"} pass)` : "";
     setStatus(`${shown} result${shown === 1 ? "" : "s"} for ${describe(result.query)}` +
-              `${filtered ? " (filtered)" : ""} · ${took} ms`);
+              `${passed || (filtered ? " (filtered)" : "")} · ${took} ms`);
     $("more").hidden = result.hits.length < PAGE;
   } catch (error) {
     if (error.name === "AbortError") return;
