@@ -232,7 +232,7 @@ def test_the_folder_picker_filters_inside_the_search_and_is_kept_in_the_url(
 
     picker.select_option(trip)
     sync_api.expect(page.locator("#status")).to_contain_text("2 results")
-    sync_api.expect(page.locator("#status")).to_contain_text("(filtered)")
+    sync_api.expect(page.locator("#status")).to_contain_text("(filtered: 2 photos pass)")
     names = page.locator("#results .card img").evaluate_all("(images) => images.map(i => i.alt)")
     assert sorted(names) == ["photo_6.jpg", "photo_7.jpg"]
     assert "folder=" in page.url and "q=a+dog" in page.url
