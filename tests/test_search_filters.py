@@ -561,7 +561,9 @@ def api(album_engine):
 
     from searchengine.server import create_app
 
-    return TestClient(create_app(album_engine), raise_server_exceptions=False)
+    app = create_app(album_engine)
+    yield TestClient(app, raise_server_exceptions=False)
+    app.state.service.close()  # gives the (shared, cached) encoder back ungated
 
 
 def test_api_filters_as_query_parameters(api, album, album_engine, cli_run):

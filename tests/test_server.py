@@ -351,6 +351,21 @@ def test_status(client, engine):
     assert response.json()["images"] == 9
 
 
+def test_a_closed_server_gives_the_engines_encoder_back_ungated(indexed_home):
+    """The server routes the encoder's calls through its gate while it runs; an engine that
+    outlives it (the Python API) gets the encoder's own methods back on close."""
+    from searchengine.encoder import Encoder
+    from searchengine.engine import Engine
+
+    with Engine.open(indexed_home) as engine:
+        app = create_app(engine)
+        encoder = engine.encoder(TINY_MODEL)
+        assert "encode_images" in vars(encoder) and "encode_texts" in vars(encoder)  # gated
+        app.state.service.close()
+        assert "encode_images" not in vars(encoder) and "encode_texts" not in vars(encoder)
+        assert encoder.encode_texts.__func__ is Encoder.encode_texts
+
+
 def test_facets_list_folders_at_any_depth_and_follow_new_photos(tmp_path, photo_folder):
     """/api/facets: each folder with its photos at any depth, the cameras, the date span; a new
     photo indexed while the server runs changes the answer (the cache follows the catalog)."""

@@ -105,6 +105,20 @@ def gate_encoder(encoder, gate: ModelGate, *, text_chunk: int = 32) -> None:
         setattr(encoder, name, SlowCalls(getattr(method, "ungated", method), gate, chunk))
 
 
+def ungate_encoder(encoder, gate: ModelGate) -> None:
+    """Undo `gate_encoder` with `gate`: the encoder's own methods again, for an engine (and the
+    encoders it keeps) that outlives the server which gated it."""
+    for name in ("encode_texts", "encode_images"):
+        method = vars(encoder).get(name)
+        if not isinstance(method, SlowCalls) or method.gate is not gate:
+            continue
+        original = method.ungated
+        if getattr(original, "__func__", None) is getattr(type(encoder), name, None):
+            delattr(encoder, name)  # the class's method, as before the server
+        else:
+            setattr(encoder, name, original)
+
+
 def ungated_texts(encoder) -> Callable[[list[str]], np.ndarray]:
     """The encoder's own `encode_texts`, for a caller that holds the gate itself."""
     method = encoder.encode_texts

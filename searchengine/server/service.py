@@ -32,7 +32,7 @@ from searchengine.query.inputs import check_media_id
 from searchengine.server.batcher import TextBatcher
 from searchengine.server.errors import ApiError
 from searchengine.server.filters import Refinements
-from searchengine.server.gate import ModelGate, gate_encoder, ungated_texts
+from searchengine.server.gate import ModelGate, gate_encoder, ungate_encoder, ungated_texts
 from searchengine.server.lanes import Lanes
 from searchengine.server.media import MediaFiles
 from searchengine.server.settings import ServerSettings
@@ -60,6 +60,7 @@ class SearchService:
         self.lanes = Lanes(fast_threads=settings.fast_threads, slow_threads=1)
         self.gate = ModelGate()  # one model call at a time, the batcher's first (`gate.py`)
         self._open = threading.Lock()
+        self._gated: list[Encoder] = []  # encoders this server gated (`close` restores them)
         self._facets: tuple[tuple, dict] | None = None  # (catalog fingerprint, facets)
         self._facets_lock = threading.Lock()
         self.instance = secrets.token_hex(8)  # names this server run (`searchengine.serving`)
@@ -99,6 +100,10 @@ class SearchService:
             self.watcher.stop()
         self.batcher.close()
         self.lanes.close()
+        with self._open:
+            for encoder in self._gated:
+                ungate_encoder(encoder, self.gate)
+            self._gated.clear()
 
     # -- searches ----------------------------------------------------------------------
 
@@ -215,6 +220,7 @@ class SearchService:
             encoder = self.engine.encoder(model)
             if getattr(encoder.encode_texts, "gate", None) is not self.gate:
                 gate_encoder(encoder, self.gate, text_chunk=self.settings.slow_text_chunk)
+                self._gated.append(encoder)
             return encoder
 
     def _encode_texts(self, model: str, texts: list[str]):
