@@ -281,13 +281,13 @@ class _Run:
                                seed=self.settings.seed, start=start, total=self.total)
         from searchengine.training.mining import MinedBatches, embed_captions
 
-        captions = [pair.caption for pair in self.train_set.pairs]
+        tokens = self.tokenizer([pair.caption for pair in self.train_set.pairs])  # (n, L)
         return MinedBatches(
             len(self.train_set), self.settings.batch_size, seed=self.settings.seed, start=start,
             total=self.total, group=self.settings.mine_group,
             refresh_every=self.settings.refresh_every, image_ids=image_ids,
-            embed=lambda: embed_captions(self.model, self.tokenizer, captions,
-                                         device=self.device, autocast=self.autocast),
+            embed=lambda: embed_captions(self.model, tokens, device=self.device,
+                                         autocast=self.autocast),
         )
 
     def _collate(self, dataset: PairDataset) -> Callable:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from searchengine.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class MinedBatches:
         where the index puts it; -1 pads). One `embed()` and one flat index search."""
         from searchengine.index.vectors import VectorIndex
 
+        started = time.perf_counter()
         vectors = np.ascontiguousarray(self.embed(), dtype=np.float32)  # (n, d) unit
         if vectors.shape[0] != self.n:
             raise InvalidInputError(f"embed() gave {vectors.shape[0]} vectors for {self.n} pairs")
@@ -69,6 +74,8 @@ class MinedBatches:
         k = min(self.n, CANDIDATES_PER_MEMBER * self.group + 1)
         _, neighbours = index.search(vectors, k)
         self.refreshes += 1
+        log.info("mined batches: %d captions embedded and searched in %.1f s", self.n,
+                 time.perf_counter() - started)
         return neighbours
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -109,12 +116,13 @@ class MinedBatches:
 
 
 def embed_captions(
-    model: Any, tokenizer: Callable, captions: Sequence[str], *, device: str,
+    model: Any, tokens: torch.Tensor, *, device: str,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     batch_size: int = 512,
 ) -> np.ndarray:
-    """(n, d) float32 unit embeddings of `captions` by the model's text tower, without a graph
-    and in eval mode (each module's train/eval flag is restored afterwards)."""
+    """(n, d) float32 unit embeddings of tokenised captions ((n, L) int64, tokenised once per
+    run) by the model's text tower, without a graph and in eval mode (each module's train/eval
+    flag is restored afterwards)."""
     import torch
 
     modes = {module: module.training for module in model.modules()}
@@ -122,10 +130,11 @@ def embed_captions(
     parts = []
     try:
         with torch.no_grad():
-            for i in range(0, len(captions), batch_size):
-                tokens = tokenizer(list(captions[i:i + batch_size])).to(device)
+            for i in range(0, len(tokens), batch_size):
                 with autocast():
-                    parts.append(model.encode_text(tokens, normalize=True).float().cpu())
+                    embedded = model.encode_text(tokens[i:i + batch_size].to(device),
+                                                 normalize=True)
+                parts.append(embedded.float().cpu())
     finally:
         for module, training in modes.items():
             module.training = training
