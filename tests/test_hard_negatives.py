@@ -23,6 +23,7 @@ from searchengine.training.losses import clip_loss, siglip_loss
 from searchengine.training.mining import MinedBatches
 from searchengine.training.negatives import (
     SwapCollate,
+    entry_bigrams,
     load_vocabulary,
     normalise_caption,
     parse_vocabulary,
@@ -80,6 +81,28 @@ def test_never_the_original_nor_a_true_caption_nor_a_synonym() -> None:
         assert made == ["A large red ball."]  # "blue" is true, "little" means "small"
     assert swapped_captions("a ball", vocabulary, 3, np.random.default_rng(0)) == []
     assert normalise_caption(" A  small, Blue ball. ") == "a small blue ball"
+
+
+def test_only_combinations_the_training_captions_show_are_made() -> None:
+    """A held-out combination ("a red square" when no red square is ever described) is unknown,
+    not false: as a negative it would only teach that its text matches nothing."""
+    vocabulary = parse_vocabulary("colour: red, blue\nshape: circle, square")
+    seen = frozenset().union(*(entry_bigrams(text, vocabulary)
+                               for text in ("a red circle", "a blue square", "a blue circle")))
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        assert swapped_captions("a red circle", vocabulary, 5, rng, seen_bigrams=seen) == [
+            "a blue circle"]
+    anything = swapped_captions("a red circle", vocabulary, 5, np.random.default_rng(0))
+    assert sorted(anything) == ["a blue circle", "a red square"]
+
+
+def test_articles_agree_with_the_swapped_word() -> None:
+    vocabulary = parse_vocabulary("colour: red, orange")
+    made = swapped_captions("An orange star above a red cross", vocabulary, 5,
+                            np.random.default_rng(0))
+    assert set(made) == {"A red star above a red cross", "An orange star above an orange cross",
+                         "A red star above an orange cross"}  # the last one an exchange
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -374,7 +397,8 @@ def test_cli_train_with_both_hard_negatives_end_to_end(
     result = _cli_train(pairs_csv, out, "--hard-negatives", "both", "--swap-vocabulary",
                         str(vocabulary), "--swaps-per-caption", "2", "--refresh-every", "2",
                         "--mine-group", "2", "--micro-batch", "3", "--steps", "3",
-                        "--eval-every", "3", "--loss", loss_name, "--json")
+                        "--eval-every", "3", "--loss", loss_name, "--json",
+                        *(["--swap-any"] if loss_name == "siglip" else []))
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["steps"] == 3

@@ -87,6 +87,10 @@ def _default(name: str):
 @click.option("--swaps-per-caption", type=click.IntRange(min=1),
               default=_default("swaps_per_caption"), show_default=True,
               help="Swapped: false captions made from each caption.")
+@click.option("--swap-seen-only/--swap-any", "swap_seen_only", default=None,
+              help="Swapped: only swaps whose neighbouring attribute words occur side by side "
+                   "in a training caption (an unseen combination is unknown, not false) "
+                   "[default: seen only].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @json_option
 @handle_errors

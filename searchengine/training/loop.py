@@ -298,7 +298,8 @@ class _Run:
 
         return SwapCollate(Collate(self.tokenizer), self.tokenizer, dataset.pairs,
                            dataset.image_ids, self.vocabulary,
-                           per_caption=self.settings.swaps_per_caption, seed=self.settings.seed)
+                           per_caption=self.settings.swaps_per_caption, seed=self.settings.seed,
+                           seen_only=self.settings.swap_seen_only)
 
     def _step(self, step: int, batch) -> float:
         import torch

@@ -131,13 +131,18 @@ def swapped_captions(
     rng: np.random.Generator,
     *,
     true_captions: Iterable[str] = (),
+    seen_bigrams: frozenset[tuple[tuple[int, int], tuple[int, int]]] | None = None,
 ) -> list[str]:
     """Up to `count` distinct false captions made from `caption`, chosen at random by `rng`.
 
     Each one replaces a vocabulary entry by another entry of its group (in a random spelling)
     or exchanges two different entries of one group. Never returns `caption` itself or any of
     `true_captions` (compared after `normalise_caption`); fewer than `count` (possibly none)
-    when the caption holds too few vocabulary words.
+    when the caption holds too few vocabulary words. With `seen_bigrams` (`entry_bigrams` of
+    the training captions), a swap whose neighbouring vocabulary words never stand side by side
+    in them ("red triangle" where no red triangle is ever described) is not made: a combination
+    the data never shows is unknown, not false, and as a negative only teaches that its text
+    never matches anything.
     """
     matches = vocabulary.matches(caption)
     candidates: list[tuple] = [("replace", i) for i in range(len(matches))]
@@ -153,10 +158,20 @@ def swapped_captions(
                 return made
             text = _apply(caption, matches, candidates[int(index)], vocabulary, rng)
             key = normalise_caption(text)
+            if seen_bigrams is not None and not entry_bigrams(text, vocabulary) <= seen_bigrams:
+                forbidden.add(key)
+                continue
             if key not in forbidden:
                 forbidden.add(key)
                 made.append(text)
     return made
+
+
+def entry_bigrams(caption: str, vocabulary: SwapVocabulary) -> set:
+    """The pairs of neighbouring vocabulary entries of `caption`, left to right: {((group,
+    entry), (group, entry)), ...} (e.g. colour red then shape circle)."""
+    entries = [(group, entry) for _, _, group, entry in vocabulary.matches(caption)]
+    return set(zip(entries, entries[1:], strict=False))
 
 
 def _apply(caption: str, matches: list, candidate: tuple, vocabulary: SwapVocabulary,
@@ -167,11 +182,23 @@ def _apply(caption: str, matches: list, candidate: tuple, vocabulary: SwapVocabu
         others = [e for e in range(len(vocabulary.groups[group])) if e != entry]
         new_entry = vocabulary.groups[group][others[int(rng.integers(len(others)))]]
         word = new_entry[int(rng.integers(len(new_entry)))]
-        return caption[:start] + _same_case(caption[start:end], word) + caption[end:]
+        return _article(caption[:start], word) + _same_case(caption[start:end], word) + \
+            caption[end:]
     first, second = matches[candidate[1]], matches[candidate[2]]
     a, b = caption[first[0]:first[1]], caption[second[0]:second[1]]
-    return (caption[:first[0]] + _same_case(a, b.lower()) + caption[first[1]:second[0]]
-            + _same_case(b, a.lower()) + caption[second[1]:])
+    middle = caption[first[1]:second[0]]
+    return (_article(caption[:first[0]], b) + _same_case(a, b.lower())
+            + _article(middle, a) + _same_case(b, a.lower()) + caption[second[1]:])
+
+
+def _article(before: str, word: str) -> str:
+    """`before` with a final "a "/"an " agreeing with `word` ("an orange", "a red"), so that a
+    swap is not told apart by its grammar."""
+    match = re.search(r"(?<!\w)([Aa])n? $", before)
+    if match is None:
+        return before
+    article = match.group(1) + ("n" if word[:1].lower() in "aeiou" else "")
+    return before[:match.start()] + article + " "
 
 
 def _same_case(old: str, new: str) -> str:
@@ -185,18 +212,22 @@ class SwapCollate:
     `collate` is the plain one (it tokenises and drops undecodable pairs); `pairs` and
     `image_ids` are the dataset's (`PairDataset.pairs`, `.image_ids`), giving every image's true
     captions. The negatives of a caption are a function of (seed, the caption, the batch's image
-    ids), so they do not depend on the number of decode workers.
+    ids), so they do not depend on the number of decode workers. With `seen_only`, only swaps
+    whose neighbouring attribute words stand side by side in some training caption are made
+    (see `swapped_captions`).
     """
 
     def __init__(self, collate: Callable[[list], Batch], tokenizer: Callable,
                  pairs: Sequence[Pair], image_ids: Sequence[int], vocabulary: SwapVocabulary, *,
-                 per_caption: int, seed: int):
+                 per_caption: int, seed: int, seen_only: bool = True):
         self.collate, self.tokenizer, self.vocabulary = collate, tokenizer, vocabulary
         self.per_caption, self.seed = per_caption, seed
         truths: dict[int, set[str]] = {}
         for pair, image_id in zip(pairs, image_ids, strict=True):
             truths.setdefault(image_id, set()).add(normalise_caption(pair.caption))
         self.true_captions = {key: frozenset(value) for key, value in truths.items()}
+        self.seen_bigrams = frozenset().union(
+            *(entry_bigrams(pair.caption, vocabulary) for pair in pairs)) if seen_only else None
 
     def __call__(self, items: list) -> Batch:
         import torch
@@ -209,7 +240,8 @@ class SwapCollate:
         for _, caption, image_id in kept:
             rng = np.random.default_rng([self.seed, zlib.crc32(caption.encode()), batch_key])
             extra += swapped_captions(caption, self.vocabulary, self.per_caption, rng,
-                                      true_captions=self.true_captions[int(image_id)])
+                                      true_captions=self.true_captions[int(image_id)],
+                                      seen_bigrams=self.seen_bigrams)
         if not extra:
             return batch
         keys = [normalise_caption(text) for text in extra]

@@ -66,6 +66,9 @@ class TrainSettings:
     """Swapped: the word-group file (see negatives.py); None: the default English one."""
     swaps_per_caption: int = 2
     """Swapped: false captions made from each caption (fewer when it has too few words)."""
+    swap_seen_only: bool = True
+    """Swapped: only swaps whose neighbouring attribute words occur side by side in a training
+    caption (a combination the data never shows is unknown, not false)."""
 
     def __post_init__(self) -> None:
         if self.loss not in ("clip", "siglip"):
