@@ -74,6 +74,23 @@ def _default(name: str):
               help="Steps between checkpoints (last.pt).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many validation passes without a better recall.")
+@click.option("--hard-negatives", type=click.Choice(["mined", "swapped", "both"]), default=None,
+              help="mined: batches of pairs near each other under the current model; swapped: "
+                   "extra false captions with an attribute word changed; both [default: off].")
+@click.option("--refresh-every", type=click.IntRange(min=1), default=_default("refresh_every"),
+              show_default=True, help="Mined: steps between re-embeddings of the captions.")
+@click.option("--mine-group", type=click.IntRange(min=1), default=_default("mine_group"),
+              show_default=True, help="Mined: an anchor and its nearest pairs, per group.")
+@click.option("--swap-vocabulary", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Swapped: word groups file (`name: word, word | synonym` per line) "
+                   "[default: English colours, counts, sizes, positions, shapes, objects].")
+@click.option("--swaps-per-caption", type=click.IntRange(min=1),
+              default=_default("swaps_per_caption"), show_default=True,
+              help="Swapped: false captions made from each caption.")
+@click.option("--swap-seen-only/--swap-any", "swap_seen_only", default=None,
+              help="Swapped: only swaps whose neighbouring attribute words occur side by side "
+                   "in a training caption (an unseen combination is unknown, not false) "
+                   "[default: seen only].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @json_option
 @handle_errors
@@ -94,6 +111,8 @@ def train_command(pairs: Path, out: Path, val: Path | None, split: str | None,
 
         searchengine train flickr8k-1k --split train --val-split test \\
             --model se-tiny/random --lr 5e-4 --steps 500 --out runs/tiny
+
+        searchengine train scenes --model demo --hard-negatives both --out runs/hard
     """
     from searchengine.training.loop import train
 

@@ -33,12 +33,16 @@ PIXEL_CACHE_BYTES = 256 * 2**20
 @dataclass(frozen=True)
 class Batch:
     """pixels: (n, 3, H, W) float32; tokens: (n, L) int64; image_ids: (n,) int64 (same id, same
-    image); dropped: pairs of the planned batch whose image failed to decode."""
+    image); dropped: pairs of the planned batch whose image failed to decode. With swapped hard
+    negatives (`negatives.SwapCollate`): extra_tokens (m, L) int64, captions that are negatives
+    of every image, and extra_mask (n, m) bool, True where extra caption j is true of image i."""
 
     pixels: torch.Tensor
     tokens: torch.Tensor
     image_ids: torch.Tensor
     dropped: int
+    extra_tokens: torch.Tensor | None = None
+    extra_mask: torch.Tensor | None = None
 
 
 def decode_image(source, image_size: int) -> Image.Image:

@@ -32,12 +32,14 @@ def contrastive_backward(
 ) -> torch.Tensor:
     """Accumulate the gradients of `loss_function` over one batch into the model's `.grad`.
 
-    images: (N, 3, H, W) float pixels; tokens: (N, L) int64. `micro_batch` M < N switches on
-    gradient caching (same gradients, activations of M pairs at a time). `autocast` opens the
+    images: (N, 3, H, W) float pixels; tokens: (N + E, L) int64, the N captions of the images
+    followed by E >= 0 text-only rows (hard negative captions); `loss_function` then gets
+    (N, D) image and (N + E, D) text embeddings. `micro_batch` M < N + E switches on gradient
+    caching (same gradients, activations of M images and M captions at a time). `autocast` opens the
     mixed-precision context; `scale_loss` is the fp16 loss scaler's `scale`. Returns the detached
     scalar loss (float32).
     """
-    n = images.shape[0]
+    n = max(images.shape[0], tokens.shape[0])
     if micro_batch is None or micro_batch >= n:
         with autocast():
             image_embeddings = _encode(model.encode_image, model.visual, images)
@@ -54,20 +56,24 @@ def contrastive_backward(
 def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast, scale_loss):
     import torch
 
-    chunks = [slice(i, i + micro_batch) for i in range(0, images.shape[0], micro_batch)]
+    # chunk i embeds images[chunk] and tokens[chunk]; past N only extra captions are left
+    chunks = [slice(i, i + micro_batch)
+              for i in range(0, max(images.shape[0], tokens.shape[0]), micro_batch)]
     states, image_parts, text_parts = [], [], []
     with torch.no_grad():  # pass 1: embeddings of the whole batch, no activations kept
         for chunk in chunks:
             states.append(_rng_state(images.device))
             with autocast():
-                image_parts.append(
-                    _at_least_float32(model.encode_image(images[chunk], normalize=True))
-                )
-                text_parts.append(
-                    _at_least_float32(model.encode_text(tokens[chunk], normalize=True))
-                )
+                if chunk.start < images.shape[0]:
+                    image_parts.append(
+                        _at_least_float32(model.encode_image(images[chunk], normalize=True))
+                    )
+                if chunk.start < tokens.shape[0]:
+                    text_parts.append(
+                        _at_least_float32(model.encode_text(tokens[chunk], normalize=True))
+                    )
     image_embeddings = torch.cat(image_parts).requires_grad_()  # (N, D) leaf
-    text_embeddings = torch.cat(text_parts).requires_grad_()  # (N, D) leaf
+    text_embeddings = torch.cat(text_parts).requires_grad_()  # (N + E, D) leaf
     loss = loss_function(image_embeddings, text_embeddings)
     scale_loss(loss).backward()  # pass 2: d loss / d embeddings (and the temperature's gradient)
     train_image = _trainable(model.visual)
@@ -77,11 +83,11 @@ def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast
         _set_rng_state(state, images.device)  # same dropout masks as pass 1
         outputs, gradients = [], []
         with autocast():
-            if train_image:
+            if train_image and chunk.start < images.shape[0]:
                 assert image_embeddings.grad is not None  # pass 2 filled it: the loss uses it
                 outputs.append(model.encode_image(images[chunk], normalize=True))
                 gradients.append(image_embeddings.grad[chunk])
-            if train_text:
+            if train_text and chunk.start < tokens.shape[0]:
                 assert text_embeddings.grad is not None  # pass 2 filled it: the loss uses it
                 outputs.append(model.encode_text(tokens[chunk], normalize=True))
                 gradients.append(text_embeddings.grad[chunk])

@@ -167,6 +167,7 @@ class _Run:
         from searchengine.models import build_model, parse_model_spec
 
         self.out, self.settings, self.train_set, self.val_set = out, settings, train_set, val_set
+        self.vocabulary = _swap_vocabulary(settings)  # a bad file fails before the model loads
         self.device = resolve_device(settings.device)
         if settings.precision == "fp16" and not self.device.startswith("cuda"):
             raise InvalidInputError("fp16 training needs a GPU; use --precision bf16 on the CPU")
@@ -237,13 +238,12 @@ class _Run:
 
         from searchengine.progress import progress_bar
 
-        batches = StepBatches(len(self.train_set), self.settings.batch_size,
-                              seed=self.settings.seed, start=state.step, total=self.total)
         dataset = PairDataset(self.train_set.pairs, self.preprocess, self.image_size)
+        batches = self._batches(state.step, dataset.image_ids)
         loader: torch.utils.data.DataLoader[tuple] = torch.utils.data.DataLoader(
             dataset,  # type: ignore[arg-type]  # torch's stub wants a Dataset; any map-style one runs
             batch_sampler=batches, num_workers=self.settings.workers,
-            collate_fn=Collate(self.tokenizer), pin_memory=bool(self.cuda_devices),
+            collate_fn=self._collate(dataset), pin_memory=bool(self.cuda_devices),
             persistent_workers=False,
         )
         bar = progress_bar(self.total, initial=state.step, enabled=self.settings.progress,
@@ -274,6 +274,33 @@ class _Run:
         bar.close()
         return state
 
+    def _batches(self, start: int, image_ids: list[int]):
+        """Random batches, or with `--hard-negatives mined|both` batches of near pairs."""
+        if self.settings.hard_negatives not in ("mined", "both"):
+            return StepBatches(len(self.train_set), self.settings.batch_size,
+                               seed=self.settings.seed, start=start, total=self.total)
+        from searchengine.training.mining import MinedBatches, embed_captions
+
+        tokens = self.tokenizer([pair.caption for pair in self.train_set.pairs])  # (n, L)
+        return MinedBatches(
+            len(self.train_set), self.settings.batch_size, seed=self.settings.seed, start=start,
+            total=self.total, group=self.settings.mine_group,
+            refresh_every=self.settings.refresh_every, image_ids=image_ids,
+            embed=lambda: embed_captions(self.model, tokens, device=self.device,
+                                         autocast=self.autocast),
+        )
+
+    def _collate(self, dataset: PairDataset) -> Callable:
+        """Tokenise the batch; with `--hard-negatives swapped|both` add its swapped captions."""
+        if self.vocabulary is None:
+            return Collate(self.tokenizer)
+        from searchengine.training.negatives import SwapCollate
+
+        return SwapCollate(Collate(self.tokenizer), self.tokenizer, dataset.pairs,
+                           dataset.image_ids, self.vocabulary,
+                           per_caption=self.settings.swaps_per_caption, seed=self.settings.seed,
+                           seen_only=self.settings.swap_seen_only)
+
     def _step(self, step: int, batch) -> float:
         import torch
 
@@ -284,8 +311,13 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         pixels = batch.pixels.to(self.device, non_blocking=True)
         tokens = batch.tokens.to(self.device, non_blocking=True)
+        extra_mask = None
+        if batch.extra_tokens is not None:  # swapped captions: text-only rows after the N
+            tokens = torch.cat([tokens, batch.extra_tokens.to(self.device, non_blocking=True)])
+            extra_mask = batch.extra_mask.to(self.device)
         loss = contrastive_backward(
-            self.model, pixels, tokens, self._loss_function(batch.image_ids.to(self.device)),
+            self.model, pixels, tokens,
+            self._loss_function(batch.image_ids.to(self.device), extra_mask),
             micro_batch=self.settings.micro_batch, autocast=self.autocast,
             scale_loss=self.scaler.scale if self.scaler else (lambda value: value),
         )
@@ -298,11 +330,20 @@ class _Run:
             self.model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
         return float(loss)
 
-    def _loss_function(self, image_ids: torch.Tensor) -> Callable:
-        scale, bias = self.model.logit_scale, self.logit_bias
-        if self.settings.loss == "siglip":
-            return lambda images, texts: siglip_loss(images, texts, scale, bias, image_ids)
-        return lambda images, texts: clip_loss(images, texts, scale, image_ids)
+    def _loss_function(self, image_ids: torch.Tensor, extra_mask: torch.Tensor | None = None
+                       ) -> Callable:
+        """The loss of (N, D) image and (N + E, D) text embeddings: rows past N are hard negative
+        captions (E = 0 without them), masked for the images they are true of by `extra_mask`."""
+        scale, bias, n = self.model.logit_scale, self.logit_bias, len(image_ids)
+
+        def loss(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+            extra = {"extra_text_embeddings": texts[n:], "extra_mask": extra_mask} if (
+                len(texts) > n) else {}
+            if self.settings.loss == "siglip":
+                return siglip_loss(images, texts[:n], scale, bias, image_ids, **extra)
+            return clip_loss(images, texts[:n], scale, image_ids, **extra)
+
+        return loss
 
     # -- evaluation, bookkeeping, checkpoints ---------------------------------------------------
     def _evaluate(self, step: int) -> Evaluation:
@@ -375,6 +416,15 @@ class _Run:
         (self.out / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2))
         write_plots(self.out)
         return summary
+
+
+def _swap_vocabulary(settings: TrainSettings):
+    """The swap vocabulary the run needs (`--hard-negatives swapped|both`), else None."""
+    if settings.hard_negatives not in ("swapped", "both"):
+        return None
+    from searchengine.training.negatives import load_vocabulary
+
+    return load_vocabulary(settings.swap_vocabulary)
 
 
 def _verdict(state: _State, improved: bool) -> str:

@@ -35,6 +35,9 @@ def clip_loss(
     text_embeddings: torch.Tensor,
     logit_scale: torch.Tensor,
     image_ids: torch.Tensor | None = None,
+    *,
+    extra_text_embeddings: torch.Tensor | None = None,
+    extra_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's symmetric cross-entropy over the N x N similarity matrix, the diagonal as target.
 
@@ -42,6 +45,11 @@ def clip_loss(
     temperature (exp(logit_scale) multiplies the cosines, clamped at `MAX_LOGIT_SCALE`);
     image_ids: optional (N,) int64; off-diagonal entries with the same id are left out of both
     softmaxes. Returns a scalar: (CE(S, arange N) + CE(S.T, arange N)) / 2.
+
+    extra_text_embeddings: optional (M, D) unit rows, hard negative captions: extra columns of
+    the image->text softmax of every image (S becomes N x (N + M); the text->image side is
+    unchanged); extra_mask: optional (N, M) bool, True where extra caption j is true of image i
+    (left out of that image's softmax).
     """
     import torch
     import torch.nn.functional as F
@@ -52,7 +60,11 @@ def clip_loss(
     if image_ids is not None:
         logits = logits.masked_fill(same_image_mask(image_ids), float("-inf"))
     targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    if extra_text_embeddings is None:
+        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    extra = _extra_logits(image_embeddings, extra_text_embeddings, scale, extra_mask)  # (N, M)
+    image_to_text = torch.cat([logits, extra], dim=1)  # (N, N + M)
+    return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 def siglip_loss(
@@ -61,12 +73,17 @@ def siglip_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
     image_ids: torch.Tensor | None = None,
+    *,
+    extra_text_embeddings: torch.Tensor | None = None,
+    extra_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SigLIP's sigmoid loss: every (image, text) cell is a binary match / no-match decision.
 
     logits = exp(logit_scale) * cos + logit_bias, labels +1 on the diagonal and -1 elsewhere;
     loss = -sum(log sigmoid(labels * logits)) / N. With `image_ids`, other captions of the same
     image are positives (+1), never negatives. Shapes as in `clip_loss`; logit_bias is a scalar.
+    `extra_text_embeddings` (M, D) are hard negative captions: N x M more cells labelled -1,
+    except those `extra_mask` (N, M) bool marks true of the image, which are left out.
     """
     import torch
     import torch.nn.functional as F
@@ -80,7 +97,32 @@ def siglip_loss(
     else:
         positive = image_ids[:, None] == image_ids[None, :]
     labels = positive.to(logits.dtype) * 2 - 1  # (N, N): +1 match, -1 no match
-    return -F.logsigmoid(labels * logits).sum() / n
+    loss = -F.logsigmoid(labels * logits).sum()
+    if extra_text_embeddings is not None:
+        extra = _extra_logits(image_embeddings, extra_text_embeddings, scale, extra_mask)
+        extra = extra + logit_bias  # (N, M), -inf where masked: log sigmoid(-(-inf)) = 0
+        loss = loss - F.logsigmoid(-extra).sum()
+    return loss / n
+
+
+def _extra_logits(
+    image_embeddings: torch.Tensor, extra_text_embeddings: torch.Tensor, scale: torch.Tensor,
+    extra_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """(N, M) scaled cosines of every image with every extra caption, -inf where masked."""
+    dim = image_embeddings.shape[1]
+    if extra_text_embeddings.ndim != 2 or extra_text_embeddings.shape[1] != dim:
+        raise InvalidInputError(
+            f"extra text embeddings must be (M, {image_embeddings.shape[1]}), got "
+            f"{tuple(extra_text_embeddings.shape)}"
+        )
+    logits = scale * image_embeddings @ extra_text_embeddings.T  # (N, M)
+    if extra_mask is None:
+        return logits
+    if extra_mask.shape != logits.shape:
+        raise InvalidInputError(f"extra_mask must be {tuple(logits.shape)}, got "
+                                f"{tuple(extra_mask.shape)}")
+    return logits.masked_fill(extra_mask, float("-inf"))
 
 
 def initial_logit_bias(loss: str) -> float:

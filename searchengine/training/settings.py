@@ -56,6 +56,19 @@ class TrainSettings:
     """Cap on validation captions per pass (the first images' captions), to bound eval time."""
     progress: bool = True
     """Show a progress bar (loss, pairs/s, temperature) on stderr."""
+    hard_negatives: str | None = None
+    """`mined` (batches of near pairs), `swapped` (extra false captions), `both`, or None."""
+    refresh_every: int = 100
+    """Mined: steps between re-embeddings of the training captions with the current model."""
+    mine_group: int = 8
+    """Mined: pairs per group of a batch (a random anchor and its nearest unseen pairs)."""
+    swap_vocabulary: str | None = None
+    """Swapped: the word-group file (see negatives.py); None: the default English one."""
+    swaps_per_caption: int = 2
+    """Swapped: false captions made from each caption (fewer when it has too few words)."""
+    swap_seen_only: bool = True
+    """Swapped: only swaps whose neighbouring attribute words occur side by side in a training
+    caption (a combination the data never shows is unknown, not false)."""
 
     def __post_init__(self) -> None:
         if self.loss not in ("clip", "siglip"):
@@ -77,6 +90,22 @@ class TrainSettings:
             raise InvalidInputError(f"micro_batch must be at least 1, got {self.micro_batch}")
         if self.lr <= 0 or (self.warmup or 0) < 0 or self.workers < 0:
             raise InvalidInputError("lr must be > 0, warmup and workers >= 0")
+        self._check_hard_negatives()
+
+    def _check_hard_negatives(self) -> None:
+        from searchengine.training.negatives import HARD_NEGATIVES
+
+        if self.hard_negatives is not None and self.hard_negatives not in HARD_NEGATIVES:
+            raise InvalidInputError(f"unknown hard negatives {self.hard_negatives!r}; choices: "
+                                    f"{', '.join(HARD_NEGATIVES)}")
+        if self.swap_vocabulary is not None and self.hard_negatives not in ("swapped", "both"):
+            raise InvalidInputError("a swap vocabulary is used by --hard-negatives swapped or "
+                                    "both; add one of them or leave out --swap-vocabulary")
+        counts = {"refresh_every": self.refresh_every, "mine_group": self.mine_group,
+                  "swaps_per_caption": self.swaps_per_caption}
+        for name, value in counts.items():
+            if value < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {value}")
 
     def as_dict(self) -> dict:
         return {key: (str(v) if isinstance(v, Path) else v) for key, v in asdict(self).items()}
