@@ -8,6 +8,7 @@ change (`resync`), and `check(repair=True)` rebuilds what disagrees with the cat
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from searchengine.catalog import Catalog
@@ -31,6 +32,26 @@ def settings_key(spec_id: str, modality: str) -> str:
     """The settings key under which a space's `IndexSettings` (target recall, memory budget)
     are recorded, as JSON."""
     return f"index_settings:{modality}:{spec_id}"
+
+
+@dataclass(frozen=True)
+class RemovedModel:
+    """What `remove-model` deleted: the model, its vectors by modality, the files (index files,
+    and a checkpoint `tune` kept in the home), and the home's default model afterwards (None:
+    none is set; the next `index` sets it)."""
+
+    model: str
+    vectors: dict[str, int]
+    files: list[str]
+    default_model: str | None
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def setting_keys(spec_id: str) -> list[str]:
+    """The settings a model's spaces record (kinds and index settings of both modalities)."""
+    return [key(spec_id, modality) for modality in MODALITIES for key in (kind_key, settings_key)]
 
 
 class HomeSpaces:
@@ -153,6 +174,23 @@ class HomeSpaces:
         if space is None:
             space = self._open[(row.spec, modality)] = self._fresh(row, modality)
         return space
+
+    def forget(self, row: ModelRow) -> list[Path]:
+        """Delete the index files (with manifests and writer marks) of every space of `row` and
+        drop them from the cache; the catalog is the caller's (`Catalog.remove_model`, with
+        `setting_keys`). Returns the files deleted."""
+        from searchengine.index.spaces import index_path
+        from searchengine.index.vectors import manifest_path
+
+        deleted = []
+        for modality in MODALITIES:
+            self._open.pop((row.spec, modality), None)
+            path = index_path(self.home, row.spec, modality)
+            for file in (path, manifest_path(path), path.with_name(path.name + ".writing")):
+                if file.is_file():
+                    file.unlink()
+                    deleted.append(file)
+        return deleted
 
     def clear(self) -> None:
         """Forget the open spaces (another process may have written since)."""
