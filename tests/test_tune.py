@@ -25,6 +25,8 @@ SHAPES = ("circle", "square")
 LEARNS = ["--steps", 8, "--lr", "1e-2", "--batch-size", 12, "--workers", 0, "--eval-every", 1000,
           "--device", "cpu"]
 
+NO_LEARNING = ["--steps", 1, "--lr", "1e-12"]  # a candidate that keeps its base's weights
+
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -86,6 +88,8 @@ def test_the_guard_asks_for_the_gain_in_both_directions():
     assert not one_way.switch
     assert one_way.shortfall == pytest.approx({"text_to_image": 0.0, "image_to_text": 0.015})
     assert "image->text by 0.0150" in one_way.reason and "text->image by" not in one_way.reason
+    exactly = decide(_recall(0.02, 0.02), _recall(0.03, 0.03), TuneSettings(min_gain=0.01))
+    assert exactly.switch  # 0.03 - 0.02 is 0.00999...98 in floating point: a gain of 0.01
     assert decide(current, _recall(0.1, 0.1), TuneSettings(switch="always")).switch
     assert not decide(current, _recall(0.9, 0.9), TuneSettings(switch="never")).switch
     with pytest.raises(Exception, match="choices: R@1, R@5, R@10"):
@@ -127,7 +131,7 @@ def test_a_worse_candidate_is_kept_and_the_report_says_by_how_much(
     cli_run, shapes: Path, trained: str, tmp_path: Path, reuse_random_encoders
 ):
     home = _home(tmp_path / "home", shapes, model=trained)
-    report = _tune(cli_run, shapes, home, "--model", TINY_MODEL, "--lr", "1e-12")  # learns nothing
+    report = _tune(cli_run, shapes, home, *NO_LEARNING, "--model", TINY_MODEL)  # random weights
     decision = report["decision"]
     assert not decision["switched"] and report["re_embed"] is None
     for direction, gain in decision["gains"].items():
@@ -139,7 +143,7 @@ def test_a_worse_candidate_is_kept_and_the_report_says_by_how_much(
         assert engine.default_model() == engine.model_id_of(trained)
         assert report["candidate"]["model"] not in {row.spec for row in engine.models()}
     text = cli_run("tune", shapes / "pairs.csv", "--home", home, "--val", shapes / "pairs.csv",
-                   *LEARNS, "--model", TINY_MODEL, "--lr", "1e-12", "--switch", "always").stdout
+                   *LEARNS, *NO_LEARNING, "--model", TINY_MODEL, "--switch", "always").stdout
     assert "--switch always: switched" in text and "text->image  R@5" in text
     with Engine.open(home, create=False) as engine:
         assert engine.default_model().startswith("se-tiny/") and "models/se-tiny-" in (
@@ -147,10 +151,10 @@ def test_a_worse_candidate_is_kept_and_the_report_says_by_how_much(
 
 
 def test_switch_never_reports_a_better_candidate_without_switching(
-    cli_run, shapes: Path, tmp_path: Path, reuse_random_encoders
+    cli_run, shapes: Path, trained: str, tmp_path: Path, reuse_random_encoders
 ):
     home = _home(tmp_path / "home", shapes)
-    report = _tune(cli_run, shapes, home, "--switch", "never")
+    report = _tune(cli_run, shapes, home, *NO_LEARNING, "--model", trained, "--switch", "never")
     assert min(report["decision"]["gains"].values()) >= 0.01
     assert not report["decision"]["switched"]
     assert report["decision"]["reason"].startswith("--switch never")

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 METRICS = ("R@1", "R@5", "R@10")
 SWITCH_MODES = ("auto", "never", "always")
 DIRECTIONS = ("text_to_image", "image_to_text")
+GAIN_TOLERANCE = 1e-9  # far below 1/n for any n of held-out queries
 RUNS = "runs"  # HOME/models/runs/<UTC time>/: each tune's training run (metrics, plots)
 
 
@@ -240,7 +241,9 @@ def decide(
     `settings.min_gain`)."""
     k = int(settings.metric.removeprefix("R@"))
     gains = {d: getattr(candidate, d)[k] - getattr(current, d)[k] for d in DIRECTIONS}
-    shortfall = {d: max(0.0, settings.min_gain - gain) for d, gain in gains.items()}
+    # a recall is a count over n queries: a gain of exactly min_gain may come out 1e-17 short
+    shortfall = {d: 0.0 if gain >= settings.min_gain - GAIN_TOLERANCE else
+                 settings.min_gain - gain for d, gain in gains.items()}
     passed = not any(shortfall.values())
     switch = settings.switch == "always" or (settings.switch == "auto" and passed)
     shown = ", ".join(f"{_arrow(d)} {gains[d]:+.4f}" for d in DIRECTIONS)
