@@ -30,11 +30,11 @@ from searchengine.errors import (
     IndexMismatchError,
     InvalidInputError,
     NotIndexedError,
-    SearchEngineError,
 )
 from searchengine.home import Home
 from searchengine.index.kinds import IndexSettings
-from searchengine.index.registry import HomeSpaces, RemovedModel, setting_keys
+from searchengine.index.registry import HomeSpaces
+from searchengine.index.removal import RemovedModel
 from searchengine.index.search import search_space
 from searchengine.index.spaces import VectorSpace, index_path
 from searchengine.index.vectors import check_kind, read_manifest
@@ -505,62 +505,11 @@ class Engine:
         stored in the home's `models/` too); photos, texts and other models stay. The default
         model is refused unless `force`: another model whose image space is complete, if any,
         becomes the default. `model` is a spec as `status` lists it, or any `--model` value."""
-        row = self._model_row(model)
-        default = self.catalog.get_setting(DEFAULT_MODEL_KEY)
-        others = [r for r in self.catalog.models() if r.id != row.id]
-        successor = self._complete_model(others)
-        if default == row.spec and not force:
-            hint = (f"make another the default first (`searchengine use-model {successor}`)"
-                    if successor else "no other model here has embedded every photo")
-            raise InvalidInputError(
-                f"{row.spec} is the default model of {self.home}; {hint}, or pass --force to "
-                "remove it anyway"
-            )
-        vectors = {m: self.catalog.count_vectors(m, row.id) for m in ("image", "text")}
-        self.catalog.remove_model(row.id, setting_keys(row.spec))
-        files = [str(path) for path in self._spaces.forget(row)]
-        files += self._tuned_checkpoint(row.spec, others)
-        if default == row.spec:
-            if successor is not None:
-                self.catalog.set_setting(DEFAULT_MODEL_KEY, successor)
-            else:
-                self.catalog.delete_setting(DEFAULT_MODEL_KEY)
-        return RemovedModel(row.spec, vectors, files,
-                            self.catalog.get_setting(DEFAULT_MODEL_KEY))
+        from searchengine.index.removal import model_row, remove_model
 
-    def _model_row(self, model: str) -> ModelRow:
-        """The catalog row `model` names: a spec exactly as stored, else a `--model` value."""
-        rows = self.catalog.models()
-        found = next((row for row in rows if row.spec == model.strip()), None)
-        if found is None:
-            with contextlib.suppress(SearchEngineError):  # e.g. a checkpoint since deleted
-                spec_id = self.model_id_of(model)
-                found = next((row for row in rows if row.spec == spec_id), None)
-        if found is None:
-            listed = "\n  ".join(row.spec for row in rows) or "none"
-            raise InvalidInputError(f"no model {model!r} in {self.home}; its models:\n  {listed}")
-        return found
-
-    def _complete_model(self, rows: list[ModelRow]) -> str | None:
-        """The newest of `rows` whose image space holds a vector of every photo, or None."""
-        photos = self.catalog.count_media()
-        complete = [r for r in rows if self.catalog.count_vectors("image", r.id) >= photos > 0]
-        return complete[-1].spec if complete else None
-
-    def _tuned_checkpoint(self, spec_id: str, others: list[ModelRow]) -> list[str]:
-        """Delete the checkpoint of `spec_id` when `tune` stored it in this home and no other
-        model names it; returns it as a list of none or one path."""
-        from searchengine.models import DIGEST_SUFFIX
-
-        arch, _, rest = DIGEST_SUFFIX.sub("", spec_id).partition("/")
-        path = Path(rest)
-        folder = (self.home / TUNED_MODELS).resolve()
-        if not rest or not path.is_absolute() or path.parent != folder or not path.is_file():
-            return []
-        if any(DIGEST_SUFFIX.sub("", r.spec).partition("/")[2] == rest for r in others):
-            return []
-        path.unlink()
-        return [str(path)]
+        row = model_row(self.catalog, model, self.model_id_of, self.home)
+        return remove_model(self.catalog, self._spaces, row, force=force,
+                            default_key=DEFAULT_MODEL_KEY, tuned=self.home / TUNED_MODELS)
 
     def export_embeddings(
         self,

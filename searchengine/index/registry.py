@@ -8,7 +8,6 @@ change (`resync`), and `check(repair=True)` rebuilds what disagrees with the cat
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from searchengine.catalog import Catalog
@@ -32,21 +31,6 @@ def settings_key(spec_id: str, modality: str) -> str:
     """The settings key under which a space's `IndexSettings` (target recall, memory budget)
     are recorded, as JSON."""
     return f"index_settings:{modality}:{spec_id}"
-
-
-@dataclass(frozen=True)
-class RemovedModel:
-    """What `remove-model` deleted: the model, its vectors by modality, the files (index files,
-    and a checkpoint `tune` kept in the home), and the home's default model afterwards (None:
-    none is set; the next `index` sets it)."""
-
-    model: str
-    vectors: dict[str, int]
-    files: list[str]
-    default_model: str | None
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def setting_keys(spec_id: str) -> list[str]:

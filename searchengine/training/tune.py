@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from searchengine.errors import InvalidInputError, NotIndexedError
+from searchengine.errors import HomeBusyError, InvalidInputError, NotIndexedError
 from searchengine.eval.metrics import RetrievalMetrics
 from searchengine.settings import IngestSettings
 from searchengine.training.pairs import PairSet
@@ -159,8 +159,13 @@ def tune(
     decision = decide(figures["current"], figures["candidate"], settings, model=current)
     switched, reason, collection = False, decision.reason, None
     if decision.switch:
-        result = engine.switch_model(candidate, settings=settings.ingest,
-                                     progress=settings.progress)
+        try:
+            result = engine.switch_model(candidate, settings=settings.ingest,
+                                         progress=settings.progress)
+        except HomeBusyError as error:
+            raise HomeBusyError(
+                f"{error}; the candidate is kept: switch to it later with `searchengine index "
+                f"FOLDER --model {candidate}` and `searchengine use-model {candidate}`") from error
         timings["re_embed"] = result.collection.seconds
         timings["switch"] = result.seconds if result.switched else None
         switched, collection = result.switched, result.collection.as_dict()
