@@ -60,7 +60,7 @@ def main() -> None:
     clients = Clients(f"http://127.0.0.1:{port}", args.clients)
     try:
         clients.start()
-        time.sleep(3.0)  # a steady state before the tune starts
+        time.sleep(10.0)  # the steady state before the tune starts
         tune_start = time.monotonic()
         report = run_tune(args, home)
         tune_end = time.monotonic()
@@ -76,7 +76,7 @@ def main() -> None:
         "load": load,
         "index_seconds": index_seconds,
         "tune": report,
-        "serve": clients.figures(tune_start, tune_end, new),
+        "serve": clients.figures(tune_start, tune_end, new, report["timings"]),
     }
     show(figures)
     if args.record:
@@ -186,13 +186,20 @@ class Clients:
         for thread in self._threads:
             thread.join(timeout=120)
 
-    def figures(self, tune_start: float, tune_end: float, new: str | None) -> dict:
+    def figures(self, tune_start: float, tune_end: float, new: str | None,
+                timings: dict) -> dict:
         every = sorted(r for log in self.records for r in log)
+        before = [r for r in every if r[0] < tune_start]
         during = [r for r in every if tune_start <= r[0] <= tune_end]
         errors = [r for r in every if r[2] != 200]
         switched_at = next((r[0] + r[1] for r in every if new and r[3] == new), None)
         near = ([r for r in every if abs(r[0] - switched_at) <= 10.0]
                 if switched_at is not None else [])
+        # the re-embedding and the switch: the seconds tune reports, ending where the serve's
+        # answers turned (the serve sees the new default within a request or two of its write)
+        embed = (timings.get("re_embed") or 0) + (timings.get("switch") or 0)
+        switching = ([r for r in every if switched_at - embed - 1.0 <= r[0] <= switched_at]
+                     if switched_at is not None else [])
         back = sum(1 for log in self.records for a, b in zip(log, log[1:], strict=False)
                    if new and a[3] == new and b[3] != new)
         return {
@@ -201,6 +208,14 @@ class Clients:
             "requests_during_tune": len(during),
             "errors": len(errors),
             "error_examples": [r[3][:200] for r in errors[:3]],
+            "latency_before_tune": percentiles([r[1] * 1000 for r in before]) if before else {},
+            "slowest_before_tune_ms": round(max((r[1] for r in before), default=0) * 1000, 1),
+            "requests_during_re_embed_and_switch": len(switching),
+            "errors_during_re_embed_and_switch": sum(1 for r in switching if r[2] != 200),
+            "slowest_during_re_embed_and_switch_ms": round(
+                max((r[1] for r in switching), default=0) * 1000, 1),
+            "latency_during_re_embed_and_switch": percentiles(
+                [r[1] * 1000 for r in switching]) if switching else {},
             "latency_during_tune": percentiles([r[1] * 1000 for r in during]) if during else {},
             "slowest_during_tune_ms": round(max((r[1] for r in during), default=0) * 1000, 1),
             "requests_within_10s_of_switch": len(near),
@@ -234,6 +249,12 @@ def show(figures: dict) -> None:
           f"{serve['latency_during_tune'].get('p50_ms')} ms; within 10 s of the switch "
           f"{serve['requests_within_10s_of_switch']} requests, slowest "
           f"{serve['slowest_within_10s_of_switch_ms']} ms; models seen {serve['models_seen']}")
+    print(f"serve before the tune: p50 {serve['latency_before_tune'].get('p50_ms')} ms, slowest "
+          f"{serve['slowest_before_tune_ms']} ms; during re-embed + switch: "
+          f"{serve['requests_during_re_embed_and_switch']} requests, errors "
+          f"{serve['errors_during_re_embed_and_switch']}, p50 "
+          f"{serve['latency_during_re_embed_and_switch'].get('p50_ms')} ms, slowest "
+          f"{serve['slowest_during_re_embed_and_switch_ms']} ms")
 
 
 if __name__ == "__main__":
