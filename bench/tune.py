@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--switch", default="auto", choices=("auto", "never", "always"))
     parser.add_argument("--clients", type=int, default=2, help="search threads on the serve")
     parser.add_argument("--work", type=Path, default=Path("/tmp/searchengine-bench-tune"))
+    parser.add_argument("--serve-code", metavar="REV", default=None,
+                        help="run the serve from git revision REV (a before/after comparison)")
     parser.add_argument("--record", action="store_true", help="write bench/results/tune.json")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -56,7 +59,12 @@ def main() -> None:
     args.work.mkdir(parents=True)
     home, load = args.work / "home", {"before": _uptime()}
     index_seconds = index_home(args, home)
-    server, port = start_server(home, args.work / "serve.log")
+    code = None
+    if args.serve_code is not None:
+        from serve import checkout
+
+        code = checkout(args.serve_code, Path(tempfile.mkdtemp(dir=args.work)))
+    server, port = start_server(home, args.work / "serve.log", code)
     clients = Clients(f"http://127.0.0.1:{port}", args.clients)
     try:
         clients.start()
@@ -104,8 +112,9 @@ def _same_device(path: Path, folder: Path) -> bool:
     return path.stat().st_dev == folder.stat().st_dev
 
 
-def start_server(home: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    """`searchengine serve` on a free port, following the home's default model."""
+def start_server(home: Path, log: Path, code: Path | None) -> tuple[subprocess.Popen, int]:
+    """`searchengine serve` (of the package under `code`, else this one) on a free port,
+    following the home's default model."""
     import socket
 
     import httpx
@@ -115,7 +124,8 @@ def start_server(home: Path, log: Path) -> tuple[subprocess.Popen, int]:
         port = probe.getsockname()[1]
     process = subprocess.Popen([*CLI, "serve", "--home", str(home), "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                               env={**os.environ, "SEARCHENGINE_TOKEN": ""})
+                               env={**os.environ, "SEARCHENGINE_TOKEN": "",
+                                    **({"PYTHONPATH": str(code)} if code else {})})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:

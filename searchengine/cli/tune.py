@@ -29,11 +29,21 @@ NOT_FROM_TRAIN = ("model", "out", "resume", "as_json")
 SOURCE_OPTIONS = ("val", "split", "val_split", "image_column", "caption_column")
 
 
+# Where `tune`'s default differs from `train`'s. MERGE (issue 17 part 3): `train --augment` (off
+# by default) is on in `tune`; once the option exists, its copy here takes this default (make it
+# an `--augment/--no-augment` pair so that it can be turned off) and TrainSettings gets the value.
+TUNE_DEFAULTS = {"augment": field_default(TuneSettings, "augment")}
+
+
 def _train_options(command: click.Command) -> click.Command:
-    """Append a copy of each of `train`'s options (but NOT_FROM_TRAIN) to `command`."""
-    inherited = [copy.copy(param) for param in train_command.params
-                 if isinstance(param, click.Option) and param.name not in NOT_FROM_TRAIN]
-    command.params.extend(inherited)
+    """Append a copy of each of `train`'s options (but NOT_FROM_TRAIN) to `command`, with
+    TUNE_DEFAULTS' defaults."""
+    for param in train_command.params:
+        if isinstance(param, click.Option) and param.name not in NOT_FROM_TRAIN:
+            inherited = copy.copy(param)
+            if inherited.name in TUNE_DEFAULTS:
+                inherited.default = TUNE_DEFAULTS[inherited.name]
+            command.params.append(inherited)
     return command
 
 

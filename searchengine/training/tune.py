@@ -23,6 +23,7 @@ from pathlib import Path
 
 from searchengine.errors import HomeBusyError, InvalidInputError, NotIndexedError
 from searchengine.eval.metrics import RetrievalMetrics
+from searchengine.models import parse_model_spec
 from searchengine.settings import IngestSettings
 from searchengine.training.pairs import PairSet
 from searchengine.training.settings import TrainSettings
@@ -143,10 +144,9 @@ def tune(
     train = _train_settings(train or TrainSettings(), base or current, settings)
     sources = {"pairs": pairs, "val": val, "split": split, "val_split": val_split,
                "image_column": image_column, "caption_column": caption_column}
-    models = engine.home / TUNED_MODELS
     start = time.perf_counter()
-    summary, checkpoint = _train_candidate(models, train, sources)
-    candidate = f"{train.model.split('/', 1)[0]}/{checkpoint}"
+    summary, checkpoint = _train_candidate(engine.home / TUNED_MODELS, train, sources)
+    candidate = f"{parse_model_spec(train.model).arch}/{checkpoint}"
     timings["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -159,13 +159,7 @@ def tune(
     decision = decide(figures["current"], figures["candidate"], settings, model=current)
     switched, reason, collection = False, decision.reason, None
     if decision.switch:
-        try:
-            result = engine.switch_model(candidate, settings=settings.ingest,
-                                         progress=settings.progress)
-        except HomeBusyError as error:
-            raise HomeBusyError(
-                f"{error}; the candidate is kept: switch to it later with `searchengine index "
-                f"FOLDER --model {candidate}` and `searchengine use-model {candidate}`") from error
+        result = _switch(engine, candidate, settings)
         timings["re_embed"] = result.collection.seconds
         timings["switch"] = result.seconds if result.switched else None
         switched, collection = result.switched, result.collection.as_dict()
@@ -181,6 +175,16 @@ def tune(
         decision=decision, switched=switched, reason=reason, collection=collection,
         timings=timings,
     )
+
+
+def _switch(engine, candidate: str, settings: TuneSettings):
+    """`Engine.switch_model`; a home busy with another writer keeps the candidate for later."""
+    try:
+        return engine.switch_model(candidate, settings=settings.ingest, progress=settings.progress)
+    except HomeBusyError as error:
+        raise HomeBusyError(
+            f"{error}; the candidate is kept: switch to it later with `searchengine index "
+            f"FOLDER --model {candidate}` and `searchengine use-model {candidate}`") from error
 
 
 def _train_settings(train: TrainSettings, base: str, settings: TuneSettings) -> TrainSettings:
@@ -201,8 +205,7 @@ def _train_candidate(models: Path, train: TrainSettings, sources: dict) -> tuple
     summary = run_trainer(out, train, **sources)
     best = summary.best_checkpoint
     digest = checkpoint_digest(best)[:SHORT_DIGEST]
-    arch = train.model.split("/", 1)[0]
-    checkpoint = (models / f"{arch.replace('/', '_')}-{digest}.pt").resolve()
+    checkpoint = (models / f"{parse_model_spec(train.model).arch}-{digest}.pt").resolve()
     if checkpoint.is_file():
         best.unlink()  # the same weights were kept by an earlier tune
     else:
