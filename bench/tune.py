@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--switch", default="auto", choices=("auto", "never", "always"))
     parser.add_argument("--clients", type=int, default=2, help="search threads on the serve")
     parser.add_argument("--work", type=Path, default=Path("/tmp/searchengine-bench-tune"))
+    parser.add_argument("--switch-only", metavar="SPEC", default=None,
+                        help="no tune: index the photos with SPEC too, then `use-model SPEC` "
+                        "while the serve answers (the switch alone, e.g. for a larger model)")
     parser.add_argument("--serve-code", metavar="REV", default=None,
                         help="run the serve from git revision REV (a before/after comparison)")
     parser.add_argument("--record", action="store_true", help="write bench/results/tune.json")
@@ -59,6 +62,9 @@ def main() -> None:
     args.work.mkdir(parents=True)
     home, load = args.work / "home", {"before": _uptime()}
     index_seconds = index_home(args, home)
+    if args.switch_only is not None:
+        subprocess.run([*CLI, "index", str(args.work / "photos"), "--home", str(home), "--model",
+                        args.switch_only], check=True, stdout=subprocess.DEVNULL)
     code = None
     if args.serve_code is not None:
         from serve import checkout
@@ -70,7 +76,7 @@ def main() -> None:
         clients.start()
         time.sleep(10.0)  # the steady state before the tune starts
         tune_start = time.monotonic()
-        report = run_tune(args, home)
+        report = run_tune(args, home) if args.switch_only is None else use_model(args, home)
         tune_end = time.monotonic()
         new = report["candidate"]["model"] if report["decision"]["switched"] else None
         clients.wait_for(new, timeout=60.0)
@@ -149,6 +155,17 @@ def run_tune(args, home: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"tune failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout)
+
+
+def use_model(args, home: Path) -> dict:
+    """`searchengine use-model SPEC` in its own process, shaped as tune's report."""
+    start = time.perf_counter()
+    done = subprocess.run([*CLI, "use-model", args.switch_only, "--home", str(home)],
+                          capture_output=True, text=True, check=True)
+    model = done.stdout.strip().removeprefix("default model: ")
+    return {"decision": {"switched": True, "reason": f"use-model {model}"},
+            "candidate": {"model": model},
+            "timings": {"switch": time.perf_counter() - start}}
 
 
 class Clients:
@@ -243,16 +260,10 @@ def show(figures: dict) -> None:
     print(f"load before: {figures['load']['before']}")
     print(f"load after:  {figures['load']['after']}")
     print(f"index (setup) {figures['index_seconds']:.1f} s")
-    print(f"current   {report['current']['model']}")
-    print(f"candidate {report['candidate']['model']} ({report['train']['steps']} steps, "
-          f"{report['train']['train_pairs']} pairs, held out {report['train']['val_pairs']})")
-    for direction in ("text_to_image", "image_to_text"):
-        for k in ("R@1", "R@5", "R@10"):
-            cur, cand = report["current"][direction][k], report["candidate"][direction][k]
-            print(f"  {direction:13s} {k:4s} {cur:.4f} -> {cand:.4f} ({cand - cur:+.4f})")
-    print(report["decision"]["reason"])
-    print("stages: " + ", ".join(f"{name} {s:.1f} s" for name, s in report["timings"].items()
-                                 if s is not None))
+    if "current" in report:
+        _show_tune(report)
+    else:
+        print(f"{report['decision']['reason']} in {report['timings']['switch']:.1f} s")
     print(f"serve: {serve['requests_during_tune']} requests during the tune "
           f"({serve['clients']} clients), errors {serve['errors']}, slowest "
           f"{serve['slowest_during_tune_ms']} ms, p50 "
@@ -265,6 +276,19 @@ def show(figures: dict) -> None:
           f"{serve['errors_during_re_embed_and_switch']}, p50 "
           f"{serve['latency_during_re_embed_and_switch'].get('p50_ms')} ms, slowest "
           f"{serve['slowest_during_re_embed_and_switch_ms']} ms")
+
+
+def _show_tune(report: dict) -> None:
+    print(f"current   {report['current']['model']}")
+    print(f"candidate {report['candidate']['model']} ({report['train']['steps']} steps, "
+          f"{report['train']['train_pairs']} pairs, held out {report['train']['val_pairs']})")
+    for direction in ("text_to_image", "image_to_text"):
+        for k in ("R@1", "R@5", "R@10"):
+            cur, cand = report["current"][direction][k], report["candidate"][direction][k]
+            print(f"  {direction:13s} {k:4s} {cur:.4f} -> {cand:.4f} ({cand - cur:+.4f})")
+    print(report["decision"]["reason"])
+    print("stages: " + ", ".join(f"{name} {s:.1f} s" for name, s in report["timings"].items()
+                                 if s is not None))
 
 
 if __name__ == "__main__":
