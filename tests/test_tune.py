@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -301,6 +302,7 @@ def test_remove_model_refuses_the_default_and_unknown_models(
 def test_serve_loads_a_new_default_before_using_it(
     shapes: Path, tiny_checkpoint: Path, tmp_path: Path, open_engine
 ):
+    pytest.importorskip("fastapi")
     from searchengine.server.runner import settings_for
     from searchengine.server.service import SearchService
 
@@ -324,18 +326,19 @@ def test_serve_loads_a_new_default_before_using_it(
 def test_a_live_server_switches_models_without_failing_a_request(
     shapes: Path, tiny_checkpoint: Path, tmp_path: Path, open_engine
 ):
-    import httpx
-    import uvicorn
-
+    httpx = pytest.importorskip("httpx")
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
     from searchengine.server.app import create_app
     from searchengine.server.runner import settings_for
-    from tests.test_server_live import free_port
 
     spec = f"se-tiny/{tiny_checkpoint}"
     home = _home(tmp_path / "home", shapes)
     engine = open_engine(home, encoder_settings=EncoderSettings(device="cpu"))
     app = create_app(engine, settings_for("127.0.0.1", token=None, model=None))
-    port = free_port()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
