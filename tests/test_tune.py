@@ -23,7 +23,8 @@ COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
           "yellow": (230, 220, 30), "black": (10, 10, 10), "white": (245, 245, 245)}
 SHAPES = ("circle", "square")
 # a short run that takes se-tiny from random weights to a clear recall gain on its own 12 pairs
-LEARNS = ["--steps", 8, "--lr", "1e-2", "--batch-size", 12, "--workers", 0, "--eval-every", 1000,
+# (seed 0: R@5 0.25 -> 1.0 both ways; 8 steps at 1e-2 gained only 0.17)
+LEARNS = ["--steps", 16, "--lr", "3e-3", "--batch-size", 12, "--workers", 0, "--eval-every", 1000,
           "--device", "cpu"]
 
 NO_LEARNING = ["--steps", 1, "--lr", "1e-12"]  # a candidate that keeps its base's weights
@@ -67,7 +68,7 @@ def trained(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     from searchengine.training.settings import TrainSettings
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    settings = TrainSettings(model=TINY_MODEL, steps=8, lr=1e-2, batch_size=12, workers=0,
+    settings = TrainSettings(model=TINY_MODEL, steps=16, lr=3e-3, batch_size=12, workers=0,
                              eval_every=1000, device="cpu", progress=False)
     summary = train(out, settings, pairs=shapes / "pairs.csv", val=shapes / "pairs.csv")
     return f"se-tiny/{summary.best_checkpoint}"
@@ -108,7 +109,7 @@ def test_a_better_candidate_is_switched_to_and_json_has_both_models_and_timings(
             assert set(report[side][direction]) == {"R@1", "R@5", "R@10"}
     decision = report["decision"]
     assert decision["switched"] and decision["mode"] == "auto" and decision["metric"] == "R@5"
-    assert min(decision["gains"].values()) >= 0.01
+    assert min(decision["gains"].values()) >= 0.25  # several of the 12 pairs more, each way
     assert set(report["timings"]) == {"train", "compare", "re_embed", "switch", "total"}
     assert all(isinstance(seconds, float) for seconds in report["timings"].values())
     candidate = report["candidate"]["model"]
