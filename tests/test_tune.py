@@ -380,3 +380,24 @@ def test_a_live_server_switches_models_without_failing_a_request(
     for log in seen:  # the old model before, the new one after, never back
         first_new = log.index(new)
         assert set(log[:first_new]) == {TINY_MODEL} and set(log[first_new:]) == {new}
+
+
+def test_a_server_pinned_to_a_removed_model_answers_409_and_keeps_running(
+    shapes: Path, tiny_checkpoint: Path, tmp_path: Path, open_engine, reuse_random_encoders
+):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from searchengine.server.app import create_app
+    from searchengine.server.runner import settings_for
+
+    spec = f"se-tiny/{tiny_checkpoint}"
+    home = _home(tmp_path / "home", shapes, also=spec)
+    served = open_engine(home, encoder_settings=EncoderSettings(device="cpu"))
+    client = TestClient(create_app(served, settings_for("127.0.0.1", token=None, model=spec)),
+                        base_url="http://127.0.0.1", raise_server_exceptions=False)
+    assert client.get("/api/search", params={"q": "a red circle"}).status_code == 200
+    open_engine(home).remove_model(spec)
+    gone = client.get("/api/search", params={"q": "a red circle"})
+    assert gone.status_code == 409 and "no image index" in gone.json()["detail"]  # not indexed
+    assert client.get("/api/status").status_code == 200
