@@ -401,3 +401,30 @@ def test_a_server_pinned_to_a_removed_model_answers_409_and_keeps_running(
     gone = client.get("/api/search", params={"q": "a red circle"})
     assert gone.status_code == 409 and "no image index" in gone.json()["detail"]  # not indexed
     assert client.get("/api/status").status_code == 200
+
+
+def test_a_new_default_that_cannot_load_leaves_the_old_one_serving(
+    shapes: Path, tmp_path: Path, open_engine, reuse_random_encoders,
+    caplog: pytest.LogCaptureFixture,
+):
+    pytest.importorskip("fastapi")
+    from searchengine.server.runner import settings_for
+    from searchengine.server.service import SearchService
+
+    home = _home(tmp_path / "home", shapes)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")  # a real fault: weights that cannot be read
+    served = open_engine(home, encoder_settings=EncoderSettings(device="cpu"))
+    service = SearchService(served, settings_for("127.0.0.1", token=None, model=None))
+    try:
+        service.warm_up()
+        open_engine(home).use_model(f"se-tiny/{broken}", force=True)
+        assert service.model == TINY_MODEL
+        deadline = time.monotonic() + 60
+        while "cannot switch to the new default model" not in caplog.text:
+            assert time.monotonic() < deadline, "the failed load was never reported"
+            time.sleep(0.05)
+        assert service.model == TINY_MODEL  # not tried again at once (every 30 s)
+        assert service.search("a red circle", limit=3, offset=0).model == TINY_MODEL
+    finally:
+        service.close()

@@ -94,7 +94,7 @@ class SearchService:
         try:
             self.engine.encoder(wanted)  # outside `_open`: requests keep opening their spaces
             self._open_model(wanted)
-        except SearchEngineError as error:
+        except (SearchEngineError, OSError, RuntimeError) as error:  # torch's load errors too
             log.error("cannot switch to the new default model %s (still serving %s; trying "
                       "again in %d s): %s", wanted, self._serving, RETRY_LOAD_SECONDS, error)
             self._failed = (wanted, time.monotonic())
