@@ -550,6 +550,7 @@ class Catalog:
             )
 
     def delete_setting(self, key: str) -> None:
+        """Forget a setting (`get_setting` then returns None)."""
         with self.session() as session, session.begin():
             session.execute(delete(Setting).where(Setting.key == key))
 
