@@ -34,10 +34,12 @@ from searchengine.errors import (
 from searchengine.home import Home
 from searchengine.index.kinds import IndexSettings
 from searchengine.index.registry import HomeSpaces
+from searchengine.index.removal import RemovedModel
 from searchengine.index.search import search_space
 from searchengine.index.spaces import VectorSpace, index_path
 from searchengine.index.vectors import check_kind, read_manifest
 from searchengine.ingest.cluster import connect, embed_files_on_ray, require_ray
+from searchengine.ingest.collection import CollectionReport, SwitchReport
 from searchengine.ingest.commit import BatchResult, IngestReport, embed_files
 from searchengine.ingest.metadata import refresh_metadata
 from searchengine.ingest.scan import Plan, check_roots, plan
@@ -91,6 +93,7 @@ from searchengine.texts import clean_texts, read_texts
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_KEY = "default_model"
+TUNED_MODELS = "models"  # the home's folder of checkpoints `tune` trained (HOME/models/*.pt)
 MAX_LABELS = 1_000  # classify: each label costs one text encoding per prompt template
 
 
@@ -476,6 +479,52 @@ class Engine:
             )
         self.catalog.set_setting(DEFAULT_MODEL_KEY, spec_id)
         return spec_id
+
+    @_writes("tune")
+    def embed_collection(
+        self, model: str, *, settings: IngestSettings = IngestSettings(), progress: bool = False
+    ) -> CollectionReport:
+        """Give every catalogued photo (and text) a vector of `model`, reading nothing but the
+        catalogued files (`ingest.collection`: decode as `index` does, the model runs only on
+        content it has not embedded). Files gone, unreadable or changed since they were indexed
+        are reported in `missing`, not forgotten (that is `index`'s work)."""
+        from searchengine.ingest.collection import embed_collection
+
+        ensure_weights_available(model)
+        self._spaces.resync()
+        space = self.space(model, "image", create=True)
+        space.maintain()
+        report = embed_collection(self.catalog, self.encoder(model), space, settings,
+                                  progress=progress)
+        if self.catalog.text_sets():
+            self.embed_texts(model, progress=progress)
+        return report
+
+    @_writes("tune")
+    def switch_model(
+        self, model: str, *, settings: IngestSettings = IngestSettings(), progress: bool = False
+    ) -> SwitchReport:
+        """`embed_collection(model)`, then make `model` the default, holding the writer lock
+        throughout: the default changes only once the new space has a vector of every photo and
+        is saved (an interrupted or incomplete run leaves the old default serving)."""
+        report = self.embed_collection(model, settings=settings, progress=progress)
+        if not report.complete:
+            return SwitchReport(report, switched=False, seconds=0.0)
+        start = time.perf_counter()
+        self.use_model(model)
+        return SwitchReport(report, switched=True, seconds=time.perf_counter() - start)
+
+    @_writes("remove-model")
+    def remove_model(self, model: str, *, force: bool = False) -> RemovedModel:
+        """Delete a model's vectors from the catalog and its index files (a checkpoint `tune`
+        stored in the home's `models/` too); photos, texts and other models stay. The default
+        model is refused unless `force`: another model whose image space is complete, if any,
+        becomes the default. `model` is a spec as `status` lists it, or any `--model` value."""
+        from searchengine.index.removal import model_row, remove_model
+
+        row = model_row(self.catalog, model, self.model_id_of, self.home)
+        return remove_model(self.catalog, self._spaces, row, force=force,
+                            default_key=DEFAULT_MODEL_KEY, tuned=self.home / TUNED_MODELS)
 
     def export_embeddings(
         self,

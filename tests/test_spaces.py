@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -547,6 +548,9 @@ def test_a_running_server_follows_index_remove_and_use_model(
     second = f"se-tiny/{tiny_checkpoint}"
     other.index([copy_photos], model=second, settings=fast_ingest())
     other.use_model(second)
-    model, hits = served()
+    deadline = time.monotonic() + 60  # the old model answers while the new one loads
+    while (answer := served())[0] != second and time.monotonic() < deadline:
+        time.sleep(0.05)
+    model, hits = answer
     assert model == second and len(hits) == ALL_PHOTOS
     assert client.get("/api/status").json()["serving_model"] == second

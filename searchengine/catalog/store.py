@@ -401,6 +401,31 @@ class Catalog:
                 removed.extend(ids)
         return removed
 
+    def files_without_vector(self, model_id: int) -> list[StoredFile]:
+        """Every catalogued file that has no image vector of `model_id`, by id (what embedding
+        the whole collection with a further model still has to do)."""
+        embedded = select(ImageEmbedding.media_id).where(ImageEmbedding.model_id == model_id)
+        with self.session() as session:
+            rows = session.execute(
+                select(Media.id, Media.path, Media.size, Media.mtime_ns, Media.content_hash)
+                .where(Media.id.not_in(embedded))
+                .order_by(Media.id)
+            )
+            return [StoredFile(*row) for row in rows]
+
+    def remove_model(self, model_id: int, setting_keys: Sequence[str] = ()) -> None:
+        """Forget a model: its image and text vectors, its row and the settings `setting_keys`,
+        in one transaction (files and texts stay, with the vectors of other models)."""
+
+        def work(session: Session) -> None:
+            for table in (ImageEmbedding, TextEmbedding):
+                session.execute(delete(table).where(table.model_id == model_id))
+            session.execute(delete(EmbeddingModel).where(EmbeddingModel.id == model_id))
+            if setting_keys:
+                session.execute(delete(Setting).where(Setting.key.in_(list(setting_keys))))
+
+        self._transaction(work)
+
     def media(self, ids: Iterable[int]) -> dict[int, Media]:
         """Media rows by id (detached, read-only use)."""
         found: dict[int, Media] = {}
@@ -526,6 +551,11 @@ class Catalog:
                     index_elements=[Setting.key], set_=excluded(statement, ("value",))
                 )
             )
+
+    def delete_setting(self, key: str) -> None:
+        """Forget a setting (`get_setting` then returns None)."""
+        with self.session() as session, session.begin():
+            session.execute(delete(Setting).where(Setting.key == key))
 
     def is_empty(self) -> bool:
         """True while nothing was ever stored: no model, file, skip, text or setting."""

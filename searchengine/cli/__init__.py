@@ -11,7 +11,17 @@ import logging
 
 import click
 
-from searchengine.cli import bench, clipformat, collection, demo, duplicates, serve, train, watch
+from searchengine.cli import (
+    bench,
+    clipformat,
+    collection,
+    demo,
+    duplicates,
+    serve,
+    train,
+    tune,
+    watch,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,6 +59,6 @@ def configure_logging(verbose: int) -> None:
     logging.getLogger("searchengine").setLevel(own)
 
 
-for module in (collection, duplicates, clipformat, train, bench, demo, serve, watch):
+for module in (collection, duplicates, clipformat, train, tune, bench, demo, serve, watch):
     for command in module.COMMANDS:
         cli.add_command(command)

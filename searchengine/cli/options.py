@@ -116,6 +116,9 @@ ON_INTERRUPT = {
     "export": "interrupted; OUT was not written (an export appears complete or not at all)",
     "train": "interrupted; --out keeps the run as of its last save (--save-every steps): run the "
     "same command with --resume to continue it",
+    "tune": "interrupted; the home's default model is unchanged (it switches only after the "
+    "candidate's space is complete); vectors the candidate already made are kept: "
+    "`searchengine status` lists it, `searchengine remove-model SPEC` deletes them",
 }
 
 

@@ -33,6 +33,11 @@ def settings_key(spec_id: str, modality: str) -> str:
     return f"index_settings:{modality}:{spec_id}"
 
 
+def setting_keys(spec_id: str) -> list[str]:
+    """The settings a model's spaces record (kinds and index settings of both modalities)."""
+    return [key(spec_id, modality) for modality in MODALITIES for key in (kind_key, settings_key)]
+
+
 class HomeSpaces:
     """The spaces of a home's catalog, cached by (model key, modality)."""
 
@@ -153,6 +158,23 @@ class HomeSpaces:
         if space is None:
             space = self._open[(row.spec, modality)] = self._fresh(row, modality)
         return space
+
+    def forget(self, row: ModelRow) -> list[Path]:
+        """Delete the index files (with manifests and writer marks) of every space of `row` and
+        drop them from the cache; the catalog is the caller's (`Catalog.remove_model`, with
+        `setting_keys`). Returns the files deleted."""
+        from searchengine.index.spaces import index_path
+        from searchengine.index.vectors import manifest_path
+
+        deleted = []
+        for modality in MODALITIES:
+            self._open.pop((row.spec, modality), None)
+            path = index_path(self.home, row.spec, modality)
+            for file in (path, manifest_path(path), path.with_name(path.name + ".writing")):
+                if file.is_file():
+                    file.unlink()
+                    deleted.append(file)
+        return deleted
 
     def clear(self) -> None:
         """Forget the open spaces (another process may have written since)."""

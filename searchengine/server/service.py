@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import secrets
 import threading
+import time
 from datetime import timezone
 
 from PIL import Image
@@ -22,7 +23,7 @@ from PIL import Image
 from searchengine.catalog.facets import collection_facets, media_fingerprint
 from searchengine.encoder import Encoder
 from searchengine.engine import Classification, Engine, SearchResult
-from searchengine.errors import NotIndexedError
+from searchengine.errors import NotIndexedError, SearchEngineError
 from searchengine.index.spaces import VectorSpace
 from searchengine.paths import display_path, path_fields
 from searchengine.query.arithmetic import has_arithmetic
@@ -41,6 +42,7 @@ from searchengine.server.watching import ServeWatcher
 
 log = logging.getLogger(__name__)
 
+RETRY_LOAD_SECONDS = 30  # a new default model that failed to load is tried again after this
 ImageRef = int | Upload  # an indexed image's catalog id, or an uploaded image
 NONE = Refinements()  # no filter, no threshold, best first
 
@@ -63,26 +65,65 @@ class SearchService:
         self._gated: list[Encoder] = []  # encoders this server gated (`close` restores them)
         self._facets: tuple[tuple, dict] | None = None  # (catalog fingerprint, facets)
         self._facets_lock = threading.Lock()
+        self._switching = threading.Lock()  # guards the model served and its loader
+        self._serving: str | None = None  # the default model requests use (not pinned)
+        self._loading: threading.Thread | None = None
+        self._failed: tuple[str, float] = ("", 0.0)  # a default that failed to load, and when
         self.instance = secrets.token_hex(8)  # names this server run (`searchengine.serving`)
         self.watcher: ServeWatcher | None = None  # `serve --watch` (`start_watching`)
 
     @property
     def model(self) -> str:
-        """The model requests use: the pinned one, else the home's default as it is now (one
-        settings row read), so `use-model` takes effect without a restart. The engine's spaces
+        """The model requests use: the pinned one, else the home's default (one settings row
+        read per request), so `use-model` and `tune` take effect without a restart. A new
+        default is loaded (encoder and vector indexes) in the background while requests keep
+        using the model served so far, and used from the first request after it is ready; the
+        old model is still served only while its vectors are in the catalog. The engine's spaces
         follow what `index` and `remove` save (a stat of the manifest per request)."""
-        return self.engine.model_id_of(self.settings.model)
+        wanted = self.engine.model_id_of(self.settings.model)
+        if self.settings.model is not None or wanted == self._serving:
+            return wanted
+        with self._switching:
+            serving = self._serving
+            if serving is None or self.engine.catalog.find_model(serving) is None:
+                self._serving = wanted  # nothing served yet, or gone: load it in this request
+                return wanted
+            failed, when = self._failed
+            retry = failed != wanted or time.monotonic() - when > RETRY_LOAD_SECONDS
+            if retry and (self._loading is None or not self._loading.is_alive()):
+                self._loading = threading.Thread(target=self._load_default, args=(wanted,),
+                                                 name="load-default-model", daemon=True)
+                self._loading.start()
+            return serving
+
+    def _load_default(self, wanted: str) -> None:
+        """Load a new default model's encoder and open its vector indexes (the slow part of a
+        switch, off the request threads), then serve it."""
+        try:
+            self.engine.encoder(wanted)  # outside `_open`: requests keep opening their spaces
+            self._open_model(wanted)
+        except (SearchEngineError, OSError, RuntimeError) as error:  # torch's load errors too
+            log.error("cannot switch to the new default model %s (still serving %s; trying "
+                      "again in %d s): %s", wanted, self._serving, RETRY_LOAD_SECONDS, error)
+            self._failed = (wanted, time.monotonic())
+            return
+        with self._switching:
+            log.info("now serving %s (was %s)", wanted, self._serving)
+            self._serving = wanted
 
     def warm_up(self) -> None:
         """Load the model and open its vector indexes now, so the first request is not slow."""
         model = self.model
+        self._open_model(model)
+
+    def _open_model(self, model: str) -> None:
+        """Load `model`'s encoder and open its vector spaces that hold vectors."""
         self._encoder(model)
         for modality in ("image", "text"):
-            if self._vector_count(modality):
+            if self._vector_count(modality, model):
                 self._space(model, modality)
             else:
-                log.warning("no %s vectors for %s in %s yet", modality, self.model,
-                            self.engine.home)
+                log.warning("no %s vectors for %s in %s yet", modality, model, self.engine.home)
 
     def start_watching(self) -> None:
         """Keep the folders of `settings.watch` indexed in a thread (`server.watching`), with
@@ -244,8 +285,8 @@ class SearchService:
             raise ApiError(404, f"no catalogued image with id {media_id}")
         return row
 
-    def _vector_count(self, modality: str) -> int:
-        row = self.engine.catalog.find_model(self.model)
+    def _vector_count(self, modality: str, model: str | None = None) -> int:
+        row = self.engine.catalog.find_model(model or self.model)
         return self.engine.catalog.count_vectors(modality, row.id) if row else 0
 
     def _resolved(self, image: ImageRef) -> tuple[int | Image.Image, str]:
