@@ -283,12 +283,15 @@ def test_index_errors_leave_a_fresh_home_empty(cli_run, tmp_path, photo_folder, 
 
 
 def test_interrupt_is_a_message_and_exit_130(cli_run, tmp_path, copy_photos, monkeypatch):
-    from searchengine.encoder import Encoder
+    import open_clip
 
-    def interrupt(self, pixels):
+    def interrupt(self, pixels, normalize=False):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Encoder, "encode_images", interrupt)
+    # the model's own method: an encoder shared between tests (`reuse_random_encoders`) may
+    # have its `encode_images` wrapped by a server another test left running
+    for model_class in (open_clip.CLIP, open_clip.CustomTextCLIP):
+        monkeypatch.setattr(model_class, "encode_image", interrupt)
     result = cli_run("index", copy_photos, "--home", tmp_path / "home", "--model", TINY_MODEL,
                      "--workers", 0, expect=130)
     assert "interrupted" in result.output and "Traceback" not in result.output
