@@ -148,7 +148,7 @@ def _store(
     vectors = embed_batch(encoder, good, known)
     ids = np.array([by_path[decoded.stat.path].id for decoded in good], dtype=np.int64)
     matrix = as_stored(np.vstack([vectors[digest] for digest in hashes]))  # (n, d) float32
-    catalog.add_image_vectors(space.model.id, ids, matrix)
+    catalog.add_image_vectors(space.model.id, ids.tolist(), matrix)
     space.update(ids, matrix)
     embedded = len(set(hashes) - set(known))
     return embedded, len(good) - embedded
