@@ -65,10 +65,9 @@ def augmentation(model) -> Callable:
     default `AugmentationCfg`: RandomResizedCrop to the input size, scale 0.9-1.0, bicubic, then the
     model's normalisation), as open_clip_train applies it: PIL image -> (3, H, W) float32. Random:
     it draws from torch's global generator (seeded per DataLoader worker by torch)."""
-    import open_clip
-    from open_clip.transform import PreprocessCfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    return open_clip.image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
 
 
 class PairDataset:
