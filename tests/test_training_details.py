@@ -32,10 +32,12 @@ def _tiny():
 
 
 # -- threads and decode priority ------------------------------------------------------------------
-def _record_decodes(monkeypatch: pytest.MonkeyPatch, log_file: Path, stall: float = 0.0) -> None:
+def _record_decodes(monkeypatch: pytest.MonkeyPatch, log_file: Path, stall: float = 0.0,
+                    slow: float = 0.0) -> None:
     """Every decode appends the scheduling policy of its process to `log_file` (workers are forked,
-    so they run the patched function too). With `stall`, the first decode in an idle-priority
-    process sleeps that long: an idle worker that something else keeps off the CPU."""
+    so they run the patched function too). In an idle-priority process, the first decode sleeps
+    `stall` seconds and every decode `slow` seconds: an idle worker that something else keeps
+    off the CPU, wholly or mostly."""
     original = data.decode_image
     stalled: set[int] = set()
 
@@ -43,9 +45,11 @@ def _record_decodes(monkeypatch: pytest.MonkeyPatch, log_file: Path, stall: floa
         policy = os.sched_getscheduler(0)
         with log_file.open("a") as handle:
             handle.write(f"{policy}\n")
-        if stall and policy == os.SCHED_IDLE and os.getpid() not in stalled:
-            stalled.add(os.getpid())
-            time.sleep(stall)
+        if policy == os.SCHED_IDLE:
+            time.sleep(slow)
+            if stall and os.getpid() not in stalled:
+                stalled.add(os.getpid())
+                time.sleep(stall)
         return original(source, image_size)
 
     monkeypatch.setattr(data, "decode_image", recording_decode)
@@ -76,23 +80,34 @@ def test_a_run_decodes_at_idle_priority_while_the_model_uses_every_core(
 
 
 @needs_sched_idle
+@pytest.mark.parametrize("starvation", ["a stall", "slow decoding"])
 def test_starved_idle_workers_restart_at_normal_priority_with_the_same_batches(
-    pairs_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
-    caplog: pytest.LogCaptureFixture,
+    starvation: str, pairs_csv: Path, tmp_path: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A stall: no batch within STARVED_AFTER (the DataLoader's timeout). Slow decoding: batches
+    come, but the model waits for them most of the time (STARVED_WAIT in all)."""
     settings = _settings(steps=4, eval_every=4, save_every=4)
     loop.train(tmp_path / "main", settings, pairs=pairs_csv)  # decoded in this process
-    monkeypatch.setattr(data, "STARVED_AFTER", 1.0)
-    monkeypatch.setattr(loop, "STARVED_AFTER", 1.0)
+    monkeypatch.setattr(data, "STARVED_AFTER", 1.0 if starvation == "a stall" else 30.0)
+    monkeypatch.setattr(loop, "STARVED_AFTER", 1.0 if starvation == "a stall" else 30.0)
+    monkeypatch.setattr(data, "STARVED_WAIT", 0.5 if starvation == "slow decoding" else 1e9)
+    monkeypatch.setattr(data, "STARVED_SHARE", 0.0)  # however slow this host makes the steps
     decodes = tmp_path / "decodes.txt"
-    _record_decodes(monkeypatch, decodes, stall=2.5)
+    if starvation == "a stall":
+        _record_decodes(monkeypatch, decodes, stall=2.5)
+    else:
+        _record_decodes(monkeypatch, decodes, slow=0.1)  # 0.8 s a batch of 8
     with caplog.at_level("WARNING", logger="searchengine.training"):
         summary = loop.train(tmp_path / "starved", TrainSettings(
             **{**settings.as_dict(), "workers": 1}), pairs=pairs_csv)
     assert "restarting them at normal priority" in caplog.text
+    reason = "no batch for 1 s" if starvation == "a stall" else "the model waited for them"
+    assert reason in caplog.text
     assert summary.steps == 4
     policies = [int(line) for line in decodes.read_text().split()]
-    assert os.SCHED_IDLE in policies and policies[-1] == os.SCHED_OTHER
+    first_idle = policies.index(os.SCHED_IDLE)  # validation decoded before, at normal priority
+    assert os.SCHED_OTHER in policies[first_idle:]  # the restarted workers
     starved, whole = _losses(tmp_path / "starved"), _losses(tmp_path / "main")
     assert [step for step, _ in starved] == [1, 2, 3, 4]
     np.testing.assert_allclose([v for _, v in starved], [v for _, v in whole], rtol=1e-5)

@@ -286,17 +286,18 @@ class _Run:
 
     def _batches(self, state: _State) -> Iterator[Batch]:
         """The batches of steps `state.step` .. total - 1, decoded by workers at idle priority where
-        the system has it. If they deliver nothing for `STARVED_AFTER` seconds, something else
-        keeps every core busy: they are restarted at normal priority from the step not yet
-        trained (the loop has advanced `state.step` by then), as `index` does."""
+        the system has it. If they keep the model waiting (`batches_until_starved`: other
+        programs keep the cores busy, or decoding is the bottleneck), they are restarted at
+        normal priority from the step not yet trained (the loop has advanced `state.step` by
+        then), as `index` does."""
         idle = idle_decoding(self.settings.workers)
         while True:
             try:
                 yield from batches_until_starved(self._loader(state.step, idle), idle)
                 return
-            except WorkersStarved:
-                log.warning("decode workers got no CPU time for %.0f s (something else keeps "
-                            "every core busy); restarting them at normal priority", STARVED_AFTER)
+            except WorkersStarved as starved:
+                log.warning("decode workers at idle priority keep the model waiting (%s); "
+                            "restarting them at normal priority", starved)
                 idle = False
 
     def _loader(self, start: int, idle: bool):
