@@ -16,10 +16,18 @@ per-step log. `--control` adds a third segment per round: open_clip_train with o
 thread (OMP_NUM_THREADS=1), the thread policy our trainer uses on this machine, to show how much
 of the difference is that policy.
 
+`--steps N` trains both on the first N x batch-size rows of the split (one epoch each, so the
+same pairs and the same schedule; ours validates on the `test` split), for short runs.
+`--before SRC` adds a segment per round that runs our trainer from another source tree (an
+export of an earlier commit: `git archive COMMIT | tar -x -C SRC`), to time a change to our
+trainer against the code before it in the same run, interleaved.
+
 Every final checkpoint is scored with the same recall code (standard protocol, `test` split: 200
-images, 1,000 captions). Prints the figures and writes bench/results/train.json.
+images, 1,000 captions). Prints the figures; `--record` writes bench/results/train.json.
 
     .venv/bin/python bench/train.py --epochs 1 --rounds 2 --control
+    .venv/bin/python bench/train.py --arch ViT-S-32 --steps 16 --batch-size 32 --workers 1 \
+        --before /tmp/searchengine-before
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="se-tiny")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train on the first steps x batch-size rows, one epoch")
+    parser.add_argument("--before", type=Path, default=None, metavar="SRC",
+                        help="also run our trainer from this source tree each round")
     parser.add_argument("--rounds", type=int, default=2, help="ours+theirs pairs, alternating")
     parser.add_argument("--control", action="store_true",
                         help="also run open_clip_train with OMP_NUM_THREADS=1 each round")
@@ -60,6 +72,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/train.json")
     parser.add_argument("--work", type=Path, default=Path("/tmp/searchengine-bench-train"))
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -69,7 +83,11 @@ def main() -> None:
     steps = args.epochs * (count_rows(train_tsv) // args.batch_size)
     segments = []
     for round_ in range(args.rounds):
-        segments.append(_timed("ours", round_, lambda r=round_: run_ours(args, init, steps, r)))
+        if args.before:
+            segments.append(_timed("ours_before", round_, lambda r=round_: run_ours(
+                args, init, steps, r, train_tsv, source=args.before)))
+        segments.append(_timed("ours", round_,
+                               lambda r=round_: run_ours(args, init, steps, r, train_tsv)))
         segments.append(_timed("theirs", round_,
                                lambda r=round_: run_theirs(args, train_tsv, init, r)))
         if args.control:
@@ -88,11 +106,14 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     from searchengine.training.pairs import read_pairs
 
     train = read_pairs(DATA, split="train")
+    rows = train.pairs if args.steps is None else train.pairs[:args.steps * args.batch_size]
+    if args.steps is not None:
+        args.epochs = 1
     tsv = args.work / "train.tsv"
     with tsv.open("w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t")
         writer.writerow(["filepath", "title"])
-        writer.writerows([str(pair.image), pair.caption] for pair in train.pairs)
+        writer.writerows([str(pair.image), pair.caption] for pair in rows)
     model, _, _ = build_model(parse_model_spec(f"{args.arch}/random"), seed=args.seed)
     init = args.work / "init.pt"
     torch.save({"state_dict": model.state_dict()}, init)
@@ -119,19 +140,24 @@ def _environment(threads: int | None = None) -> dict:
     return {**env, "PYTHONWARNINGS": "ignore"}
 
 
-def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int) -> dict:
-    out = args.work / f"ours-{round_}"
+def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int, train_tsv: Path,
+             source: Path | None = None) -> dict:
+    out = args.work / f"ours{'-before' if source else ''}-{round_}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed or skipped one
+    env = _environment()
+    if source is not None:  # its `searchengine` package comes first on the path
+        env["PYTHONPATH"] = str(source.resolve())
+    data = (["--val", str(DATA), "--val-split", "test", str(train_tsv)] if args.steps else
+            ["--split", "train", "--val-split", "test", str(DATA)])
     command = [
-        str(Path(sys.executable).with_name("searchengine")), "train", str(DATA),
-        "--split", "train", "--val-split", "test", "--model", f"{args.arch}/{init}",
+        sys.executable, "-c", "import sys; from searchengine.cli import cli; sys.exit(cli())",
+        "train", *data, "--model", f"{args.arch}/{init}",
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--warmup", str(args.warmup), "--precision", args.precision,
         "--seed", str(args.seed), "--workers", str(args.workers), "--device", "cpu",
         "--eval-every", str(steps), "--save-every", str(steps), "--json",
     ]
-    result = subprocess.run(command, check=True, capture_output=True, text=True,
-                            env=_environment())
+    result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     summary = json.loads(result.stdout)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if r["kind"] == "train"][1:]  # the first step pays start-up
@@ -210,6 +236,8 @@ def report(args: argparse.Namespace, steps: int, segments: list[dict]) -> None:
     trainers = dict.fromkeys(s["trainer"] for s in segments)
     summary = {name: _summarise(segments, name, args.batch_size) for name in trainers}
     ratio = summary["ours"]["pairs_per_s"] / summary["theirs"]["pairs_per_s"]
+    before = summary.get("ours_before")
+    ratio_before = summary["ours"]["pairs_per_s"] / before["pairs_per_s"] if before else None
     rounds = [next(s["pairs_per_s"] for s in segments if s["trainer"] == n and s["round"] == r)
               for r in range(args.rounds) for n in ("ours", "theirs")]
     result = {
@@ -218,18 +246,22 @@ def report(args: argparse.Namespace, steps: int, segments: list[dict]) -> None:
         "pairs_per_s_definition": "timed-step pairs / summed wall time of those steps (data wait "
                                   "included; first step, start-up, eval, checkpoints excluded)",
         "throughput_ratio_ours_over_theirs": ratio,
+        "throughput_ratio_ours_over_ours_before": ratio_before,
         "throughput_ratio_each_round": [rounds[i] / rounds[i + 1]
                                         for i in range(0, len(rounds), 2)],
         "summary": summary, "start_test_recall": start, "segments": segments,
         "loadavg_at_end": os.getloadavg(),
     }
-    write_result("train", result)
+    if args.record:
+        write_result("train", result)
     print(f"{steps} steps of batch {args.batch_size}, {args.arch}, {args.precision}, "
           f"{args.rounds} rounds")
     for name, figures in summary.items():
         each = ", ".join(f"{v:.1f}" for v in figures["pairs_per_s_each"])
         print(f"{name:16s} {figures['pairs_per_s']:6.1f} pairs/s ({each})  "
               f"test t2i R@5 {figures['test_t2i_R@5_mean']:.3f}")
+    if ratio_before is not None:
+        print(f"ratio ours / ours before {ratio_before:.2f}")
     print(f"ratio ours / theirs {ratio:.2f}; start test t2i R@5 "
           f"{start['text_to_image']['R@5']:.3f}; load average now {os.getloadavg()[0]:.1f}")
 

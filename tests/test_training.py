@@ -169,16 +169,19 @@ def test_batches_are_a_function_of_the_step() -> None:
     assert len(full) == 8 and all(len(batch) == 3 for batch in full)
 
 
-def test_cpu_threads_leave_a_core_per_decode_worker(
+def test_cpu_threads_take_every_core_beside_idle_decoders_else_leave_a_core_per_worker(
     pairs_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert loop.intra_op_threads(2, cpus=2) == 1
-    assert loop.intra_op_threads(2, cpus=16) == 14
-    assert loop.intra_op_threads(0, cpus=4) == 4
-    assert loop.intra_op_threads(8, cpus=4) == 1
+    assert loop.intra_op_threads(1, cpus=2) == 2  # idle-priority workers: the model gets all
+    assert loop.intra_op_threads(2, cpus=16, idle_workers=True) == 16
+    assert loop.intra_op_threads(2, cpus=2, idle_workers=False) == 1
+    assert loop.intra_op_threads(2, cpus=16, idle_workers=False) == 14
+    assert loop.intra_op_threads(0, cpus=4, idle_workers=False) == 4
+    assert loop.intra_op_threads(8, cpus=4, idle_workers=False) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert loop.intra_op_threads(2, cpus=2) is None  # the user's setting wins
+    assert loop.intra_op_threads(2, cpus=2, idle_workers=False) is None
     monkeypatch.delenv("OMP_NUM_THREADS")
     seen = []
     original_step = loop._Run._step
@@ -188,7 +191,7 @@ def test_cpu_threads_leave_a_core_per_decode_worker(
         return original_step(self, step, batch)
 
     monkeypatch.setattr(loop._Run, "_step", watched_step)
-    monkeypatch.setattr(loop, "intra_op_threads", lambda workers: 1)
+    monkeypatch.setattr(loop, "intra_op_threads", lambda workers, idle_workers: 1)
     before = torch.get_num_threads()
     summary = loop.train(tmp_path / "run", _settings(steps=2, eval_every=2), pairs=pairs_csv)
     assert seen == [1, 1] and torch.get_num_threads() == before

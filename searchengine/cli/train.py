@@ -60,6 +60,8 @@ def _default(name: str):
               default=_default("precision"),
               show_default=True, help="fp16 needs a GPU.")
 @click.option("--grad-checkpointing", is_flag=True, help="Trade compute for activation memory.")
+@click.option("--augment", is_flag=True,
+              help="Random crops (open_clip's training transform) instead of the evaluation crop.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Image decode processes [default: min(2, CPUs)].")
 @click.option("--seed", type=int, default=_default("seed"), show_default=True,
@@ -114,6 +116,9 @@ def train_command(pairs: Path, out: Path, val: Path | None, split: str | None,
 
         searchengine train scenes --model demo --hard-negatives both --out runs/hard
     """
+    from searchengine.settings import passive_openmp_waits
+
+    passive_openmp_waits()  # before torch loads: the model takes every core beside idle decoders
     from searchengine.training.loop import train
 
     chosen = {name: value for name, value in options.items() if value is not None}  # None: its own

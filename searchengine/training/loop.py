@@ -1,10 +1,10 @@
 """The training loop: `train(out, settings, pairs=..., val=...)` reads top to bottom.
 
-read pairs -> pick the CPU threads (a core per decode worker) -> build the model (train mode,
-optional locked tower) -> evaluate the starting model -> for each step: batch, contrastive
-backward (gradient-cached when asked), fused AdamW step, clamp the temperature; evaluate every
-`eval_every` steps, keep the best as `best.pt`, checkpoint `last.pt` every `save_every` steps ->
-summary and plots.
+read pairs -> pick the CPU threads (every core; decoding at idle priority) -> build the model
+(train mode, optional locked tower) -> evaluate the starting model -> for each step: batch,
+contrastive backward (gradient-cached when asked), fused AdamW step, clamp the temperature;
+evaluate every `eval_every` steps, keep the best as `best.pt`, checkpoint `last.pt` every
+`save_every` steps -> summary and plots.
 """
 
 from __future__ import annotations
@@ -15,14 +15,27 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from searchengine.errors import InvalidInputError
 from searchengine.training import checkpoint as checkpoints
-from searchengine.training.data import Collate, PairDataset, StepBatches, load_pixels
+from searchengine.training.data import (
+    STARVED_AFTER,
+    Batch,
+    Collate,
+    PairDataset,
+    StepBatches,
+    WorkersStarved,
+    augmentation,
+    batches_until_starved,
+    decode_worker_init,
+    idle_decoding,
+    load_pixels,
+)
 from searchengine.training.evaluation import Evaluation, evaluate, prepare_validation
 from searchengine.training.gradcache import contrastive_backward
 from searchengine.training.losses import MAX_LOGIT_SCALE, clip_loss, initial_logit_bias, siglip_loss
@@ -35,7 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESUME_MUST_MATCH = ("model", "loss", "lock", "batch_size", "lr", "warmup", "weight_decay", "seed")
+RESUME_MUST_MATCH = ("model", "loss", "lock", "batch_size", "lr", "warmup", "weight_decay", "seed",
+                     "augment", "hard_negatives", "swaps_per_caption", "mine_group",
+                     "refresh_every")
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     train_set, val_set = _read_sets(pairs, val, settings, image_column, caption_column, split,
                                     val_split)
-    with _cpu_threads(intra_op_threads(settings.workers)):
+    threads = intra_op_threads(settings.workers, idle_workers=idle_decoding(settings.workers))
+    with _cpu_threads(threads):
         run = _Run(out, settings, train_set, val_set)
         state = run.resume() if resume else run.start()
         with torch.random.fork_rng(devices=run.cuda_devices):
@@ -123,16 +139,23 @@ def _refuse_to_overwrite(out: Path) -> None:
     )
 
 
-def intra_op_threads(workers: int, cpus: int | None = None) -> int | None:
-    """Torch's intra-op threads for a run with `workers` decode processes: one core per worker is
-    left to it (at least one thread), since OpenMP threads that share a core with a busy worker
-    spin at every barrier (measured: a se-tiny step took 6-10x longer with 2 threads than with 1
-    on 2 loaded cores). None when OMP_NUM_THREADS is set: the user's choice is kept."""
+def intra_op_threads(workers: int, cpus: int | None = None, *,
+                     idle_workers: bool = True) -> int | None:
+    """Torch's intra-op threads for a run with `workers` decode processes on `cpus` cores.
+
+    Every core when the workers decode at idle priority (`data.idle_decoding`, as `index`'s): they
+    then run only while a model thread waits, never preempting one, so the model loses nothing to
+    them (and `searchengine train` asks OpenMP for passive waits, so a waiting thread sleeps
+    rather than spins). Otherwise (no `SCHED_IDLE`) one core per worker is left to it, at least
+    one thread: OpenMP threads that share a core with a normal-priority worker wait for it at
+    every barrier (measured: a se-tiny step took 6-10x longer with 2 threads than with 1 on 2
+    loaded cores). None when OMP_NUM_THREADS is set: the user's choice is kept."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - workers)
+    cpus = cpus or 1
+    return cpus if idle_workers else max(1, cpus - workers)
 
 
 @contextlib.contextmanager
@@ -234,22 +257,12 @@ class _Run:
 
     # -- the loop -------------------------------------------------------------------------------
     def loop(self, state: _State) -> _State:
-        import torch
-
         from searchengine.progress import progress_bar
 
-        dataset = PairDataset(self.train_set.pairs, self.preprocess, self.image_size)
-        batches = self._batches(state.step, dataset.image_ids)
-        loader: torch.utils.data.DataLoader[tuple] = torch.utils.data.DataLoader(
-            dataset,  # type: ignore[arg-type]  # torch's stub wants a Dataset; any map-style one runs
-            batch_sampler=batches, num_workers=self.settings.workers,
-            collate_fn=self._collate(dataset), pin_memory=bool(self.cuda_devices),
-            persistent_workers=False,
-        )
         bar = progress_bar(self.total, initial=state.step, enabled=self.settings.progress,
                            desc="train", unit="step")
         tick, first = time.perf_counter(), True
-        for batch in loader:
+        for batch in self._batches(state):
             loss = self._step(state.step, batch)
             state.step += 1
             state.dropped += batch.dropped
@@ -274,7 +287,45 @@ class _Run:
         bar.close()
         return state
 
-    def _batches(self, start: int, image_ids: list[int]):
+    def _batches(self, state: _State) -> Iterator[Batch]:
+        """The batches of steps `state.step` .. total - 1, decoded by workers at idle priority where
+        the system has it. If they keep the model waiting (`batches_until_starved`: other
+        programs keep the cores busy, or decoding is the bottleneck), they are restarted at
+        normal priority from the step not yet trained (the loop has advanced `state.step` by
+        then), as `index` does."""
+        # mined batches are drawn in this process, a refresh re-embedding every caption: the
+        # starvation rule would read that wait as starved workers and restart them, refresh
+        # and all, so mined runs decode at normal priority from the start
+        idle = (idle_decoding(self.settings.workers)
+                and self.settings.hard_negatives not in ("mined", "both"))
+        while True:
+            try:
+                yield from batches_until_starved(self._loader(state.step, idle), idle)
+                return
+            except WorkersStarved as starved:
+                log.warning("decode workers at idle priority keep the model waiting (%s); "
+                            "restarting them at normal priority", starved)
+                idle = False
+
+    def _loader(self, start: int, idle: bool):
+        import torch
+
+        augment = augmentation(self.model) if self.settings.augment else None
+        dataset = PairDataset(self.train_set.pairs, self.preprocess, self.image_size,
+                              augment=augment)
+        batches = self._sampler(start, dataset.image_ids)
+        workers = self.settings.workers
+        loader: torch.utils.data.DataLoader[tuple] = torch.utils.data.DataLoader(
+            dataset,  # type: ignore[arg-type]  # torch's stub wants a Dataset; any map-style one runs
+            batch_sampler=batches, num_workers=workers,
+            collate_fn=self._collate(dataset), pin_memory=bool(self.cuda_devices),
+            persistent_workers=False,
+            worker_init_fn=partial(decode_worker_init, idle=idle) if workers else None,
+            timeout=STARVED_AFTER if idle else 0,
+        )
+        return loader
+
+    def _sampler(self, start: int, image_ids: list[int]):
         """Random batches, or with `--hard-negatives mined|both` batches of near pairs."""
         if self.settings.hard_negatives not in ("mined", "both"):
             return StepBatches(len(self.train_set), self.settings.batch_size,
@@ -436,7 +487,9 @@ def _verdict(state: _State, improved: bool) -> str:
 
 
 def _optimizer(model: torch.nn.Module, logit_bias: torch.Tensor, settings: TrainSettings):
-    """AdamW; gains, biases, embeddings of position and the temperature get no weight decay.
+    """AdamW, grouped as open_clip_train does: 1-D tensors (biases, norm gains, the class
+    embedding), any parameter named like a norm (`ln`, `bn`) or a bias, the temperature and the
+    SigLIP bias get no weight decay; weight matrices and the (2-D) position embeddings do.
 
     The fused kernel (one pass over each tensor) where torch has one for the device: a third of a
     se-tiny step on the CPU went to the per-tensor Python implementation.

@@ -38,6 +38,10 @@ class TrainSettings:
     """`fp32`, `bf16` (autocast on CPU or GPU) or `fp16` (autocast + loss scaling, GPU only)."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    augment: bool = False
+    """Random crops (open_clip's training transform: RandomResizedCrop, scale 0.9-1.0, bicubic)
+    instead of the evaluation crop; images are then decoded at every use, never cached. Off by
+    default so that a run is reproducible bit for bit and a small set decodes once."""
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     """DataLoader processes that decode images beside the model (0: in the main process)."""
     seed: int = 0
