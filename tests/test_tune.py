@@ -428,3 +428,21 @@ def test_a_new_default_that_cannot_load_leaves_the_old_one_serving(
         assert service.search("a red circle", limit=3, offset=0).model == TINY_MODEL
     finally:
         service.close()
+
+
+def test_tune_trains_with_random_crops_and_train_without_unless_told():
+    """Issue 17: `--augment` is off in `train` (reproducible runs) and on in `tune` (the library's
+    `tune` without TrainSettings too); `tune --no-augment` turns it off."""
+    from click.testing import CliRunner
+
+    from searchengine.cli.train import train_command
+    from searchengine.cli.tune import tune_command
+    from searchengine.training.tune import TUNE_TRAINING
+
+    assert {p.name: p.default for p in train_command.params}["augment"] is False
+    assert {p.name: p.default for p in tune_command.params}["augment"] is True
+    assert TUNE_TRAINING.augment
+    context = tune_command.make_context("tune", ["pairs.csv", "--no-augment"],
+                                        resilient_parsing=True)
+    assert context.params["augment"] is False
+    assert CliRunner().invoke(tune_command, ["--help"]).output.count("--augment / --no-augment")

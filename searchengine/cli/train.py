@@ -60,8 +60,9 @@ def _default(name: str):
               default=_default("precision"),
               show_default=True, help="fp16 needs a GPU.")
 @click.option("--grad-checkpointing", is_flag=True, help="Trade compute for activation memory.")
-@click.option("--augment", is_flag=True,
-              help="Random crops (open_clip's training transform) instead of the evaluation crop.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random crops (open_clip's training transform) instead of the evaluation crop "
+              "(`tune` turns them on).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Image decode processes [default: min(2, CPUs)].")
 @click.option("--seed", type=int, default=_default("seed"), show_default=True,

@@ -29,10 +29,8 @@ NOT_FROM_TRAIN = ("model", "out", "resume", "as_json")
 SOURCE_OPTIONS = ("val", "split", "val_split", "image_column", "caption_column")
 
 
-# Where `tune`'s default differs from `train`'s. MERGE (issue 17 part 3): `train --augment` (off
-# by default) is on in `tune`; once the option exists, its copy here takes this default (make it
-# an `--augment/--no-augment` pair so that it can be turned off) and TrainSettings gets the value.
-TUNE_DEFAULTS = {"augment": field_default(TuneSettings, "augment")}
+# Where `tune`'s default differs from `train`'s: random crops on (`--no-augment` turns them off)
+TUNE_DEFAULTS = {"augment": True}
 
 
 def _train_options(command: click.Command) -> click.Command:

@@ -47,10 +47,6 @@ class TuneSettings:
     """The least gain (candidate minus current, in recall) asked for in each direction."""
     switch: str = "auto"
     """`auto`: switch when the guard passes; `never`: only report; `always`: switch anyway."""
-    augment: bool = True
-    """Train with open_clip's training transform (issue 17 part 3). MERGE: `TrainSettings` has no
-    `augment` field yet (another branch adds `train --augment`); at the merge `tune` passes this
-    to it (see `_train_settings`). Until then it changes nothing."""
     ingest: IngestSettings = field(default_factory=IngestSettings)
     """How the collection is decoded and embedded when switching (batch size, workers)."""
     progress: bool = False
@@ -127,9 +123,10 @@ def tune(
     image_column: str | None = None, caption_column: str | None = None,
 ) -> TuneReport:
     """Train a candidate on `pairs` from `base` (default: the home's default model; `train.model`
-    is replaced by it), compare it with the current default on the held-out pairs (`val`, else a
-    seeded `train.val_fraction` of the images, never shared with training: the trainer's own
-    split), and switch as `settings` say. Sources and columns are read as `train` reads them.
+    is replaced by it; without `train`, `TUNE_TRAINING`: random crops on), compare it with the
+    current default on the held-out pairs (`val`, else a seeded `train.val_fraction` of the
+    images, never shared with training: the trainer's own split), and switch as `settings` say.
+    Sources and columns are read as `train` reads them.
     Raises NotIndexedError for a home without photos or default model."""
     from searchengine.engine import DEFAULT_MODEL_KEY, TUNED_MODELS
 
@@ -141,7 +138,7 @@ def tune(
     current = engine.model_id_of(current)
     timings: dict[str, float | None] = {"train": None, "compare": None, "re_embed": None,
                                         "switch": None}
-    train = _train_settings(train or TrainSettings(), base or current, settings)
+    train = _train_settings(train or TUNE_TRAINING, base or current, settings)
     sources = {"pairs": pairs, "val": val, "split": split, "val_split": val_split,
                "image_column": image_column, "caption_column": caption_column}
     start = time.perf_counter()
@@ -187,9 +184,13 @@ def _switch(engine, candidate: str, settings: TuneSettings):
             f"FOLDER --model {candidate}` and `searchengine use-model {candidate}`") from error
 
 
+TUNE_TRAINING = TrainSettings(augment=True)
+"""`tune`'s training settings when none are given: `train`'s defaults with `--augment` on (random
+crops, as open_clip_train trains; `train` keeps them off for reproducible runs)."""
+
+
 def _train_settings(train: TrainSettings, base: str, settings: TuneSettings) -> TrainSettings:
-    """The run's settings: `train` from `base`, with tune's progress choice.
-    MERGE (issue 17 part 3): add `augment=settings.augment` once TrainSettings has the field."""
+    """The run's settings: `train` from `base`, with tune's progress choice."""
     return dataclasses.replace(train, model=base, progress=settings.progress)
 
 
