@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 # No test may reach a model hub: an uncached pretrained tag must fail at once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -53,6 +53,24 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), **save_
         save_options.setdefault("quality", 92)
     image.save(path, **save_options)
     return path
+
+
+SHAPE_COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
+                "yellow": (230, 220, 30), "black": (10, 10, 10), "white": (245, 245, 245)}
+
+
+def shape_photos(folder: Path, colors: int = 6) -> list[tuple[str, str, str]]:
+    """The first `colors` of SHAPE_COLORS x (circle, square): a filled shape on grey, 40x40 PNGs
+    named COLOR_SHAPE.png in `folder`, for training tests. Returns (file name, color, shape)."""
+    made = []
+    for color, rgb in list(SHAPE_COLORS.items())[:colors]:
+        for shape in ("circle", "square"):
+            image = Image.new("RGB", (40, 40), (128, 128, 128))
+            draw = ImageDraw.Draw(image)
+            (draw.ellipse if shape == "circle" else draw.rectangle)((6, 6, 34, 34), fill=rgb)
+            image.save(folder / f"{color}_{shape}.png")
+            made.append((f"{color}_{shape}.png", color, shape))
+    return made
 
 
 @pytest.fixture(scope="session")

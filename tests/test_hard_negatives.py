@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image, ImageDraw
+from conftest import shape_photos
 
 from searchengine.cli import cli
 from searchengine.errors import InvalidInputError
@@ -33,8 +33,6 @@ from searchengine.training.pairs import Pair
 from searchengine.training.settings import TrainSettings
 
 SCENE_VOCABULARY = Path(__file__).parents[1] / "searchengine" / "demo" / "scene_vocabulary.txt"
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-SHAPES = ("circle", "square")
 # As in test_training: cached and plain float64 gradients differ by summation order, ~1e-16.
 EXACT = 1e-10
 
@@ -333,14 +331,8 @@ def pairs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 generated images (3 colours x 2 shapes), two captions each."""
     folder = tmp_path_factory.mktemp("pairs")
     lines = ["image,caption"]
-    for colour, rgb in COLOURS.items():
-        for shape in SHAPES:
-            image = Image.new("RGB", (40, 40), (128, 128, 128))
-            draw = ImageDraw.Draw(image)
-            (draw.ellipse if shape == "circle" else draw.rectangle)((6, 6, 34, 34), fill=rgb)
-            image.save(folder / f"{colour}_{shape}.png")
-            lines += [f"{colour}_{shape}.png,a {colour} {shape}",
-                      f"{colour}_{shape}.png,one {colour} {shape} in the middle"]
+    for name, colour, shape in shape_photos(folder, colors=3):
+        lines += [f"{name},a {colour} {shape}", f"{name},one {colour} {shape} in the middle"]
     (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
     return folder / "pairs.csv"
 

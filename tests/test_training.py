@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import shape_photos
 from float_noise import score_noise
-from PIL import Image, ImageDraw
 
 from searchengine.cli import cli
 from searchengine.models import build_model, parse_model_spec
@@ -23,24 +23,14 @@ from searchengine.training.pairs import read_pairs
 from searchengine.training.schedule import learning_rate
 from searchengine.training.settings import TrainSettings
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
-          "yellow": (230, 220, 30), "black": (10, 10, 10), "white": (245, 245, 245)}
-SHAPES = ("circle", "square")
-
 
 @pytest.fixture(scope="module")
 def pairs_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 generated images (6 colours x 2 shapes), two captions each, plus one missing image."""
     folder = tmp_path_factory.mktemp("pairs")
     lines = ["image,caption"]
-    for color, rgb in COLORS.items():
-        for shape in SHAPES:
-            image = Image.new("RGB", (40, 40), (128, 128, 128))
-            draw = ImageDraw.Draw(image)
-            (draw.ellipse if shape == "circle" else draw.rectangle)((6, 6, 34, 34), fill=rgb)
-            image.save(folder / f"{color}_{shape}.png")
-            lines += [f"{color}_{shape}.png,a {color} {shape}",
-                      f"{color}_{shape}.png,{shape} painted {color}"]
+    for name, color, shape in shape_photos(folder):
+        lines += [f"{name},a {color} {shape}", f"{name},{shape} painted {color}"]
     lines.append("gone.png,a missing picture")
     (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
     return folder / "pairs.csv"

@@ -11,17 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, fast_ingest
-from PIL import Image, ImageDraw
+from conftest import TINY_MODEL, fast_ingest, shape_photos
+from PIL import Image
 
 from searchengine.engine import Engine
 from searchengine.eval.metrics import RetrievalMetrics
 from searchengine.settings import EncoderSettings
 from searchengine.training.tune import TuneSettings, decide
 
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
-          "yellow": (230, 220, 30), "black": (10, 10, 10), "white": (245, 245, 245)}
-SHAPES = ("circle", "square")
 # a short run that takes se-tiny from random weights to a clear recall gain on its own 12 pairs
 # (seed 0: R@5 0.25 -> 1.0 both ways; 8 steps at 1e-2 gained only 0.17)
 LEARNS = ["--steps", 16, "--lr", "3e-3", "--batch-size", 12, "--workers", 0, "--eval-every", 1000,
@@ -35,13 +32,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 photos (6 colours x 2 shapes) and pairs.csv: one caption each ("a red circle")."""
     folder = tmp_path_factory.mktemp("shapes")
     lines = ["image,caption"]
-    for color, rgb in COLORS.items():
-        for shape in SHAPES:
-            image = Image.new("RGB", (40, 40), (128, 128, 128))
-            draw = ImageDraw.Draw(image)
-            (draw.ellipse if shape == "circle" else draw.rectangle)((6, 6, 34, 34), fill=rgb)
-            image.save(folder / f"{color}_{shape}.png")
-            lines.append(f"{color}_{shape}.png,a {color} {shape}")
+    for name, color, shape in shape_photos(folder):
+        lines.append(f"{name},a {color} {shape}")
     (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
     return folder
 
