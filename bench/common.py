@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def _git(*args: str) -> str | None:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def require_flickr() -> Path:
+    """../shared/data/flickr8k-1k, or exit with a message saying the benchmark needs it."""
+    data = SHARED_DATA / "flickr8k-1k"
+    if not data.is_dir():
+        sys.exit(f"{data} is missing: this benchmark needs ../shared/data/flickr8k-1k")
+    return data
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATA, write_result  # noqa: E402
+from common import SHARED_DATA, require_flickr, write_result  # noqa: E402
 
 DATA = SHARED_DATA / "flickr8k-1k"
 THEIR_MAIN = (
@@ -76,8 +76,7 @@ def main() -> None:
                         help="write bench/results/train.json")
     parser.add_argument("--work", type=Path, default=Path("/tmp/searchengine-bench-train"))
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/flickr8k-1k")
+    require_flickr()
     args.work.mkdir(parents=True, exist_ok=True)
     train_tsv, init = prepare(args)
     steps = args.epochs * (count_rows(train_tsv) // args.batch_size)

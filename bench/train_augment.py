@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATA, write_result  # noqa: E402
+from common import SHARED_DATA, require_flickr, write_result  # noqa: E402
 
 DATA = SHARED_DATA / "flickr8k-1k"
 
@@ -46,8 +46,7 @@ def main() -> None:
                         help="write bench/results/train_augment.json")
     parser.add_argument("--work", type=Path, default=Path("/tmp/searchengine-bench-augment"))
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/flickr8k-1k")
+    require_flickr()
     runs = []
     for seed in args.seeds:
         for augment in (False, True) if seed % 2 == 0 else (True, False):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, SHARED_DATA, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, require_flickr, write_result  # noqa: E402
 
 DATA = SHARED_DATA / "flickr8k-1k"
 
@@ -38,8 +38,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/searchengine-bench-train-curve"))
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/flickr8k-1k")
+    require_flickr()
     from searchengine.training.loop import train
     from searchengine.training.settings import TrainSettings
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATA, percentiles, write_result  # noqa: E402
+from common import SHARED_DATA, percentiles, require_flickr, write_result  # noqa: E402
 
 DATA = SHARED_DATA / "flickr8k-1k"
 CLI = [sys.executable, "-c", "from searchengine.cli import cli; cli()"]
@@ -56,8 +56,7 @@ def main() -> None:
                         help="run the serve from git revision REV (a before/after comparison)")
     parser.add_argument("--record", action="store_true", help="write bench/results/tune.json")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} is missing: this benchmark needs ../shared/data/flickr8k-1k")
+    require_flickr()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     home, load = args.work / "home", {"before": _uptime()}

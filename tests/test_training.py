@@ -173,7 +173,17 @@ def test_cpu_threads_take_every_core_beside_idle_decoders_else_leave_a_core_per_
     assert loop.intra_op_threads(2, cpus=2) is None  # the user's setting wins
     assert loop.intra_op_threads(2, cpus=2, idle_workers=False) is None
     monkeypatch.delenv("OMP_NUM_THREADS")
-    seen = []
+    seen = step_threads(monkeypatch)
+    monkeypatch.setattr(loop, "intra_op_threads", lambda workers, idle_workers: 1)
+    before = torch.get_num_threads()
+    summary = loop.train(tmp_path / "run", _settings(steps=2, eval_every=2), pairs=pairs_csv)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    assert summary.pairs_per_second > 0  # timed from the second step on
+
+
+def step_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The list to which every training step of the test appends torch's intra-op threads."""
+    seen: list[int] = []
     original_step = loop._Run._step
 
     def watched_step(self, step, batch):
@@ -181,11 +191,7 @@ def test_cpu_threads_take_every_core_beside_idle_decoders_else_leave_a_core_per_
         return original_step(self, step, batch)
 
     monkeypatch.setattr(loop._Run, "_step", watched_step)
-    monkeypatch.setattr(loop, "intra_op_threads", lambda workers, idle_workers: 1)
-    before = torch.get_num_threads()
-    summary = loop.train(tmp_path / "run", _settings(steps=2, eval_every=2), pairs=pairs_csv)
-    assert seen == [1, 1] and torch.get_num_threads() == before
-    assert summary.pairs_per_second > 0  # timed from the second step on
+    return seen
 
 
 def test_pair_dataset_decodes_each_image_once_within_its_budget(

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import _losses, _settings, pairs_csv  # noqa: F401  (pairs_csv: a fixture)
+from test_training import _losses, _settings, pairs_csv, step_threads  # noqa: F401  (pairs_csv: a fixture)
 
 from searchengine.models import build_model, parse_model_spec, register_bundled_configs
 from searchengine.training import data, loop
@@ -62,14 +62,7 @@ def test_a_run_decodes_at_idle_priority_while_the_model_uses_every_core(
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     decodes = tmp_path / "decodes.txt"
     _record_decodes(monkeypatch, decodes)
-    threads = []
-    original_step = loop._Run._step
-
-    def watched_step(self, step, batch):
-        threads.append(torch.get_num_threads())
-        return original_step(self, step, batch)
-
-    monkeypatch.setattr(loop._Run, "_step", watched_step)
+    threads = step_threads(monkeypatch)
     decodes.write_text("")
     loop.train(tmp_path / "run", _settings(steps=2, eval_every=2, workers=1), pairs=pairs_csv)
     cores = len(os.sched_getaffinity(0))
