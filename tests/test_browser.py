@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,29 @@ def test_the_search_lives_in_the_url(page, server_url):
     sync_api.expect(page.locator("#query-label")).to_have_text(f"Photos like {first_name}")
     all_thumbnails_loaded(page, minimum=9)
     sync_api.expect(page.locator("#results .card img").first).to_have_attribute("alt", first_name)
+
+
+def test_a_typed_search_still_waiting_never_undoes_a_later_search(page):
+    """Typing schedules a search for when the typing stops; pressing Enter, "more like this" or
+    an image search must cancel it, or it fires later and takes the page (and its URL) back."""
+    page.clock.install()
+    page.clock.pause_at(datetime(2030, 1, 1))  # timers fire only when the test says so
+    page.locator("#query").fill("a red square")  # schedules the typed search
+    page.locator("#query").press("Enter")
+    page.wait_for_url("**/?q=a+red+square")
+    sync_api.expect(page.locator("#status")).to_contain_text("for “a red square”")
+    first = page.locator("#results .card").first
+    first_id = first.locator("button").get_attribute("data-id")
+    first.locator("button").click()
+    page.locator("#more-like-this").click()
+    page.wait_for_url(f"**/?like={first_id}")
+    searches = []
+    page.on("request", lambda r: searches.append(r.url) if "/api/search" in r.url else None)
+    page.clock.run_for(5_000)  # well past the typing pause
+    page.wait_for_timeout(300)  # time for a wrong search, had one fired, to go out
+    assert page.url.endswith(f"/?like={first_id}")
+    sync_api.expect(page.locator("#query-label")).to_contain_text("Photos like")
+    assert searches == []
 
 
 def test_the_folder_picker_filters_inside_the_search_and_is_kept_in_the_url(

@@ -134,6 +134,7 @@ function describe(query) {
 }
 
 function searchText(text, push = false) {
+  typed.cancel();
   state.mode = "text";
   state.query = text.trim();
   $("query-image").hidden = true;
@@ -152,6 +153,7 @@ function searchText(text, push = false) {
 
 function searchImage(file) {
   if (!file) return;
+  typed.cancel();
   state.mode = "image";
   state.file = file;
   $("query").value = "";
@@ -165,6 +167,7 @@ function searchImage(file) {
 }
 
 function searchSimilar(hit, push = true) {
+  typed.cancel();
   state.mode = "similar";
   state.mediaId = hit.id;
   $("query").value = "";
@@ -386,10 +389,17 @@ async function loadStatus() {
 
 // -- wiring -----------------------------------------------------------------------------------
 
+// `fn` once calls stop for `ms`; `.cancel()` drops a call still waiting.
 function debounce(fn, ms) {
   let timer = null;
-  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  const debounced = (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  debounced.cancel = () => { clearTimeout(timer); timer = null; };
+  return debounced;
 }
+
+// The search as you type, run once typing pauses. Every search cancels it when it starts, so a
+// typed search still waiting never fires after Enter, "more like this" or an image search.
+const typed = debounce(() => searchText($("query").value), DEBOUNCE_MS);
 
 function wireDragAndDrop() {
   const overlay = $("drop");
@@ -416,7 +426,6 @@ function wireDragAndDrop() {
 
 function start() {
   const input = $("query");
-  const typed = debounce(() => searchText(input.value), DEBOUNCE_MS);
   input.addEventListener("input", typed);
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
