@@ -51,6 +51,22 @@ def test_migrations_create_exactly_the_models(empty_database):
     assert set(Base.metadata.tables) <= tables and "alembic_version" in tables
 
 
+def test_the_head_revision_constant_is_alembics_head(tmp_path):
+    """Opening a catalog at HEAD_REVISION skips Alembic, so the constant must name the newest
+    migration (a catalog at an older one is upgraded: tests/test_search_filters.py, 0003)."""
+    from sqlalchemy import create_engine
+
+    from searchengine.catalog.store import HEAD_REVISION, recorded_revision
+
+    assert head_revision() == HEAD_REVISION
+    catalog = Catalog.in_home(tmp_path)
+    assert recorded_revision(catalog.engine) == HEAD_REVISION
+    catalog.close()
+    empty = create_engine(f"sqlite:///{tmp_path / 'empty.sqlite'}")  # what a new file reads as
+    assert recorded_revision(empty) is None
+    empty.dispose()
+
+
 def test_reopening_keeps_the_data_and_the_revision(tmp_path):
     catalog = Catalog.in_home(tmp_path)
     model = catalog.ensure_model("m/random", 4)
