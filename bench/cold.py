@@ -1,9 +1,11 @@
 """Cold CLI commands: the seconds of a fresh `searchengine search` process, and where they go.
 
 Builds (once, reused with --home) a synthetic home of N catalogued fake photos with random unit
-vectors under a random ViT-B-32 checkpoint saved as a file (so nothing has to be embedded), then
+vectors under a random ViT-B-32 checkpoint saved as a file (so nothing has to be embedded), and
+the ONNX export of its text tower (`onnx_text`, in the user's cache, as `index` makes it), then
 times fresh processes: `searchengine --help`, `searchengine search "..."` (p50 of --repeats), and
-in one extra process the stages of that search (imports, model spec, encoder, index, query).
+in two extra processes the stages of that search (imports, model spec, index, text encoder,
+query), its text encoded by the ONNX export and by torch.
 
     .venv/bin/python bench/cold.py [--vectors 100000] [--home /tmp/cold-home] [--record]
 """
@@ -29,12 +31,17 @@ STAGES = r"""
 import json, sys, time
 marks = [("start", time.perf_counter())]
 def mark(name): marks.append((name, time.perf_counter()))
-from searchengine.engine import Engine; mark("import searchengine.engine")
-engine = Engine.open(sys.argv[1], create=False); mark("open home (catalog)")
+from searchengine.engine import Engine; from searchengine.settings import EncoderSettings
+mark("import searchengine.engine")
+onnx = sys.argv[4] == "onnx"
+engine = Engine.open(sys.argv[1], create=False, encoder_settings=EncoderSettings(onnx_text=onnx))
+mark("open home (catalog)")
 model = sys.argv[2]
 engine.model_id_of(model); mark("model spec (config files, digest)")
 space = engine.space(model, "image"); mark("load index (faiss)")
-encoder = engine.encoder(model); mark("encoder (import torch, open_clip; weights)")
+encoder = engine.text_encoder(model)
+mark("text encoder: " + ("ONNX export" if type(encoder).__name__ != "Encoder" else
+                         "import torch, open_clip; weights"))
 engine.search(sys.argv[3], k=10, model=model); mark("first search")
 print(json.dumps([(b[0], round((b[1] - a[1]) * 1000, 1)) for a, b in zip(marks, marks[1:])]))
 """
@@ -68,6 +75,7 @@ def build_home(home: Path, n: int) -> str:
     with Engine.open(home) as engine:
         fill_home(engine, model, n, 512)
         engine.use_model(model)
+        engine.prepare_onnx_text(model)  # as `index` does (in the user's cache)
     ready.write_text(mark)
     print(f"built a home of {n} vectors in {time.perf_counter() - start:.0f} s: {home}")
     return model
@@ -116,6 +124,10 @@ def main() -> None:
 
     home = args.home or Path(tempfile.gettempdir()) / f"searchengine-cold-{args.vectors}"
     model = build_home(home, args.vectors)
+    from searchengine.engine import Engine
+
+    with Engine.open(home, create=False) as engine:  # the export, should the user's cache be new
+        engine.prepare_onnx_text(model)
     print(f"uptime: {os.getloadavg()}")
     help_s, _ = cli_seconds(["--help"], args.repeats)
     print(f"searchengine --help: p50 {_p50(help_s):.2f} s")
@@ -136,13 +148,16 @@ def main() -> None:
         print(f"  the same with {args.compare}: p50 {_p50(compare_s):.2f} s "
               f"({', '.join(f'{s:.2f}' for s in compare_s)}); same hits")
     print(f"loadavg after: {os.getloadavg()}")
-    stages = subprocess.run(
-        [sys.executable, "-c", STAGES, str(home), model, QUERY],
-        capture_output=True, text=True, env=_env(), check=True,
-    ).stdout
-    stage_ms = json.loads(stages.strip().splitlines()[-1])
-    for name, ms in stage_ms:
-        print(f"  {name:32} {ms:8.1f} ms")
+    stage_ms = {}
+    for path in ("onnx", "torch"):
+        stages = subprocess.run(
+            [sys.executable, "-c", STAGES, str(home), model, QUERY, path],
+            capture_output=True, text=True, env=_env(), check=True,
+        ).stdout
+        stage_ms[path] = json.loads(stages.strip().splitlines()[-1])
+        print(f"stages of one search in a fresh process, the text encoded by {path}:")
+        for name, ms in stage_ms[path]:
+            print(f"  {name:48} {ms:8.1f} ms")
     if args.record:
         write_result("cold", {
             "vectors": args.vectors,
@@ -151,7 +166,7 @@ def main() -> None:
             "help_ms": percentiles([s * 1000 for s in help_s]),
             "search_ms": percentiles([s * 1000 for s in search_s]),
             "compared_search_ms": percentiles([s * 1000 for s in compare_s]) if compare_s else None,
-            "search_stages_ms": dict(stage_ms),
+            "search_stages_ms": {path: dict(stages) for path, stages in stage_ms.items()},
         })
 
 

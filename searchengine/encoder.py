@@ -254,10 +254,17 @@ def query_threads(setting: int | None) -> int | None:
 
     if setting is not None:
         return setting or None
+    return threads_now(torch.get_num_threads())
+
+
+def threads_now(most: int | None = None) -> int:
+    """Threads for a short query at this moment (`threads_for_load` under the present load), at
+    most `most` (None: the usable cores)."""
     busy = _busy_elsewhere()
     if busy is None:  # no way to tell on this system: the safe one-thread policy
         return 1
-    return threads_for_load(busy, _usable_cpus(), torch.get_num_threads())
+    cpus = _usable_cpus()
+    return threads_for_load(busy, cpus, most or cpus)
 
 
 def threads_for_load(load: float, cpus: int, most: int) -> int:

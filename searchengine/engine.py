@@ -47,6 +47,8 @@ from searchengine.models import (
     ensure_weights_available,
     parse_model_spec,
 )
+from searchengine.onnx_text import OnnxTextEncoder, export_folder, ready
+from searchengine.onnx_text import export as export_onnx_text
 from searchengine.paths import catalog_path
 from searchengine.query.arithmetic import check_weights, combine, parse_query
 from searchengine.query.duplicates import (
@@ -134,6 +136,7 @@ class Engine:
     state: Home
     encoder_settings: EncoderSettings = EncoderSettings()
     _encoders: dict[str, Encoder] = field(default_factory=dict)
+    _onnx_text: dict[str, OnnxTextEncoder | None] = field(default_factory=dict)
     _spaces: HomeSpaces = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -202,6 +205,36 @@ class Engine:
         if spec.key not in self._encoders:
             self._encoders[spec.key] = Encoder(spec, self.encoder_settings)
         return self._encoders[spec.key]
+
+    def text_encoder(self, model: str | None = None) -> Encoder | OnnxTextEncoder:
+        """What encodes text queries for `model`: its loaded Encoder, else (with
+        `EncoderSettings.onnx_text`) the ONNX export of its text tower when one is ready, else
+        the Encoder, loaded now."""
+        spec = parse_model_spec(model or self.default_model())
+        if spec.key in self._encoders or not self.encoder_settings.onnx_text:
+            return self.encoder(model)
+        if spec.key not in self._onnx_text:
+            self._onnx_text[spec.key] = OnnxTextEncoder.open(export_folder(spec), spec)
+        return self._onnx_text[spec.key] or self.encoder(model)
+
+    def has_encoder(self, model: str | None = None) -> bool:
+        """True when this engine has loaded `model` (the default when None)."""
+        return parse_model_spec(model or self.default_model()).key in self._encoders
+
+    def prepare_onnx_text(self, model: str | None = None, *, loaded_only: bool = False
+                          ) -> Path | None:
+        """Export `model`'s text tower to ONNX for later processes' text queries (see
+        `onnx_text`) unless an export is ready; the folder, or None for a model that has none
+        (random weights, another kind of text tower). `loaded_only`: only when this engine has
+        the model loaded already (never load it for this). A few seconds and the text tower's
+        size on disk (254 MB for ViT-B-32), once per model content, in the user's cache."""
+        spec = parse_model_spec(model or self.default_model())
+        folder = export_folder(spec)
+        if folder is None or ready(folder):
+            return folder
+        if loaded_only and not self.has_encoder(model):
+            return None
+        return export_onnx_text(self.encoder(model))
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Embed with `encoder`, loaded elsewhere, for its model (a server's, behind its gate):
@@ -650,7 +683,7 @@ class Engine:
         phrases = list(dict.fromkeys(term.text for term in terms))  # each phrase encoded once
         rows: list[np.ndarray] = []  # (d,) float32 unit rows
         if phrases:
-            encoded = self.encoder(model).encode_texts(phrases)  # (p, d)
+            encoded = self.text_encoder(model).encode_texts(phrases)  # (p, d)
             rows += [encoded[phrases.index(term.text)] for term in terms]
         for image in [*like, *unlike]:
             rows.append(self.image_vector(image, model=model)[0][0])

@@ -29,6 +29,11 @@ class EncoderSettings:
     ViT-B-32 query on an idle 2-core host (18 ms against 32 ms) but wait for each other on a
     loaded one (794 ms against 30 ms; `bench/query_threads.py`). 0: torch's default (all
     cores); n: always n. Image batches and long text batches always use every thread."""
+    onnx_text: bool = False
+    """Encode text queries with the ONNX export of the model's text tower (`onnx_text`, no torch
+    needed) until something loads the model itself; when no export is ready, the model loads as
+    usual. For one-shot processes (the CLI's `search`): a fresh process answers in about a
+    second less than the time it takes to import torch."""
 
 
 BENCH_TEXT_SET_PREFIX = "bench-"

@@ -10,9 +10,11 @@ modules: treat them as read-only. A test that changes files or a home works on i
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +26,9 @@ from PIL import Image, ImageDraw
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("SEARCHENGINE_HOME", None)
 os.environ.pop("SEARCHENGINE_CATALOG", None)  # each test chooses its catalog
+# the ONNX exports of text towers (searchengine.onnx_text) go to a cache of this run's own
+os.environ["SEARCHENGINE_CACHE"] = tempfile.mkdtemp(prefix="searchengine-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SEARCHENGINE_CACHE"], ignore_errors=True)
 
 TINY_MODEL = "se-tiny/random"
 PHOTO_COUNT = 8  # JPEGs in `photo_folder`, plus one PNG

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from searchengine.cli.fast_search import prepare_fast_search
 from searchengine.cli.filters import build_filter, empty_line, filter_options
 from searchengine.cli.folder_search import in_folder_option
 from searchengine.cli.options import (
@@ -27,13 +28,15 @@ from searchengine.cli.options import (
 from searchengine.settings import DECODE_PRIORITIES, IngestSettings
 
 
-def _engine(home: Path, catalog: str | None, *, create: bool = False):
+def _engine(home: Path, catalog: str | None, *, create: bool = False, encoder_settings=None):
     """The engine on `home` (its catalog at the URL `catalog`, else its own file); only commands
     that build a home (index, add-texts) `create` it, a read or a change of a missing home says
     there is none."""
     from searchengine.engine import Engine
+    from searchengine.settings import EncoderSettings
 
-    return Engine.open(home, create=create, catalog_url=catalog)
+    return Engine.open(home, create=create, catalog_url=catalog,
+                       encoder_settings=encoder_settings or EncoderSettings())
 
 
 def _print_result(result, as_json: bool, min_score: float | None = None) -> None:
@@ -191,6 +194,7 @@ def index(
             ray=ray,
             progress=show_progress(as_json),
         )
+        prepare_fast_search(engine, model)
     payload = {**report.__dict__, "images_per_second": round(report.images_per_second, 2)}
     if as_json:
         echo_json(payload)
@@ -275,10 +279,13 @@ def search(query, home, catalog, model, k, offset, as_json, like, unlike, no_ser
                                              as_json=as_json, like=like, unlike=unlike,
                                              **refine):
         return
-    with _engine(home, catalog) as engine:
+    from searchengine.settings import EncoderSettings
+
+    with _engine(home, catalog, encoder_settings=EncoderSettings(onnx_text=True)) as engine:
         result = engine.search(query, k=k, model=model, offset=offset, like=list(like),
                                unlike=list(unlike), **refine)
         _print_result(result, as_json, min_score)
+        prepare_fast_search(engine, model)
 
 
 @click.command()
