@@ -30,13 +30,16 @@ from searchengine.errors import (
     IndexMismatchError,
     InvalidInputError,
     NotIndexedError,
+    SearchEngineError,
 )
 from searchengine.home import Home
+from searchengine.index.guard_queries import guard_sentences
 from searchengine.index.kinds import IndexSettings
 from searchengine.index.registry import HomeSpaces
 from searchengine.index.removal import RemovedModel
 from searchengine.index.search import search_space
 from searchengine.index.spaces import VectorSpace, index_path
+from searchengine.index.tuning import QUERIES as GUARD_QUERIES
 from searchengine.index.vectors import check_kind, read_manifest
 from searchengine.ingest.cluster import connect, embed_files_on_ray, require_ray
 from searchengine.ingest.collection import CollectionReport, SwitchReport
@@ -263,7 +266,7 @@ class Engine:
         spec_id = self._spaces.key_of(spec)
         cached = self._spaces.cached(spec_id, modality, kind, settings)
         if cached is not None:
-            return cached
+            return self._guarded(cached, model)
         if kind is None and create and not self._spaces.recorded(spec_id, modality):
             kind = "auto"  # a new space; one written before kinds were recorded reads as flat
         kind = check_kind(kind or self._spaces.stored_kind(spec_id, modality))  # before writing
@@ -274,7 +277,25 @@ class Engine:
             row = self.catalog.ensure_model(spec_id, self.encoder(model).dim, spec.digest)
         elif create and spec.digest and row.content_hash is None:  # a row from before 0002
             row = self.catalog.ensure_model(spec_id, row.dim, spec.digest)
-        return self._spaces.open(row, modality, kind, record=create, settings=settings)
+        return self._guarded(self._spaces.open(row, modality, kind, record=create,
+                                               settings=settings), model)
+
+    def _guarded(self, space: VectorSpace, model: str | None) -> VectorSpace:
+        """`space`, whose recall guard, in a home of photos alone, searches with sentences
+        encoded by the model (`VectorSpace.guard_texts`)."""
+        if space.modality == "image":
+            space.guard_texts = functools.partial(self._guard_vectors, model)
+        return space
+
+    def _guard_vectors(self, model: str | None) -> np.ndarray | None:
+        """(c, d) float32: `guard_queries.guard_sentences` encoded by `model`; None (logged)
+        when the model cannot be loaded here, which leaves the guard to photo queries."""
+        try:
+            return self.text_encoder(model).encode_texts(guard_sentences(GUARD_QUERIES))
+        except (SearchEngineError, OSError, RuntimeError) as error:
+            log.warning("the recall guard tunes on photo queries alone: no sentences could be "
+                        "encoded (%s)", error)
+            return None
 
     def _not_indexed_message(self, spec_id: str, modality: str) -> str:
         if modality == "image":

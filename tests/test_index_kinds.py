@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL
-from float_noise import assert_top_k, score_noise
+from conftest import TINY_MODEL, fast_ingest
+from float_noise import assert_same_embeddings, assert_top_k, score_noise
 
 from searchengine.catalog import Catalog
 from searchengine.catalog.records import NewImage
@@ -342,11 +342,13 @@ def test_check_finds_a_stale_code_in_a_compressed_kind_and_only_that(home, kind)
     assert (result.stale, result.missing, result.extra) == (1, 0, 0)
 
 
-def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home):
+@pytest.mark.parametrize("texts", ["stored captions", "sentences of the model"])
+def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home, texts):
     """Photos in tight clusters, captions between two clusters (as text sits across CLIP's
     modality gap): photo queries alone are satisfied by nprobe 1, which finds about half of a
-    caption's neighbours. With the home's captions as cross-modal queries the tuner raises nprobe
-    until they too reach the target, checked against float64 brute force."""
+    caption's neighbours. With the home's captions as cross-modal queries, or in a home of
+    photos alone the sentences its model encodes (`guard_texts`, set by the engine), the tuner
+    raises nprobe until they too reach the target, checked against float64 brute force."""
     tmp_path, catalog, model = home
     rng = np.random.default_rng(11)
     centres = rng.normal(size=(40, DIM))
@@ -358,9 +360,10 @@ def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home)
     pairs = rng.integers(0, 40, (300, 2))
     captions = centres[pairs[:, 0]] + centres[pairs[:, 1]]
     captions = (captions / np.linalg.norm(captions, axis=1, keepdims=True)).astype(np.float32)
-    catalog.add_texts("captions", [f"caption {i}" for i in range(len(captions))])
-    text_ids = sorted(catalog.text_ids("captions").values())
-    catalog.write_text_vectors(model.id, text_ids, captions)
+    if texts == "stored captions":
+        catalog.add_texts("captions", [f"caption {i}" for i in range(len(captions))])
+        text_ids = sorted(catalog.text_ids("captions").values())
+        catalog.write_text_vectors(model.id, text_ids, captions)
 
     def caption_recall(index: VectorIndex) -> float:
         _, found = index.search(captions, 10)
@@ -381,9 +384,32 @@ def test_the_recall_guard_also_answers_for_queries_across_the_modality_gap(home)
     alone = tune(photo_only, space._batches, target=0.95)
     photo_only.apply_tuning(alone)
     assert alone.reached and caption_recall(photo_only) < 0.9  # photo queries miss captions'
+    if texts == "sentences of the model":
+        unguarded = VectorSpace(catalog, tmp_path, model, "image", "ivf", settings)
+        assert unguarded.index.tuning.params == alone.params  # no texts, no sentences: photos
+        space.guard_texts = lambda: captions
     guarded = space.index
     assert guarded.tuning.params["nprobe"] > alone.params["nprobe"]
     assert guarded.tuning.recall >= 0.95 and caption_recall(guarded) >= 0.93
+
+
+def test_the_engine_gives_a_photo_index_sentences_of_its_model_until_texts_are_stored(
+    tmp_path, copy_photos, captions_csv, reuse_random_encoders
+):
+    from searchengine.engine import Engine
+    from searchengine.index.guard_queries import guard_sentences
+    from searchengine.index.tuning import QUERIES
+
+    with Engine.open(tmp_path / "home") as engine:
+        engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
+        space = engine.space(TINY_MODEL, "image")
+        sentences = guard_sentences(QUERIES)
+        assert len(set(sentences)) == QUERIES
+        expected = engine.encoder(TINY_MODEL).encode_texts(sentences)  # (500, d)
+        assert_same_embeddings(space._cross_queries(), expected)
+        engine.add_texts(captions_csv, column="caption", text_set="captions")
+        captions = engine.catalog.vectors("text", space.model.id)[1]
+        assert space._cross_queries().shape == captions.shape  # the stored texts, not these
 
 
 @pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])

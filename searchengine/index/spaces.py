@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +134,9 @@ class VectorSpace:
         self._unsaved = False  # the in-memory index differs from the file
         self._identity: tuple[int, int, int] | None = None  # the manifest's, when last read
         self._clears_marker = False  # saving ends the marker of a writer that stopped
+        # (c, d) float32 sentences encoded by this space's model, or None: what the recall
+        # guard of a photo index searches with when the home holds no texts (the engine sets it)
+        self.guard_texts: Callable[[], np.ndarray | None] | None = None
 
     @property
     def index(self) -> VectorIndex:
@@ -286,11 +289,12 @@ class VectorSpace:
     def _cross_queries(self) -> np.ndarray | None:
         """(c, d) float32: up to QUERIES stored vectors of the other modality under this model
         (captions for a photo index, photos for a text index), spread over their ids; the
-        queries users actually send across the modality gap. None when there are none."""
+        queries users actually send across the modality gap. A photo index without stored texts
+        takes `guard_texts()` instead. None when there are none."""
         other = "text" if self.modality == "image" else "image"
         count, _ = self.catalog.vector_stats(other, self.model.id)
-        if not count:
-            return None
+        if not count:  # photos alone: everyday sentences stand in for the texts people type
+            return self.guard_texts() if self.guard_texts is not None else None
         _, vectors = held_out(self.catalog.iter_vectors(other, self.model.id), count, QUERIES)
         return vectors
 
