@@ -268,6 +268,23 @@ def test_an_outgrown_ivf_index_is_rebuilt_by_the_next_writer_which_says_why(home
     assert not caplog.records
 
 
+def test_a_new_ivf_index_is_trained_on_its_first_vectors_without_a_warning(home, caplog):
+    """The first `index --index-kind ivf` of a home makes its space before any vector is stored;
+    training it on the first vectors is routine, not a rebuild to warn the user about."""
+    tmp_path, catalog, model = home
+    space = VectorSpace(catalog, tmp_path, model, "image", "ivf", IndexSettings(target_recall=0.9))
+    empty = space.index
+    assert empty.count == 0 and empty.plan.count == 0
+    ids = store(catalog, model.id, [f"/p/{i}.jpg" for i in range(3000)], clustered(3000, seed=3))
+    space.add(ids, catalog.vectors("image", model.id, ids=ids.tolist())[1])
+    with caplog.at_level(logging.INFO, logger="searchengine"):
+        space.retrain_if_needed()
+    assert space.index.plan.nlist == 54 and space.index.tuning.recall >= 0.9
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("training the ivf index on its first 3000 vectors" in r.message
+               for r in caplog.records)
+
+
 def test_auto_moves_from_flat_to_ivf_when_the_home_outgrows_its_limit(home, caplog):
     tmp_path, catalog, model = home
     paths = [f"/p/{i}.jpg" for i in range(700)]

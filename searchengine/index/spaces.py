@@ -439,7 +439,11 @@ class VectorSpace:
         index = self.index
         reason = self.outgrown(index)
         if reason is not None:
-            log.warning("%s: rebuilding the index: %s", self.path.name, reason)
+            if index.plan.count == 0:  # a new space: routine, its structure needed vectors
+                log.info("%s: training the %s index on its first %d vectors", self.path.name,
+                         index.plan.kind, index.count)
+            else:
+                log.warning("%s: rebuilding the index: %s", self.path.name, reason)
             self.index = self._build()
             return
         tuned = index.tuning
