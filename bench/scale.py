@@ -5,7 +5,9 @@ its own): draw the collection from a generator fitted to real embeddings (`clipg
 flickr8k-1k photos under the bundled `demo` model, lifted isometrically to 512-d) into a float16
 file (the catalog's form of the durable copy), build the index through searchengine's own
 `VectorIndex` from it (streamed batches, never the whole collection in memory; approximate kinds
-tuned by the recall guard, with 500 other captions as the home's text set unless --no-cross;
+tuned by the recall guard, besides photo queries on 500 other captions as the home's text set
+(--cross captions), the guard's everyday sentences of a home of photos alone (sentences), or
+nothing (none);
 compressed kinds re-score their candidates from the float16 copy), then search it with real caption
 vectors (one query at a time, k=10) and compare with exact search streamed over the same collection.
 Kinds too big for `--memory` (flat at 10M is 20 GB) are skipped and say so. Also reports recall of
@@ -48,6 +50,16 @@ def generator(args) -> tuple[ClipLike, np.ndarray, np.ndarray, dict]:
     queries = gen.lifted(real.captions[picked[: args.queries]])
     held = gen.lifted(real.captions[picked[args.queries : args.queries + 500]])
     return gen, queries, held, structure_report(gen, real)
+
+
+def guard_sentence_vectors(gen: ClipLike, model: str) -> np.ndarray:
+    """(500, D): the recall guard's everyday sentences (`index/guard_queries.py`) encoded by
+    `model` and lifted as the generator lifts its photos: what a home of photos alone tunes on."""
+    from searchengine.encoder import Encoder
+    from searchengine.index.guard_queries import guard_sentences
+    from searchengine.index.tuning import QUERIES
+
+    return gen.lifted(Encoder.load(model).encode_texts(guard_sentences(QUERIES)))
 
 
 class Stored:
@@ -94,8 +106,11 @@ def one(args) -> dict:
     stored = Stored(gen, n)  # the catalog's float16 copy; the index is built from it, as a home's
     try:
         start = time.perf_counter()
-        index = build(VectorIndex, kind, gen.dim, n, stored.batches, args,
-                      cross=None if args.no_cross else held, vectors_of=stored)
+        cross = {"captions": held, "none": None}.get(args.cross)
+        if args.cross == "sentences":
+            cross = guard_sentence_vectors(gen, args.model)
+        index = build(VectorIndex, kind, gen.dim, n, stored.batches, args, cross=cross,
+                      vectors_of=stored)
         build_s = time.perf_counter() - start
         index.search(queries[:1], K, vectors_of=stored)  # warm
         samples = []
@@ -111,6 +126,7 @@ def one(args) -> dict:
     row = {
         "vectors": n,
         "kind": kind,
+        "cross": args.cross,
         "built_kind": index.kind,
         "factory": index.plan.factory,
         "params": dict(index.tuning.params) if index.tuning else {},
@@ -141,6 +157,7 @@ def build(VectorIndex, kind: str, dim: int, n: int, batches, args, *, cross=None
     for plan in plans:
         index = VectorIndex.build_from_batches(plan.kind, dim, n, batches, plan=plan)
         tuning = tune(index, batches, target=args.target_recall, cross=cross,
+                      stand_in=args.cross == "sentences",
                       vectors_of=vectors_of)
         index.apply_tuning(tuning)
         if tuning.reached:
@@ -201,8 +218,13 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=8 * 2**30, help="index memory budget, bytes")
     parser.add_argument("--hnsw-max", type=int, default=1_000_000,
                         help="largest size HNSW is built at (its build is slow on 2 cores)")
-    parser.add_argument("--no-cross", action="store_true",
-                        help="tune on photo queries only (a home without a caption text set)")
+    parser.add_argument("--cross", default="captions", choices=["captions", "sentences", "none"],
+                        help="what the recall guard tunes on besides photo queries: 500 other "
+                        "captions (a home with a text set), the guard's everyday sentences "
+                        "encoded by the model (a home of photos alone, as `index` does it now), "
+                        "or nothing (a home of photos alone before)")
+    parser.add_argument("--no-cross", dest="cross", action="store_const", const="none",
+                        help="the same as --cross none")
     parser.add_argument("--record", action="store_true", help="write bench/results/scale.json")
     parser.add_argument("--append", action="store_true",
                         help="with --record: keep the recorded rows of sizes and kinds not run now")
@@ -226,8 +248,7 @@ def main() -> None:
                 rows.append({"vectors": n, "kind": kind, "skipped": True})
                 continue
             command = [sys.executable, __file__, "--one-size", str(n), "--one-kind", kind]
-            if args.no_cross:
-                command.append("--no-cross")
+            command += ["--cross", args.cross]
             for flag in ("model", "dim", "queries", "target_recall", "memory"):
                 value = getattr(args, flag)
                 if value is not None:

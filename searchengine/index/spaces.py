@@ -276,27 +276,31 @@ class VectorSpace:
     def _tune(self, index: VectorIndex) -> Tuning:
         from searchengine.index.search import space_vectors
 
+        cross, stand_in = self._cross_queries()
         tuning = tune(
             index,
             self._batches,
             target=self.settings.target_recall,
-            cross=self._cross_queries(),
+            cross=cross,
             vectors_of=space_vectors(self),
+            stand_in=stand_in,
         )
         index.apply_tuning(tuning)
         return tuning
 
-    def _cross_queries(self) -> np.ndarray | None:
+    def _cross_queries(self) -> tuple[np.ndarray | None, bool]:
         """(c, d) float32: up to QUERIES stored vectors of the other modality under this model
         (captions for a photo index, photos for a text index), spread over their ids; the
         queries users actually send across the modality gap. A photo index without stored texts
-        takes `guard_texts()` instead. None when there are none."""
+        takes `guard_texts()` instead, sentences that stand in for them (the bool: True). None
+        when there are neither."""
         other = "text" if self.modality == "image" else "image"
         count, _ = self.catalog.vector_stats(other, self.model.id)
         if not count:  # photos alone: everyday sentences stand in for the texts people type
-            return self.guard_texts() if self.guard_texts is not None else None
+            sentences = self.guard_texts() if self.guard_texts is not None else None
+            return sentences, sentences is not None
         _, vectors = held_out(self.catalog.iter_vectors(other, self.model.id), count, QUERIES)
-        return vectors
+        return vectors, False
 
     def _missed_message(self, index: VectorIndex, tuning: Tuning) -> str:
         budget = self.settings.memory
