@@ -266,7 +266,7 @@ class Engine:
         spec_id = self._spaces.key_of(spec)
         cached = self._spaces.cached(spec_id, modality, kind, settings)
         if cached is not None:
-            return self._guarded(cached, model)
+            return self._guarded(cached, model, create)
         if kind is None and create and not self._spaces.recorded(spec_id, modality):
             kind = "auto"  # a new space; one written before kinds were recorded reads as flat
         kind = check_kind(kind or self._spaces.stored_kind(spec_id, modality))  # before writing
@@ -278,12 +278,14 @@ class Engine:
         elif create and spec.digest and row.content_hash is None:  # a row from before 0002
             row = self.catalog.ensure_model(spec_id, row.dim, spec.digest)
         return self._guarded(self._spaces.open(row, modality, kind, record=create,
-                                               settings=settings), model)
+                                               settings=settings), model, create)
 
-    def _guarded(self, space: VectorSpace, model: str | None) -> VectorSpace:
-        """`space`, whose recall guard, in a home of photos alone, searches with sentences
-        encoded by the model (`VectorSpace.guard_texts`)."""
-        if space.modality == "image":
+    def _guarded(self, space: VectorSpace, model: str | None, create: bool) -> VectorSpace:
+        """`space`; for a writer (`create`), its recall guard, in a home of photos alone,
+        searches with sentences encoded by the model (`VectorSpace.guard_texts`). A reader that
+        rebuilds an index in memory (it never saves it) tunes on photo queries alone rather than
+        run the model there: `serve` would do it under its engine lock, behind its model gate."""
+        if create and space.modality == "image":
             space.guard_texts = functools.partial(self._guard_vectors, model)
         return space
 

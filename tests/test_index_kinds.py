@@ -428,7 +428,7 @@ def test_the_engine_gives_a_photo_index_sentences_of_its_model_until_texts_are_s
 
     with Engine.open(tmp_path / "home") as engine:
         engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
-        space = engine.space(TINY_MODEL, "image")
+        space = engine.space(TINY_MODEL, "image", create=True)  # as a writer has it
         sentences = guard_sentences(QUERIES)
         assert len(set(sentences)) == QUERIES
         expected = engine.encoder(TINY_MODEL).encode_texts(sentences)  # (500, d)
@@ -439,6 +439,8 @@ def test_the_engine_gives_a_photo_index_sentences_of_its_model_until_texts_are_s
         captions = engine.catalog.vectors("text", space.model.id)[1]
         stored, stand_in = space._cross_queries()
         assert stored.shape == captions.shape and not stand_in  # the stored texts, not these
+    with Engine.open(tmp_path / "home", create=False) as reader:  # rebuilds, never saves: photos
+        assert reader.space(TINY_MODEL, "image").guard_texts is None
 
 
 @pytest.mark.parametrize("kind", ["ivf-sq8", "ivf-pq"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,30 @@ def engine(indexed_home: Path):
 
 
 @pytest.fixture(scope="module")
-def client(engine) -> TestClient:
-    return TestClient(create_app(engine), raise_server_exceptions=False)
+def client(engine) -> Iterator[TestClient]:
+    opened = TestClient(create_app(engine), raise_server_exceptions=False)
+    yield opened
+    opened.app.state.service.close()
+
+
+_OPEN: list[TestClient] = []  # app_client's clients, their servers closed after their test
 
 
 def app_client(engine, **settings) -> TestClient:
-    return TestClient(create_app(engine, ServerSettings(**settings)), raise_server_exceptions=False)
+    """A client of a server over `engine`, closed after the test as `serve` closes it, so that
+    the encoders it gated (shared by later tests through `reuse_random_encoders`) are given
+    back ungated."""
+    opened = TestClient(create_app(engine, ServerSettings(**settings)),
+                        raise_server_exceptions=False)
+    _OPEN.append(opened)
+    return opened
+
+
+@pytest.fixture(autouse=True)
+def _close_app_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().app.state.service.close()
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -403,6 +422,7 @@ def test_facets_list_folders_at_any_depth_and_follow_new_photos(tmp_path, photo_
         folders = {f["folder"]: f["count"] for f in local.get("/api/facets").json()["folders"]}
         assert folders == {str(folder): 10, str(folder / "trip"): 3,
                            str(folder / "trip" / "deeper"): 1}
+        local.app.state.service.close()
 
 
 def test_facets_keep_the_shallowest_folders_past_the_limit():
@@ -594,6 +614,7 @@ def test_loopback_servers_answer_only_to_loopback_host_names(engine):
     assert TestClient(app, base_url="http://[::1]:8000").get("/api/status").status_code == 200
     assert_error(local.get("/api/status", headers={"Host": "127.0.0.1.attacker.example"}), 400)
     assert_error(local.get("/api/status", headers={"Host": "www.localhost"}), 400)
+    app.state.service.close()
 
 
 def test_binding_rules():
