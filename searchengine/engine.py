@@ -224,20 +224,36 @@ class Engine:
         """True when this engine has loaded `model` (the default when None)."""
         return parse_model_spec(model or self.default_model()).key in self._encoders
 
+    def onnx_text_missing(self, model: str | None = None) -> bool:
+        """True when `model` can have an ONNX export (`onnx_text`) but has no usable one: none
+        is ready, or the one there does not open."""
+        spec = parse_model_spec(model or self.default_model())
+        folder = export_folder(spec)
+        if folder is None:
+            return False
+        if not ready(folder):
+            return True
+        if spec.key not in self._onnx_text:  # not tried yet: open it (a third of a second)
+            self._onnx_text[spec.key] = OnnxTextEncoder.open(folder, spec)
+        return self._onnx_text[spec.key] is None
+
     def prepare_onnx_text(self, model: str | None = None, *, loaded_only: bool = False
                           ) -> Path | None:
         """Export `model`'s text tower to ONNX for later processes' text queries (see
-        `onnx_text`) unless an export is ready; the folder, or None for a model that has none
-        (random weights, another kind of text tower). `loaded_only`: only when this engine has
-        the model loaded already (never load it for this). A few seconds and the text tower's
-        size on disk (254 MB for ViT-B-32), once per model content, in the user's cache."""
+        `onnx_text`) unless a usable export is there (one this engine found damaged is
+        replaced); the folder, or None for a model that has none (random weights, another kind
+        of text tower). `loaded_only`: only when this engine has the model loaded already
+        (never load it for this). A few seconds and the text tower's size on disk (254 MB for
+        ViT-B-32), once per model content, in the user's cache."""
         spec = parse_model_spec(model or self.default_model())
         folder = export_folder(spec)
-        if folder is None or ready(folder):
+        if folder is None or not self.onnx_text_missing(model):
             return folder
         if loaded_only and not self.has_encoder(model):
             return None
-        return export_onnx_text(self.encoder(model))
+        made = export_onnx_text(self.encoder(model), replace=ready(folder))
+        self._onnx_text.pop(spec.key, None)
+        return made
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Embed with `encoder`, loaded elsewhere, for its model (a server's, behind its gate):

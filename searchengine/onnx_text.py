@@ -101,15 +101,17 @@ def exportable(encoder: Encoder) -> bool:
     )
 
 
-def export(encoder: Encoder, folder: Path | None = None) -> Path | None:
+def export(encoder: Encoder, folder: Path | None = None, *, replace: bool = False
+           ) -> Path | None:
     """Write the ONNX export of `encoder`'s text tower to `folder` (default: `export_folder`) and
     return it; None when the model is not `exportable`, is random, or its export differs from it
     (logged). Written in a temporary folder beside it and renamed into place, so a reader sees a
-    whole export or none; a folder another process finished first is kept."""
+    whole export or none; a folder another process finished first is kept. `replace`: the
+    export there is damaged (it did not open): write a new one over it."""
     folder = folder or export_folder(encoder.spec)
     if folder is None or not exportable(encoder):
         return None
-    if ready(folder):
+    if ready(folder) and not replace:
         return folder
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +135,8 @@ def export(encoder: Encoder, folder: Path | None = None) -> Path | None:
             return None
         meta["max_difference"] = difference
         (work / "meta.json").write_text(json.dumps(meta, indent=1))
-        if folder.exists() and not ready(folder):  # what a crash or a person left: never
-            shutil.rmtree(folder, ignore_errors=True)  # a rename's work, which is whole
+        if folder.exists() and (replace or not ready(folder)):  # damage, never a rename's
+            shutil.rmtree(folder, ignore_errors=True)  # work, which is whole
         try:
             work.rename(folder)
         except OSError:  # another process put a whole export there first

@@ -186,5 +186,9 @@ def test_a_search_that_had_to_load_the_model_prepares_it(
     assert "preparing faster searches" in first.stderr and onnx_text.ready(folder)
     again = cli_run(*args, "--json")
     assert "preparing" not in again.stderr
-    for result in (first, again):
+    (folder / "tokenizer.json").write_text("{damaged")  # still looks whole: the files are there
+    mended = cli_run(*args, "--json")  # the model loads, and a whole export replaces it
+    assert "preparing faster searches" in mended.stderr
+    assert OnnxTextEncoder.open(folder, parse_model_spec(model)) is not None
+    for result in (first, again, mended):
         assert_same_hits(json.loads(result.stdout)["hits"], home, model)

@@ -13,16 +13,12 @@ log = logging.getLogger(__name__)
 
 def prepare_fast_search(engine, model: str | None) -> None:
     """Export `model`'s text tower for later cold searches (`Engine.prepare_onnx_text`) when
-    this process has the model loaded and no export is ready; says so on stderr. A failure is
-    a warning, never the command's error: the export is a cache."""
+    this process has the model loaded and no usable export is there; says so on stderr. A
+    failure is a warning, never the command's error: the export is a cache."""
     from searchengine.errors import SearchEngineError
-    from searchengine.models import parse_model_spec
-    from searchengine.onnx_text import export_folder, ready
 
     try:
-        spec = parse_model_spec(model or engine.default_model())
-        folder = export_folder(spec)
-        if folder is None or ready(folder) or not engine.has_encoder(model):
+        if not engine.has_encoder(model) or not engine.onnx_text_missing(model):
             return
         click.echo("preparing faster searches of this model (once, a few seconds)...", err=True)
         started = time.perf_counter()
