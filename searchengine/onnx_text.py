@@ -291,7 +291,8 @@ class OnnxTextEncoder:
             return cls(spec, folder, int(meta["dim"]), int(meta["context_length"]),
                        int(meta["sot"]), int(meta["eot"]), session, tokenizer, words)
         except (*_runtime_errors(), KeyError, TypeError, regex.error) as error:
-            log.warning("ignoring the damaged ONNX export %s (%s); delete it to rebuild it",
+            log.warning("ignoring the damaged ONNX export %s (%s); the next command that loads "
+                        "the model replaces it",
                         folder, error)
             return None
 
