@@ -131,7 +131,10 @@ def load_pixels(paths: list[Path], size: int):
     from PIL import Image
 
     preprocess = open_clip.image_transform(size, is_train=False)
-    return torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
+    pixels = torch.empty(len(paths), 3, size, size)  # filled in place: no second copy in memory
+    for i, path in enumerate(paths):
+        pixels[i] = preprocess(Image.open(path).convert("RGB"))
+    return pixels
 
 
 def train_tower(tower: Tower, sets: dict[str, tuple[list[Path], np.ndarray]], *, epochs: int,
