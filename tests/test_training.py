@@ -319,6 +319,10 @@ def test_a_rerun_after_ctrl_c_never_overwrites_the_run_and_names_resume(
          "--steps", "100000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # as at a terminal: a suite started in the background of a shell without job control
+        # ignores SIGINT, and its children would inherit that (Python then never raises
+        # KeyboardInterrupt), so Ctrl-C's default is restored for the child
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while not (out / "last.pt").is_file() and process.poll() is None:
