@@ -16,6 +16,7 @@ from searchengine.errors import InvalidInputError
 from searchengine.images import fit_for_model
 from searchengine.models import ModelSpec, build_model, parse_model_spec
 from searchengine.settings import EncoderSettings
+from searchengine.text_tower import encode_text
 
 if TYPE_CHECKING:
     import torch
@@ -167,27 +168,9 @@ class Encoder:
             )
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(n, context) int64 tokens -> (n, d) unit vectors, truncating trailing padding."""
-        import torch
-        import torch.nn.functional as F
-
-        model = self.model
-        if not _supports_truncation(model):
-            return model.encode_text(tokens, normalize=True)
-        length = int((tokens != 0).sum(dim=1).max())
-        tokens = tokens[:, :length]
-        cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens).to(cast_dtype)  # (n, L, width)
-        x = x + model.positional_embedding[:length].to(cast_dtype)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]  # (n, width) at EOT
-        projection = model.text_projection
-        if isinstance(projection, torch.nn.Linear):
-            x = projection(x)
-        elif projection is not None:
-            x = x @ projection
-        return F.normalize(x, dim=-1)
+        """(n, context) int64 tokens -> (n, d) unit vectors, over the positions that matter
+        (`text_tower.encode_text`)."""
+        return encode_text(self.model, tokens)
 
     def encode_texts_reference(self, texts: list[str]) -> np.ndarray:
         """open_clip's own `encode_text` over the full context; the reference for the fast path."""
@@ -211,16 +194,6 @@ def _text_projection_width(model) -> int | None:
     if isinstance(projection, torch.Tensor) and projection.ndim == 2:
         return int(projection.shape[1])
     return None
-
-
-def _supports_truncation(model) -> bool:
-    """True for open_clip's plain CLIP text tower: causal mask, argmax (EOT) pooling, no bias."""
-    return (
-        hasattr(model, "attn_mask")
-        and model.attn_mask is not None
-        and getattr(model, "text_pool_type", None) == "argmax"
-        and hasattr(model, "positional_embedding")
-    )
 
 
 def resizes_then_centre_crops(preprocess, size: int) -> bool:

@@ -89,11 +89,11 @@ def exportable(encoder: Encoder) -> bool:
     default tokenizer (BPE, lower-case cleaning, truncation), fp32 on the CPU."""
     from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
-    from searchengine.encoder import _supports_truncation
+    from searchengine.text_tower import can_trim
 
     tokenizer = encoder.tokenizer
     return (
-        _supports_truncation(encoder.model)
+        can_trim(encoder.model)
         and isinstance(tokenizer, SimpleTokenizer)
         and tokenizer.clean_fn is _clean_lower
         and tokenizer.reduction_fn is None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from searchengine.eval.metrics import RetrievalMetrics, retrieval_metrics
+from searchengine.text_tower import encode_text
 from searchengine.training.pairs import PairSet
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def evaluate(
             images.append(model.encode_image(batch, normalize=True).float().cpu())
         for start in range(0, len(validation.tokens), batch_size):
             batch = validation.tokens[start:start + batch_size].to(device)
-            texts.append(model.encode_text(batch, normalize=True).float().cpu())
+            texts.append(encode_text(model, batch).float().cpu())
     model.train(was_training)
     image_embeddings = torch.cat(images).numpy()  # (n_images, D) float32 unit
     text_embeddings = torch.cat(texts).numpy()  # (n_texts, D) float32 unit

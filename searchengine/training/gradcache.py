@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from searchengine.text_tower import encode_text
+
 if TYPE_CHECKING:
     import torch
 
@@ -43,7 +45,7 @@ def contrastive_backward(
     if micro_batch is None or micro_batch >= n:
         with autocast():
             image_embeddings = _encode(model.encode_image, model.visual, images)
-            text_embeddings = _encode(model.encode_text, _text_tower(model), tokens)
+            text_embeddings = _encode(_text_encoder(model), _text_tower(model), tokens)
         loss = loss_function(
             _at_least_float32(image_embeddings), _at_least_float32(text_embeddings)
         )
@@ -70,7 +72,7 @@ def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast
                     )
                 if chunk.start < tokens.shape[0]:
                     text_parts.append(
-                        _at_least_float32(model.encode_text(tokens[chunk], normalize=True))
+                        _at_least_float32(encode_text(model, tokens[chunk]))
                     )
     image_embeddings = torch.cat(image_parts).requires_grad_()  # (N, D) leaf
     text_embeddings = torch.cat(text_parts).requires_grad_()  # (N + E, D) leaf
@@ -89,7 +91,7 @@ def _cached_backward(model, images, tokens, loss_function, micro_batch, autocast
                 gradients.append(image_embeddings.grad[chunk])
             if train_text and chunk.start < tokens.shape[0]:
                 assert text_embeddings.grad is not None  # pass 2 filled it: the loss uses it
-                outputs.append(model.encode_text(tokens[chunk], normalize=True))
+                outputs.append(encode_text(model, tokens[chunk]))
                 gradients.append(text_embeddings.grad[chunk])
         if outputs:
             gradients = [g.to(o.dtype) for o, g in zip(outputs, gradients, strict=True)]
@@ -111,6 +113,12 @@ def _encode(encode: Callable, tower: torch.nn.Module | None, inputs: torch.Tenso
     context = contextlib.nullcontext() if _trainable(tower) else torch.no_grad()
     with context:
         return encode(inputs, normalize=True)
+
+
+def _text_encoder(model: Any) -> Callable:
+    """`model.encode_text`, over the positions up to the batch's last end token where that is
+    exact (`text_tower.encode_text`)."""
+    return lambda tokens, normalize: encode_text(model, tokens, normalize=normalize)
 
 
 def _text_tower(model: Any) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from searchengine.errors import InvalidInputError
+from searchengine.text_tower import encode_text
 
 if TYPE_CHECKING:
     import torch
@@ -132,8 +133,7 @@ def embed_captions(
         with torch.no_grad():
             for i in range(0, len(tokens), batch_size):
                 with autocast():
-                    embedded = model.encode_text(tokens[i:i + batch_size].to(device),
-                                                 normalize=True)
+                    embedded = encode_text(model, tokens[i:i + batch_size].to(device))
                 parts.append(embedded.float().cpu())
     finally:
         for module, training in modes.items():
