@@ -475,6 +475,55 @@ def test_serve_watch_shows_new_photos_and_keeps_answering(copy_photos, tmp_path,
     assert answered[0] >= 5
 
 
+def test_serve_watch_indexes_with_the_model_a_switch_made_the_default(
+    copy_photos, tmp_path, tiny_checkpoint, reuse_random_encoders
+):
+    """After `tune`/`use-model` switches the home's default and the server serves it, photos
+    copied in get the new model's vectors (the watcher once kept embedding with the model the
+    server started with, so the new photos never showed in the new model's searches)."""
+    import dataclasses
+
+    from searchengine.server.runner import settings_for
+    from searchengine.server.service import SearchService
+
+    home = tmp_path / "home"
+    with Engine.open(home, encoder_settings=EncoderSettings(device="cpu")) as engine:
+        engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
+    served = Engine.open(home, create=False, encoder_settings=EncoderSettings(device="cpu"))
+    settings = dataclasses.replace(settings_for("127.0.0.1", token=None, model=None),
+                                   watch=(str(copy_photos),), watch_settings=FAST)
+    service = SearchService(served, settings)
+    reader = Engine.open(home, create=False, encoder_settings=EncoderSettings(device="cpu"))
+
+    def has_vector(path: Path, model: str) -> bool:
+        media_id = reader.catalog.files_under([str(copy_photos)]).get(str(path))
+        return media_id is not None and len(
+            reader.vectors("image", model=model, ids=[media_id.id])[0]) == 1
+
+    try:
+        service.warm_up()
+        service.start_watching()
+        watcher = service.watcher
+        assert watcher is not None
+        wait_for(lambda: watcher.rounds or not watcher.alive, "the watcher's first round")
+        with Engine.open(home, encoder_settings=EncoderSettings(device="cpu")) as switch:
+            new = switch.switch_model(f"se-tiny/{tiny_checkpoint}",
+                                      settings=fast_ingest()).collection.model
+        wait_for(lambda: service.model == new, "the server to serve the new default")
+        wait_for(lambda: watcher.model == new, "the watcher to follow it")
+        photo = copy_in(write_image(tmp_path / "outside" / "after.jpg", seed=606),
+                        copy_photos / "after.jpg")
+        wait_for(lambda: has_vector(photo, new), "the new photo's vector in the new model")
+        assert not has_vector(photo, TINY_MODEL)  # embedded once, with the model served
+        hits = service.search("a photo", limit=50, offset=0)
+        assert hits.model == new and str(photo) in {hit.path for hit in hits.hits}
+        assert watcher.alive and watcher.error is None
+    finally:
+        service.close()
+        served.close()
+        reader.close()
+
+
 def test_serve_refuses_bad_watch_options(cli_run, copy_photos, tmp_path):
     home = tmp_path / "home"
     result = cli_run("serve", "--home", home, "--watch", tmp_path / "nowhere", expect=1)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IGNORED_EVENTS = ("opened", "closed_no_write")  # our own reads of a file, among others
+FOLLOW_SECONDS = 1.0  # how often a watcher with `follow` asks which model to index with
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class WatchRound:
     """What one round of a watcher did."""
 
     cause: str
-    """`start` (the first full index), `events` (a burst of changes) or `rescan`."""
+    """`start` (the first full index), `events` (a burst of changes), `rescan`, or `model` (the
+    full index with a model `follow` switched to)."""
     report: IngestReport | None
     """The `Engine.index` run over the changed files or the folders (None: nothing to index)."""
     forgotten: int
@@ -279,14 +281,22 @@ class Watcher:
     """Index the photos under `roots` into `engine` as they change, until told to stop.
 
     `engine` (an open Engine, used by this watcher alone) writes through `Engine.index` and
-    `Engine.remove`; `model` and `ingest` are `index`'s. See the module's docstring."""
+    `Engine.remove`; `model` and `ingest` are `index`'s. `follow`, when given, names the model
+    to index with from now on (a server's model, which `tune` or `use-model` may switch); it is
+    asked every `FOLLOW_SECONDS`, and a new answer starts a full round of the roots with that
+    model, so photos that came after the switch's re-embedding get its vectors too. See the
+    module's docstring."""
 
     def __init__(self, engine: Engine, roots: Sequence[str | Path], *, model: str | None = None,
                  settings: WatchSettings = WatchSettings(),
-                 ingest: IngestSettings = IngestSettings(), progress: bool = False):
+                 ingest: IngestSettings = IngestSettings(), progress: bool = False,
+                 follow: Callable[[], str] | None = None):
         self.engine = engine
         self.roots = check_watch_roots(roots)
-        self.model = model
+        self.follow = follow
+        self.model = follow() if follow is not None else model
+        self._followed = time.monotonic()
+        self._owed_model_round = False
         self.settings = settings.check()
         self.ingest = ingest
         self.progress = progress
@@ -309,7 +319,12 @@ class Watcher:
                 stop.wait(self.settings.busy_retry_seconds)
             next_rescan = time.monotonic() + self.settings.rescan_seconds
             while not stop.is_set():
-                if changes.due(self.settings):
+                if self._model_switched() or self._owed_model_round:
+                    done = self._index_roots("model")
+                    self._owed_model_round = done is None  # a busy home: again after a wait
+                    if done is None:
+                        stop.wait(self.settings.busy_retry_seconds)
+                elif changes.due(self.settings):
                     done = self._events_round(changes, stop)
                 elif time.monotonic() >= next_rescan:
                     done = self._index_roots("rescan")
@@ -324,6 +339,20 @@ class Watcher:
         finally:
             observer.stop()
             observer.join(timeout=10)
+
+    def _model_switched(self) -> bool:
+        """Whether `follow` names another model than the rounds so far used (asked at most
+        every FOLLOW_SECONDS); if so, the rounds use it from now on."""
+        if self.follow is None or time.monotonic() - self._followed < FOLLOW_SECONDS:
+            return False
+        self._followed = time.monotonic()
+        model = self.follow()
+        if model == self.model:
+            return False
+        log.info("now indexing with %s (was %s): indexing %s with it", model, self.model,
+                 ", ".join(map(str, self.roots)))
+        self.model = model
+        return True
 
     # -- observing ------------------------------------------------------------------------
 

@@ -130,10 +130,14 @@ class SearchService:
         this server's encoder; nothing to do without any."""
         if not self.settings.watch or self.watcher is not None:
             return
-        model = self.model
-        self.watcher = ServeWatcher(self.engine, self._encoder(model), model,
-                                    self.settings.watch, self.settings.watch_settings)
+        self.watcher = ServeWatcher(self.engine, self._served, self.settings.watch,
+                                    self.settings.watch_settings)
         self.watcher.start()
+
+    def _served(self) -> tuple[str, Encoder]:
+        """The model requests use now and its encoder (behind this server's gate)."""
+        model = self.model
+        return model, self._encoder(model)
 
     def close(self) -> None:
         """Stop the watcher's (after its round), the batcher's and the lanes' threads."""

@@ -8,18 +8,21 @@ round, from the indexes as they were, and show the new photos once the round sav
 lock is shared between the two but the catalog's own (SQLite in WAL mode: readers never wait
 for the writer). The watcher embeds with the server's encoder, behind the server's gate
 (`gate.py`) as slow work, so a search's sentence waits for one image's model call at most.
+It indexes with the model the server serves: when `tune` or `use-model` switches the home's
+default and the server has loaded it, the watcher indexes the folders with it in full (only
+photos without its vectors are embedded) and goes on with it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from searchengine.errors import SearchEngineError
-from searchengine.ingest.watch import WatchRound, WatchSettings, check_watch_roots
+from searchengine.ingest.watch import Watcher, WatchRound, WatchSettings, check_watch_roots
 from searchengine.settings import IngestSettings
 
 if TYPE_CHECKING:
@@ -33,19 +36,20 @@ STOP_WAIT_SECONDS = 30.0  # how long a stopping server waits for the round under
 class ServeWatcher:
     """A watcher thread for a server's home; `start` it once, `stop` it when the server stops."""
 
-    def __init__(self, engine: Engine, encoder: Encoder, model: str, roots: Sequence[str | Path],
-                 settings: WatchSettings = WatchSettings()):
+    def __init__(self, engine: Engine, served: Callable[[], tuple[str, Encoder]],
+                 roots: Sequence[str | Path], settings: WatchSettings = WatchSettings()):
+        """`served()` gives the model the server serves now and its (gated) encoder."""
         self.home = engine.home
         self.catalog_url = None if engine.catalog.home is not None else engine.catalog.url
         self.encoder_settings = engine.encoder_settings
-        self.encoder = encoder
-        self.model = model
+        self.served = served
         self.roots = check_watch_roots(roots)
         self.settings = settings.check()
         self.rounds = 0  # rounds done (the first, full one included)
         self.changes = 0  # rounds that changed the home
         self.error: str | None = None  # why the watcher stopped on its own, if it did
         self._stop = threading.Event()
+        self._watcher: Watcher | None = None
         self._thread = threading.Thread(target=self._run, name="searchengine-watch",
                                         daemon=True)
 
@@ -67,18 +71,26 @@ class ServeWatcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def model(self) -> str | None:
+        """The model the watcher's rounds embed with (None before it started)."""
+        return self._watcher.model if self._watcher is not None else None
+
     def _run(self) -> None:
         from searchengine.engine import Engine
-        from searchengine.ingest.watch import Watcher
 
         try:
             with Engine.open(self.home, create=False, catalog_url=self.catalog_url,
                              encoder_settings=self.encoder_settings) as engine:
-                engine.use_encoder(self.encoder)
+                def follow() -> str:
+                    model, encoder = self.served()
+                    engine.use_encoder(encoder)
+                    return model
+
                 # decode in this thread: no worker processes forked from a server's threads
-                watcher = Watcher(engine, self.roots, model=self.model, settings=self.settings,
-                                  ingest=IngestSettings(workers=0))
-                watcher.run(self._stop, on_round=self._log_round)
+                self._watcher = Watcher(engine, self.roots, follow=follow,
+                                        settings=self.settings, ingest=IngestSettings(workers=0))
+                self._watcher.run(self._stop, on_round=self._log_round)
         except SearchEngineError as error:
             self.error = str(error)
             log.error("serve --watch stopped watching %s: %s",
