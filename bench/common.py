@@ -11,7 +11,37 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("results")
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+# `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH: run from a
+# checkout's root it imports that checkout whatever PYTHONPATH says (until this was found,
+# every "before" segment of bench/train.py, serve.py and tune.py ran the checkout's own code).
+# So the command drops that entry, and says which package it imported.
+_CLI_FROM_PATH = (
+    "import sys; sys.path.pop(0); import searchengine; "
+    "print('searchengine from', searchengine.__file__, file=sys.stderr, flush=True); "
+    "from searchengine.cli import cli; sys.exit(cli())"
+)
+
+
+def cli_from(code: Path | None = None) -> tuple[list[str], dict]:
+    """(command, environment) that run the `searchengine` CLI of the source tree `code` (an
+    export of another commit: `git archive COMMIT | tar -x -C code`), else of this checkout;
+    append the CLI's arguments to the command. `imported_from` checks the run's stderr."""
+    tree = (code or REPO).resolve()
+    return [sys.executable, "-c", _CLI_FROM_PATH], {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def imported_from(stderr: str, code: Path | None = None) -> Path:
+    """The package a `cli_from(code)` run imported, read from its stderr; exits when it is not
+    the tree asked for (a comparison of a tree with itself would look like a real one)."""
+    tree = (code or REPO).resolve()
+    line = next((rest for line in stderr.splitlines()
+                 for before, _, rest in [line.partition("searchengine from ")]
+                 if not before and rest), None)
+    if line is None or not Path(line).resolve().is_relative_to(tree):
+        sys.exit(f"the run meant to use the searchengine of {tree} imported {line}")
+    return Path(line)
 
 
 def environment() -> dict:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import percentiles, write_result  # noqa: E402
+from common import cli_from, imported_from, percentiles, write_result  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "searchengine-bench"
 NOUNS = ["dog", "beach", "red car", "city at night", "bicycle", "mountain lake", "child", "cake",
@@ -84,11 +84,9 @@ def start_server(home: Path, model: str, port: int,
     the process and seconds until /api/status answered."""
     import httpx
 
-    command = [sys.executable, "-c", "from searchengine.cli import cli; cli()", "serve",
-               "--home", str(home), "--model", model, "--port", str(port)]
-    env = {**os.environ, "SEARCHENGINE_TOKEN": ""}
-    if code is not None:
-        env["PYTHONPATH"] = str(code)
+    cli, env = cli_from(code)
+    command = [*cli, "serve", "--home", str(home), "--model", model, "--port", str(port)]
+    env = {**env, "SEARCHENGINE_TOKEN": ""}
     started = time.perf_counter()
     log = server_log(port)  # a file, not a pipe: uvicorn logs every request, a full pipe blocks it
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env)
@@ -97,6 +95,7 @@ def start_server(home: Path, model: str, port: int,
             raise SystemExit(f"serve exited: {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2).status_code == 200:
+                imported_from(log.read_text(errors="replace"), code)
                 return process, time.perf_counter() - started
         except httpx.TransportError:
             time.sleep(0.2)

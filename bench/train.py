@@ -45,7 +45,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATA, require_flickr, write_result  # noqa: E402
+from common import (  # noqa: E402
+    SHARED_DATA,
+    cli_from,
+    imported_from,
+    require_flickr,
+    write_result,
+)
 
 DATA = SHARED_DATA / "flickr8k-1k"
 THEIR_MAIN = (
@@ -143,13 +149,12 @@ def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int, trai
              source: Path | None = None) -> dict:
     out = args.work / f"ours{'-before' if source else ''}-{round_}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed or skipped one
-    env = _environment()
-    if source is not None:  # its `searchengine` package comes first on the path
-        env["PYTHONPATH"] = str(source.resolve())
+    cli, env = cli_from(source)  # the trainer of SRC, else of this checkout (checked below)
+    env = {**_environment(), "PYTHONPATH": env["PYTHONPATH"]}
     data = (["--val", str(DATA), "--val-split", "test", str(train_tsv)] if args.steps else
             ["--split", "train", "--val-split", "test", str(DATA)])
     command = [
-        sys.executable, "-c", "import sys; from searchengine.cli import cli; sys.exit(cli())",
+        *cli,
         "train", *data, "--model", f"{args.arch}/{init}",
         "--out", str(out), "--steps", str(steps), "--batch-size", str(args.batch_size),
         "--lr", str(args.lr), "--warmup", str(args.warmup), "--precision", args.precision,
@@ -157,6 +162,7 @@ def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int, trai
         "--eval-every", str(steps), "--save-every", str(steps), "--json",
     ]
     result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    imported_from(result.stderr, source)
     summary = json.loads(result.stdout)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in records if r["kind"] == "train"][1:]  # the first step pays start-up

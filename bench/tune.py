@@ -29,7 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATA, percentiles, require_flickr, write_result  # noqa: E402
+from common import (  # noqa: E402
+    SHARED_DATA,
+    cli_from,
+    imported_from,
+    percentiles,
+    require_flickr,
+    write_result,
+)
 
 DATA = SHARED_DATA / "flickr8k-1k"
 CLI = [sys.executable, "-c", "from searchengine.cli import cli; cli()"]
@@ -127,16 +134,17 @@ def start_server(home: Path, log: Path, code: Path | None) -> tuple[subprocess.P
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([*CLI, "serve", "--home", str(home), "--port", str(port)],
+    cli, env = cli_from(code)
+    process = subprocess.Popen([*cli, "serve", "--home", str(home), "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                               env={**os.environ, "SEARCHENGINE_TOKEN": "",
-                                    **({"PYTHONPATH": str(code)} if code else {})})
+                               env={**env, "SEARCHENGINE_TOKEN": ""})
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"serve exited: {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2).status_code == 200:
+                imported_from(log.read_text(errors="replace"), code)
                 return process, port
         except httpx.TransportError:
             time.sleep(0.2)
