@@ -270,8 +270,15 @@ def main() -> None:
         try:
             if args.baseline:
                 code = checkout(args.baseline, Path(scratch))
+                # a home of its own, indexed by that code: an older server may not open a
+                # catalog at a newer schema (it did not matter while this bench ran the
+                # checkout's code for both servers, see common.cli_from)
+                old_home = Path(scratch) / "home"
+                cli, env = cli_from(code)
+                subprocess.run([*cli, "index", str(folder), "--home", str(old_home), "--model",
+                                args.model], env=env, check=True, capture_output=True)
                 port = free_port()
-                process, _ = start_server(home, args.model, port, code)
+                process, _ = start_server(old_home, args.model, port, code)
                 servers[f"baseline {args.baseline}"] = (process, f"http://127.0.0.1:{port}")
             port = free_port()
             process, startup = start_server(home, args.model, port)
