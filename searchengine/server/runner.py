@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from datetime import datetime, timezone
 
@@ -34,6 +35,21 @@ def settings_for(host: str, *, token: str | None, model: str | None) -> ServerSe
     return ServerSettings(model=model, token=token)
 
 
+def listening_socket(config) -> socket.socket:
+    """uvicorn's bound socket for `config` (a `uvicorn.Config`), as a socket object that knows
+    it is TCP.
+
+    uvicorn creates it with protocol 0, and the sockets `accept` makes inherit that number;
+    asyncio switches Nagle's algorithm off (TCP_NODELAY) only on sockets whose protocol is
+    IPPROTO_TCP. Without it, every response after the first on a kept-alive connection waited
+    for the client's delayed ACK: 40 ms added to each request (a cached thumbnail took 48 ms
+    instead of 2)."""
+    bound = config.bind_socket()
+    if bound.family not in (socket.AF_INET, socket.AF_INET6):
+        return bound
+    return socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+
+
 def run(engine: Engine, host: str, port: int, settings: ServerSettings) -> None:
     """Load the model, open the indexes, and answer HTTP requests until interrupted.
 
@@ -47,7 +63,7 @@ def run(engine: Engine, host: str, port: int, settings: ServerSettings) -> None:
     service = app.state.service
     config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
     server = uvicorn.Server(config)
-    listening = config.bind_socket()  # before the record: port 0 becomes the port chosen
+    listening = listening_socket(config)  # before the record: port 0 becomes the port chosen
     record = _record(engine, host, listening.getsockname()[1], settings, service.instance)
     announced = _announce(engine, record)
     previous = _exit_on_sigterm()
