@@ -397,3 +397,45 @@ def test_cli_train_with_both_hard_negatives_end_to_end(
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_resumed_mined_run_draws_the_uninterrupted_runs_batches(
+    pairs_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """The checkpoint keeps the mined sampler's state and the batches a loader had prefetched
+    (`workers` 1: two ahead), so a run resumed mid-epoch trains on the same batches, with the
+    same losses, as the run never stopped. Before, the resumed epoch guessed which pairs were
+    drawn and refreshed its neighbours at the resume step."""
+    settings = TrainSettings(model="se-tiny/random", batch_size=4, lr=1e-3, steps=7,
+                             eval_every=7, save_every=3, workers=workers, progress=False,
+                             device="cpu", val_fraction=0.34, hard_negatives="mined",
+                             refresh_every=2, mine_group=2)
+    original_step = loop._Run._step
+    trained: dict[str, list[tuple[int, list[int], float]]] = {"whole": [], "cut": []}
+
+    def recording_step(run, step, batch, *, into: str, stop_at: int | None = None):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        loss = original_step(run, step, batch)
+        trained[into].append((step, batch.image_ids.tolist(), loss))
+        return loss
+
+    def use(**how) -> None:
+        monkeypatch.setattr(loop._Run, "_step",
+                            lambda run, step, batch: recording_step(run, step, batch, **how))
+
+    use(into="whole")
+    loop.train(tmp_path / "whole", settings, pairs=pairs_csv)
+    use(into="cut", stop_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tmp_path / "cut", settings, pairs=pairs_csv)
+    use(into="cut")
+    loop.train(tmp_path / "cut", settings, pairs=pairs_csv, resume=True)
+
+    whole = trained["whole"]
+    resumed = [entry for entry in trained["cut"] if entry[0] >= 3][-4:]  # steps 3..6, resumed
+    assert [step for step, _, _ in resumed] == [3, 4, 5, 6]
+    assert [ids for _, ids, _ in resumed] == [ids for _, ids, _ in whole[3:]]
+    np.testing.assert_allclose([v for _, _, v in resumed], [v for _, _, v in whole[3:]],
+                               rtol=1e-5)

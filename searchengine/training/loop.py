@@ -46,6 +46,8 @@ from searchengine.training.settings import TrainSettings
 if TYPE_CHECKING:
     import torch
 
+    from searchengine.training.mining import MinedBatches
+
 log = logging.getLogger(__name__)
 
 RESUME_MUST_MATCH = ("model", "loss", "lock", "batch_size", "lr", "warmup", "weight_decay", "seed",
@@ -221,6 +223,8 @@ class _Run:
             val_set, self._load_pixels, self.tokenizer, max_pairs=settings.eval_max_pairs
         )
         self.metrics_path = out / "metrics.jsonl"
+        self.mined: MinedBatches | None = None  # the mined batch sampler, once made
+        self.restored_sampler: dict | None = None  # its state from `last.pt` (`resume`)
 
     def _load_pixels(self, pairs: list):
         return load_pixels(pairs, self.preprocess, self.image_size, workers=self.settings.workers)
@@ -250,6 +254,7 @@ class _Run:
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         checkpoints.restore_rng_states(saved["rng"])
+        self.restored_sampler = saved.get("sampler")
         state = _State(**saved["run_state"])
         _truncate_metrics(self.metrics_path, state.step)
         log.info("resuming %s at step %d of %d", self.out, state.step, self.total)
@@ -333,13 +338,15 @@ class _Run:
         from searchengine.training.mining import MinedBatches, embed_captions
 
         tokens = self.tokenizer([pair.caption for pair in self.train_set.pairs])  # (n, L)
-        return MinedBatches(
+        self.mined = MinedBatches(
             len(self.train_set), self.settings.batch_size, seed=self.settings.seed, start=start,
             total=self.total, group=self.settings.mine_group,
             refresh_every=self.settings.refresh_every, image_ids=image_ids,
             embed=lambda: embed_captions(self.model, tokens, device=self.device,
                                          autocast=self.autocast),
+            restored=self.restored_sampler,
         )
+        return self.mined
 
     def _collate(self, dataset: PairDataset) -> Callable:
         """Tokenise the batch; with `--hard-negatives swapped|both` add its swapped captions."""
@@ -434,6 +441,8 @@ class _Run:
             scaler=self.scaler.state_dict() if self.scaler else {},
             rng=checkpoints.rng_states(), run_state=dict(state.__dict__),
         )
+        if self.mined is not None:  # the batches in flight and the sampler after them
+            saved["sampler"] = self.mined.state(state.step)
         checkpoints.save(saved, self.out / "last.pt")
 
     def _log_step(self, state: _State, loss: float, pairs_per_second: float) -> dict:

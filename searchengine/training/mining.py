@@ -37,15 +37,21 @@ class MinedBatches:
     other images; a random anchor again when the neighbours run out).
 
     `embed()` returns (n, d) float32 unit vectors, one per pair, under the current model; it is
-    called at the first batch and then every `refresh_every` steps. Batches are produced ahead
-    of the step that trains on them (the loader prefetches a few), so a refresh at step s uses
-    the model of a step or two before. A resumed run starts its epoch with the pairs its order
-    put before the resume point counted as seen.
+    called at the first batch and then at every step that is a multiple of `refresh_every`.
+    Batches are produced ahead of the step that trains on them (the loader prefetches a few), so
+    a refresh at step s uses the model of a step or two before.
+
+    `state(step)` is what a run's checkpoint at `step` keeps: the batches already produced for
+    steps `step` and on (in the loader's prefetch) and the sampler's state after them. Given
+    back as `restored`, the sampler yields those batches, then goes on from that state, so a
+    resumed run (with the same `--workers`, hence the same prefetch) draws the batches of the
+    uninterrupted run. Without it (a checkpoint from before this), the resumed epoch starts with
+    the pairs its order put before the resume point counted as seen, and the batches differ.
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, start: int, total: int,
                  group: int, refresh_every: int, embed: Callable[[], np.ndarray],
-                 image_ids: Sequence[int]):
+                 image_ids: Sequence[int], restored: dict | None = None):
         if n < batch_size:
             raise InvalidInputError(
                 f"batch size {batch_size} is larger than the {n} training pairs; lower --batch-size"
@@ -58,6 +64,12 @@ class MinedBatches:
         self.image_ids = np.asarray(image_ids, dtype=np.int64)
         self.per_epoch = n // batch_size
         self.refreshes = 0
+        self.restored = restored
+        # the state after the last batch produced (what `state` saves)
+        self._epoch, self._seen, self._cursor = -1, np.zeros(0, bool), 0
+        self._neighbours = np.empty((0, 0), np.int64)
+        self._produced: dict[int, list[int]] = {}  # step -> batch, for the steps in flight
+        self._next = start
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0)
@@ -79,20 +91,48 @@ class MinedBatches:
                  time.perf_counter() - started)
         return neighbours
 
+    def state(self, step: int) -> dict:
+        """The sampler's part of a checkpoint at `step` (tensors and lists: it loads with
+        `weights_only=True`); see the class docstring."""
+        import torch
+
+        return {"step": step, "next": self._next, "epoch": self._epoch, "cursor": self._cursor,
+                "pending": [self._produced[s] for s in range(step, self._next)],
+                "seen": torch.from_numpy(self._seen.copy()),
+                "neighbours": torch.from_numpy(self._neighbours.copy())}
+
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, order, seen, cursor = -1, np.empty(0, np.int64), np.zeros(0, bool), 0
-        neighbours = np.empty((0, 0), np.int64)
-        for step in range(self.start, self.total):
+        first = self.start
+        restored = self.restored
+        if restored is not None and restored["step"] == self.start:
+            for offset, batch in enumerate(restored["pending"]):
+                self._remember(self.start + offset, list(batch))
+                yield list(batch)
+            first = int(restored["next"])
+            self._epoch, self._cursor = int(restored["epoch"]), int(restored["cursor"])
+            self._seen = restored["seen"].numpy().copy()
+            self._neighbours = restored["neighbours"].numpy().copy()
+        order = (np.random.default_rng([self.seed, self._epoch]).permutation(self.n)
+                 if self._epoch >= 0 else np.empty(0, np.int64))
+        for step in range(first, self.total):
             step_epoch, position = divmod(step, self.per_epoch)
-            if step_epoch != epoch:
-                epoch, seen = step_epoch, np.zeros(self.n, dtype=bool)
-                order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-                cursor = position * self.batch_size if step == self.start else 0
-                seen[order[:cursor]] = True  # a resume: those were drawn before it
-            if step == self.start or (step - self.start) % self.refresh_every == 0:
-                neighbours = self.neighbours()
-            batch, cursor = self._batch(order, seen, cursor, neighbours)
+            if step_epoch != self._epoch:
+                self._epoch, self._seen = step_epoch, np.zeros(self.n, dtype=bool)
+                order = np.random.default_rng([self.seed, step_epoch]).permutation(self.n)
+                self._cursor = position * self.batch_size if step == self.start else 0
+                self._seen[order[:self._cursor]] = True  # a resume without state: approximate
+            if step % self.refresh_every == 0 or not len(self._neighbours):
+                self._neighbours = self.neighbours()
+            batch, self._cursor = self._batch(order, self._seen, self._cursor, self._neighbours)
+            self._remember(step, batch)
             yield batch
+
+    def _remember(self, step: int, batch: list[int]) -> None:
+        """Keep `batch` for `state` until it is certainly trained (a loader prefetches a few)."""
+        self._produced[step] = batch
+        self._next = step + 1
+        for old in [s for s in self._produced if s < step - 64]:
+            del self._produced[old]
 
     def _batch(self, order: np.ndarray, seen: np.ndarray, cursor: int,
                neighbours: np.ndarray) -> tuple[list[int], int]:
