@@ -412,23 +412,31 @@ def test_watch_settings_refuse_durations_not_above_zero():
 # -- serve --watch ----------------------------------------------------------------------------
 
 
+def indexed_home_to_serve(home: Path, photos: Path, model: str | None):
+    """(an engine on `home`, with `photos` indexed by TINY_MODEL; server settings watching
+    `photos`, pinned to `model` or following the home's default)."""
+    import dataclasses
+
+    from searchengine.server.runner import settings_for
+
+    with Engine.open(home, encoder_settings=EncoderSettings(device="cpu")) as engine:
+        engine.index([photos], model=TINY_MODEL, settings=fast_ingest())
+    served = Engine.open(home, create=False, encoder_settings=EncoderSettings(device="cpu"))
+    settings = dataclasses.replace(settings_for("127.0.0.1", token=None, model=model),
+                                   watch=(str(photos),), watch_settings=FAST)
+    return served, settings
+
+
 def test_serve_watch_shows_new_photos_and_keeps_answering(copy_photos, tmp_path,
                                                           reuse_random_encoders):
     """A live server with a watcher: a photo copied in appears in /api/search without a
     restart, and no search fails while the watcher indexes it."""
-    import dataclasses
 
     import httpx
     import uvicorn
 
     from searchengine.server.app import create_app
-    from searchengine.server.runner import settings_for
-    home = tmp_path / "home"
-    with Engine.open(home, encoder_settings=EncoderSettings(device="cpu")) as engine:
-        engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
-    engine = Engine.open(home, create=False, encoder_settings=EncoderSettings(device="cpu"))
-    settings = dataclasses.replace(settings_for("127.0.0.1", token=None, model=TINY_MODEL),
-                                   watch=(str(copy_photos),), watch_settings=FAST)
+    engine, settings = indexed_home_to_serve(tmp_path / "home", copy_photos, TINY_MODEL)
     app = create_app(engine, settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -481,17 +489,11 @@ def test_serve_watch_indexes_with_the_model_a_switch_made_the_default(
     """After `tune`/`use-model` switches the home's default and the server serves it, photos
     copied in get the new model's vectors (the watcher once kept embedding with the model the
     server started with, so the new photos never showed in the new model's searches)."""
-    import dataclasses
 
-    from searchengine.server.runner import settings_for
     from searchengine.server.service import SearchService
 
     home = tmp_path / "home"
-    with Engine.open(home, encoder_settings=EncoderSettings(device="cpu")) as engine:
-        engine.index([copy_photos], model=TINY_MODEL, settings=fast_ingest())
-    served = Engine.open(home, create=False, encoder_settings=EncoderSettings(device="cpu"))
-    settings = dataclasses.replace(settings_for("127.0.0.1", token=None, model=None),
-                                   watch=(str(copy_photos),), watch_settings=FAST)
+    served, settings = indexed_home_to_serve(home, copy_photos, None)
     service = SearchService(served, settings)
     reader = Engine.open(home, create=False, encoder_settings=EncoderSettings(device="cpu"))
 
