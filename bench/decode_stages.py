@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--handover-images", type=int, default=1600)
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/decode_stages.json")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `searchengine index` runs
     if hasattr(os, "sched_setaffinity"):
@@ -150,6 +152,8 @@ def main() -> None:
         handover.setdefault(key, []).append(round(per_image, 3))
         print(f"  hand-over, {key:22s} {per_image:6.3f} CPU ms an image "
               f"(main {main_cpu:.2f} s, workers {workers_cpu:.2f} s)")
+    if not args.record:
+        return
     write_result("decode_stages", {
         "files": len(paths),
         "image": "4000x3000 JPEG, quality 90 (bench/ingest.py make_large_jpegs)",

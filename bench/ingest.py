@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--spinning-waits", action="store_true",
                         help="keep OpenMP's default spin-waiting instead of the passive waits "
                              "`searchengine index` asks for")
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/RESULT.json (see --result)")
     args = parser.parse_args()
 
     rows = []
@@ -217,6 +219,8 @@ def main() -> None:
         rows.append(measure("flickr8k-1k", sorted(flickr.glob("*.jpg")), args, 0.9))
     elif not args.skip_flickr:
         print("flickr8k-1k not found next to the checkout; skipped")
+    if not args.record:
+        return
     write_result(
         args.result,
         {

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32/random")
     parser.add_argument("--kinds", default="flat,hnsw,ivf")
     parser.add_argument("-k", default="1,5,10")
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/recall.json and recall.png")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not args.dataset.is_dir():
@@ -57,10 +59,11 @@ def main() -> None:
             for row in rows:
                 print("  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
             runs.append(report.as_dict() | {"seconds": round(seconds, 2)})
-            if kind == "flat":
+            if kind == "flat" and args.record:
                 benchmark.plot_recall(report, RESULTS / "recall.png")
-    write_result("recall", {"benchmark": "recall", "dataset": str(args.dataset),
-                            "split": args.split, "runs": runs})
+    if args.record:
+        write_result("recall", {"benchmark": "recall", "dataset": str(args.dataset),
+                                "split": args.split, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", type=Path,
                         help="scene collections written by `searchengine scenes`")
     parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/scene_ceiling.json")
     args = parser.parse_args()
     results = []
     for folder in args.folders:
@@ -112,7 +114,8 @@ def main() -> None:
               f"image->text {row['image_to_text_ceiling']:.3f} "
               f"(group {row['image_to_text_ceiling_by_kind']['group']:.3f}, "
               f"pair {row['image_to_text_ceiling_by_kind']['pair']:.3f})")
-    print(f"wrote {write_result('scene_ceiling', {'results': results})}")
+    if args.record:
+        write_result("scene_ceiling", {"results": results})
 
 
 if __name__ == "__main__":

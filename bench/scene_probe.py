@@ -67,6 +67,8 @@ def main() -> None:
                         help="scene collections written by `searchengine scenes`")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--limit", type=int, default=1000, help="group scenes per collection")
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/scene_probe.json")
     args = parser.parse_args()
     results = []
     for folder in args.folders:
@@ -75,7 +77,8 @@ def main() -> None:
         print(f"{folder} ({row['scenes']} group scenes, {args.model}):")
         for name, value in row["accuracy"].items():
             print(f"  {name:<20} {value:.3f}  (chance {row['chance'][name]:.3f})")
-    print(f"wrote {write_result('scene_probe', {'results': results})}")
+    if args.record:
+        write_result("scene_probe", {"results": results})
 
 
 if __name__ == "__main__":

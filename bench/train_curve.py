@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/searchengine-bench-train-curve"))
+    parser.add_argument("--record", action="store_true",
+                        help="write bench/results/train_curve.json and train_curve.png")
     args = parser.parse_args()
     require_flickr()
     from searchengine.training.loop import train
@@ -55,6 +57,10 @@ def main() -> None:
     records = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
     curve = [_point(r) for r in records if r["kind"] == "eval"]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
+    print(f"{summary.steps} steps in {wall:.0f} s ({summary.pairs_per_second:.1f} pairs/s); "
+          f"{summary.message}")
+    if not args.record:
+        return
     shutil.copyfile(args.out / "training.png", RESULTS / "train_curve.png")
     write_result("train_curve", {
         "benchmark": "train: recall curve, flickr8k-1k train -> test, random init",
@@ -66,8 +72,6 @@ def main() -> None:
         "loss_first_last_50_mean": [sum(losses[:50]) / len(losses[:50]),
                                     sum(losses[-50:]) / len(losses[-50:])],
     })
-    print(f"{summary.steps} steps in {wall:.0f} s ({summary.pairs_per_second:.1f} pairs/s); "
-          f"{summary.message}")
     print("step  t2i R@1  R@5   R@10 | i2t R@1  R@5   R@10 | gap")
     for point in curve:
         print(f"{point['step']:5d}  {point['t2i'][0]:.3f}  {point['t2i'][1]:.3f} "
