@@ -4,6 +4,7 @@ them, the mined batch sampler, and the CLI options."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from conftest import shape_photos
 from searchengine.cli import cli
 from searchengine.errors import InvalidInputError
 from searchengine.models import build_model, parse_model_spec
-from searchengine.training import loop
+from searchengine.training import loop, mining
 from searchengine.training.data import Collate
 from searchengine.training.gradcache import contrastive_backward
 from searchengine.training.losses import clip_loss, siglip_loss
@@ -317,6 +318,33 @@ def test_a_mined_group_holds_the_anchors_nearest_pairs_of_other_images() -> None
     best = sorted(exact[others], reverse=True)[:4]
     np.testing.assert_allclose(exact[members], best, rtol=0, atol=1e-5)
     assert all(image_ids[j] != image_ids[anchor] for j in members)
+
+
+def test_past_the_exact_limit_mining_finds_the_neighbours_with_an_ivf_index(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Above EXACT_LIMIT pairs the neighbours come from an IVF index: on 2,000 captions in 50
+    tight clusters of 40, every pair's 33 neighbours are in its own cluster, as the flat
+    index's are."""
+    rng = np.random.default_rng(3)
+    centres = np.linalg.qr(rng.normal(size=(64, 64)))[0][:50]  # (50, 64) orthonormal
+    cluster = rng.permutation(np.repeat(np.arange(50), 40))  # (2000,)
+    vectors = centres[cluster] + 0.05 * rng.normal(size=(2000, 64))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+    def same_cluster_share() -> float:
+        sampler = MinedBatches(2000, 64, seed=0, start=0, total=1, group=8, refresh_every=1,
+                               embed=lambda: vectors, image_ids=list(range(2000)))
+        neighbours = sampler.neighbours()  # (2000, 33)
+        assert neighbours.shape == (2000, 33) and (neighbours >= 0).all()
+        return float((cluster[neighbours] == cluster[:, None]).mean())
+
+    with caplog.at_level(logging.INFO, logger="searchengine.training.mining"):
+        assert same_cluster_share() == 1.0
+        monkeypatch.setattr(mining, "EXACT_LIMIT", 1000)
+        assert same_cluster_share() == 1.0
+    kinds = [m for m in caplog.messages if "mined batches" in m]
+    assert "(flat index)" in kinds[0] and "(ivf index)" in kinds[1], kinds
 
 
 def test_mined_batches_refuse_a_batch_larger_than_the_data() -> None:
