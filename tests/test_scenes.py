@@ -198,7 +198,10 @@ def test_scene_recall_breakdown_against_a_naive_loop():
         ("colour", "red"), ("colour", "blue"), ("count", "2")}
 
 
-def test_bundled_weights_are_small_fp16_and_load(tmp_path):
+@pytest.mark.parametrize("arch", ["se-scenes", "se-scenes-rn"])
+def test_bundled_weights_are_small_fp16_and_load(tmp_path, arch):
+    """Both scene architectures (ViT and the convolutional `se-scenes-rn`) bundle under the size
+    limit and load back as the same float16-rounded weights."""
     import torch
 
     from searchengine.demo.run import MAX_BUNDLE_BYTES, bundle_weights
@@ -206,15 +209,17 @@ def test_bundled_weights_are_small_fp16_and_load(tmp_path):
     from searchengine.models import build_model, parse_model_spec
     from searchengine.training.checkpoint import model_checkpoint
 
-    model, _, _ = build_model(parse_model_spec("se-scenes/random"), seed=3)
-    torch.save(model_checkpoint(model, "se-scenes", 7), tmp_path / "best.pt")
+    model, _, _ = build_model(parse_model_spec(f"{arch}/random"), seed=3)
+    torch.save(model_checkpoint(model, arch, 7), tmp_path / "best.pt")
     out = bundle_weights(tmp_path / "best.pt", tmp_path / "demo.pt")
     assert out.stat().st_size <= MAX_BUNDLE_BYTES
     saved = torch.load(out, weights_only=True)
     assert saved["state_dict"]["token_embedding.weight"].dtype == torch.float16
-    encoder = Encoder.load(f"se-scenes/{out}")
-    reference = model.state_dict()["visual.conv1.weight"].half().float()
-    assert torch.equal(encoder.model.state_dict()["visual.conv1.weight"], reference)
+    encoder = Encoder.load(f"{arch}/{out}")
+    loaded = encoder.model.state_dict()
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            assert torch.equal(loaded[name], tensor.half().float()), name
 
 
 def test_demo_command_end_to_end_with_random_weights(tmp_path):

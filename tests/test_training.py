@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -268,6 +269,21 @@ def test_best_checkpoint_loads_through_the_encoder(pairs_csv: Path, tmp_path: Pa
     assert np.allclose(np.linalg.norm(texts, axis=1), 1, atol=score_noise(64))
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert {"optimizer", "scheduler", "rng", "settings", "step"} <= last.keys()
+
+
+@pytest.mark.parametrize(("model", "micro_batch", "warned"), [
+    ("se-scenes-rn/random", 4, True), ("se-scenes-rn/random", None, False),
+    ("se-tiny/random", 4, False)])
+def test_micro_batches_over_batch_normalisation_are_warned_of(
+    pairs_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    model: str, micro_batch: int | None, warned: bool,
+) -> None:
+    """Gradient caching is exact only without batch statistics: a model with batch norm (the
+    convolutional scene tower) trained with --micro-batch gets a warning saying so."""
+    settings = _settings(model=model, micro_batch=micro_batch, steps=1, eval_every=1)
+    with caplog.at_level(logging.WARNING, logger="searchengine.training.loop"):
+        loop.train(tmp_path / "run", settings, pairs=pairs_csv)
+    assert any("batch normalisation" in m for m in caplog.messages) == warned, caplog.messages
 
 
 def test_a_run_that_never_improves_keeps_the_starting_weights(

@@ -208,6 +208,13 @@ class _Run:
             self.model.lock_text_tower()
         if settings.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if settings.micro_batch and settings.micro_batch < settings.batch_size and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+            for m in self.model.modules()
+        ):
+            log.warning("%s has batch normalisation: with --micro-batch it normalises each "
+                        "micro-batch apart, so the gradients are not the whole batch's; "
+                        "drop --micro-batch for exact gradients", self.spec.arch)
         size = self.model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.total = settings.steps or settings.epochs * (len(train_set) // settings.batch_size)
