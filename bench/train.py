@@ -20,7 +20,10 @@ of the difference is that policy.
 same pairs and the same schedule; ours validates on the `test` split), for short runs.
 `--before SRC` adds a segment per round that runs our trainer from another source tree (an
 export of an earlier commit: `git archive COMMIT | tar -x -C SRC`), to time a change to our
-trainer against the code before it in the same run, interleaved.
+trainer against the code before it in the same run, interleaved. `--ours-threads N` adds a
+segment per round of our trainer under OMP_NUM_THREADS=N (which it obeys instead of its own
+thread policy): with N=1 and one worker on two cores, the policy before issue 17 (the model on
+the one core a decode worker left), so that the policy's own effect is measured in the same run.
 
 Every final checkpoint is scored with the same recall code (standard protocol, `test` split: 200
 images, 1,000 captions). Prints the figures; `--record` writes bench/results/train.json.
@@ -70,6 +73,8 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=None, metavar="SRC",
                         help="also run our trainer from this source tree each round")
     parser.add_argument("--rounds", type=int, default=2, help="ours+theirs pairs, alternating")
+    parser.add_argument("--ours-threads", type=int, default=None, metavar="N",
+                        help="add our trainer under OMP_NUM_THREADS=N each round")
     parser.add_argument("--control", action="store_true",
                         help="also run open_clip_train with OMP_NUM_THREADS=1 each round")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -93,6 +98,10 @@ def main() -> None:
                 args, init, steps, r, train_tsv, source=args.before)))
         segments.append(_timed("ours", round_,
                                lambda r=round_: run_ours(args, init, steps, r, train_tsv)))
+        if args.ours_threads:
+            segments.append(_timed(f"ours_{args.ours_threads}_thread", round_, lambda r=round_:
+                                   run_ours(args, init, steps, r, train_tsv,
+                                            threads=args.ours_threads)))
         segments.append(_timed("theirs", round_,
                                lambda r=round_: run_theirs(args, train_tsv, init, r)))
         if args.control:
@@ -146,11 +155,12 @@ def _environment(threads: int | None = None) -> dict:
 
 
 def run_ours(args: argparse.Namespace, init: Path, steps: int, round_: int, train_tsv: Path,
-             source: Path | None = None) -> dict:
-    out = args.work / f"ours{'-before' if source else ''}-{round_}"
+             source: Path | None = None, threads: int | None = None) -> dict:
+    label = ("-before" if source else "") + (f"-{threads}t" if threads else "")
+    out = args.work / f"ours{label}-{round_}"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resumed or skipped one
     cli, env = cli_from(source)  # the trainer of SRC, else of this checkout (checked below)
-    env = {**_environment(), "PYTHONPATH": env["PYTHONPATH"]}
+    env = {**_environment(threads), "PYTHONPATH": env["PYTHONPATH"]}
     data = (["--val", str(DATA), "--val-split", "test", str(train_tsv)] if args.steps else
             ["--split", "train", "--val-split", "test", str(DATA)])
     command = [
@@ -267,6 +277,9 @@ def report(args: argparse.Namespace, steps: int, segments: list[dict]) -> None:
               f"test t2i R@5 {figures['test_t2i_R@5_mean']:.3f}")
     if ratio_before is not None:
         print(f"ratio ours / ours before {ratio_before:.2f}")
+    for name in [n for n in summary if n.startswith("ours_") and n.endswith("_thread")]:
+        gain = summary["ours"]["pairs_per_s"] / summary[name]["pairs_per_s"]
+        print(f"ratio ours / {name} {gain:.2f}")
     print(f"ratio ours / theirs {ratio:.2f}; start test t2i R@5 "
           f"{start['text_to_image']['R@5']:.3f}; load average now {os.getloadavg()[0]:.1f}")
 
