@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from conftest import shape_photos
 
 from searchengine.cli import cli
+from searchengine.demo.scenes import SHAPES as SCENE_SHAPES
 from searchengine.errors import InvalidInputError
 from searchengine.models import build_model, parse_model_spec
 from searchengine.training import loop, mining
@@ -49,6 +51,10 @@ def test_default_vocabulary_swaps_one_attribute_word() -> None:
     for text in made:
         words = [(group, entry) for _, _, group, entry in vocabulary.matches(text)]
         changed = [i for i, (a, b) in enumerate(zip(original, words, strict=True)) if a != b]
+        if len(changed) == 2:  # a count from two to one: its noun becomes singular, same entry
+            assert [vocabulary.names[words[i][0]] for i in changed] == ["count", "shape"], text
+            assert words[changed[1]][1] == original[changed[1]][1], text
+            changed = changed[:1]
         assert len(changed) == 1, text  # one entry replaced (no exchange: all groups differ)
         changed_groups.add(vocabulary.names[original[changed[0]][0]])
     assert changed_groups == {"count", "size", "colour", "shapes", "position"}
@@ -102,6 +108,92 @@ def test_articles_agree_with_the_swapped_word() -> None:
                             np.random.default_rng(0))
     assert set(made) == {"A red star above a red cross", "An orange star above an orange cross",
                          "A red star above an orange cross"}  # the last one an exchange
+
+
+def _scene_grammar(caption: str) -> tuple[int, str]:
+    """(count, noun) of a scene group caption, asserting that its count, noun and "there is/are"
+    agree as the scene world's own captions do."""
+    words = {"a single": 1, "one": 1, "a pair of": 2, "two": 2, "three": 3}
+    match = re.search(r"(?:^|[\s,])(a single|one|a pair of|two|three) (?:(?:small|little|large|"
+                      r"big) )?\w+ (\w+)", caption)
+    assert match is not None, caption
+    count, noun = words[match.group(1)], match.group(2)
+    assert (noun in SCENE_SHAPES) == (count == 1), caption  # "circle" / "circles"
+    if "there " in caption:
+        assert ("there is " in caption) == (count == 1), caption
+    return count, noun
+
+
+def test_count_swaps_keep_noun_and_verb_in_agreement() -> None:
+    """A count swapped between one and more changes its noun and verb with it, as the scene
+    world's true captions do; otherwise the swap is told apart by grammar, not by counting."""
+    from searchengine.demo.scenes import generate_scenes
+
+    vocabulary = load_vocabulary(SCENE_VOCABULARY)
+    number_changes = 0
+    for scene in generate_scenes(60, seed=5):
+        if scene.kind != "group":
+            continue
+        for caption in scene.captions:
+            if not any(w in caption.split() for w in ("one", "single", "two", "pair", "three")):
+                continue  # "a red circle": the article "a" is not a count word
+            count, _ = _scene_grammar(caption)
+            for text in swapped_captions(caption, vocabulary, 40, np.random.default_rng(0)):
+                swapped, _ = _scene_grammar(text)
+                number_changes += (swapped == 1) != (count == 1)
+    assert number_changes > 50
+    assert set(swapped_captions("There is one red star", vocabulary, 40, np.random.default_rng(1),
+                                seen_bigrams=None)) >= {"There are two red stars",
+                                                        "There are a pair of red stars",
+                                                        "There are three red stars"}
+
+
+def test_count_swaps_without_a_noun_keep_their_number() -> None:
+    vocabulary = parse_vocabulary("count: one, two, three\nshape: circle, square\n"
+                                  "shapes: circles, squares\n"
+                                  "@singular count: one\n@plural shape: shapes\n")
+    for seed in range(10):
+        made = swapped_captions("two of the circles", vocabulary, 5, np.random.default_rng(seed))
+        assert sorted(made) == ["three of the circles", "two of the squares"]  # never "one of"
+    assert sorted(swapped_captions("two circles", vocabulary, 5, np.random.default_rng(0))) == [
+        "one circle", "three circles", "two squares"]
+
+
+def test_an_exchange_of_two_counts_changes_both_nouns() -> None:
+    vocabulary = load_vocabulary(SCENE_VOCABULARY)
+    made = swapped_captions("one red circle above two blue squares", vocabulary, 60,
+                            np.random.default_rng(2))
+    assert "two red circles above one blue square" in made
+    for text in made:  # every count's next noun is of its number
+        words = [(vocabulary.names[group], entry) for *_, group, entry in vocabulary.matches(text)]
+        counts = [i for i, (name, _) in enumerate(words) if name == "count"]
+        assert len(counts) == 2, text
+        for i in counts:
+            noun = next(name for name, _ in words[i + 1:] if name in ("shape", "shapes"))
+            assert noun == ("shape" if words[i][1] == 0 else "shapes"), text
+
+
+def test_without_agreement_lines_counts_swap_freely() -> None:
+    """A vocabulary without `@` lines behaves as before them."""
+    vocabulary = parse_vocabulary("count: one, two\nshapes: circles, squares")
+    assert sorted(swapped_captions("two circles", vocabulary, 5, np.random.default_rng(0))) == [
+        "one circles", "two squares"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("count: one, two\n@singular count: three", "'three' is not an entry of group 'count'"),
+    ("count: one, two\n@singular count: one, two", "leaves it a plural entry"),
+    ("count: one, two\n@singular size: one", "no group 'size'"),
+    ("a: x, y\nb: xs, ys, zs\n@plural a: b", "need as many entries each"),
+    ("a: x, y\nb: xs, ys\nc: p, q\n@plural a: b\n@plural c: b", "more than once"),
+    ("a: x, y\nb: xs, ys\n@singular a: x\n@plural a: b", "both a count and a noun"),
+    ("a: x, y\n@verbs: is are", "expected `@verbs:"),
+    ("a: x, y\n@verbs: is = are, is = were", "each verb may appear once"),
+    ("a: x, y\n@number a: b", "expected `@singular GROUP:"),
+])
+def test_malformed_agreement_lines_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message.replace("(", r"\(")):
+        parse_vocabulary(text, source="words.txt")
 
 
 @pytest.mark.parametrize(("text", "message"), [

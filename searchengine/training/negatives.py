@@ -8,6 +8,11 @@ entry one meaning with one or more spellings (`swap_vocabulary.txt` beside this 
 default for English; its header documents the file format). A swapped caption that is, after
 `normalise_caption`, one of the image's own captions is never produced, and one that is a true
 caption of another image in the batch is masked out of the loss for that image (`SwapCollate`).
+
+A swap must not be told apart by its grammar alone, or the model learns grammar instead of the
+attribute: articles follow the new word ("an orange" / "a red"), and with number agreement in
+the vocabulary (`@singular`, `@plural`, `@verbs` lines) a count swap between one and more
+changes its noun and verb too ("there is one red circle" -> "there are two red circles").
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 DEFAULT_VOCABULARY = Path(__file__).with_name("swap_vocabulary.txt")
 HARD_NEGATIVES = ("mined", "swapped", "both")
 _GROUP_LINE = re.compile(r"^\s*([A-Za-z][\w-]*)\s*:\s*(.+?)\s*$")
+_NUMBER_LINE = re.compile(r"^\s*@(singular|plural)\s+([A-Za-z][\w-]*)\s*:\s*(.+?)\s*$")
+_VERBS_LINE = re.compile(r"^\s*@verbs\s*:\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,17 @@ class SwapVocabulary:
 
     `groups[g]` is a tuple of entries; an entry is a tuple of spellings (lower case, single
     spaces) that mean the same and are never swapped for each other. `names[g]` names group g.
+
+    Number agreement (all optional): `singular` gives, for each count group, its singular
+    entries (the others are plural); `plurals` pairs a group of singular nouns with the group of
+    their plurals, entry by entry; `verbs` pairs singular and plural verbs ("is", "are").
     """
 
     names: tuple[str, ...]
     groups: tuple[tuple[tuple[str, ...], ...], ...]
+    singular: tuple[tuple[int, frozenset[int]], ...] = ()
+    plurals: tuple[tuple[int, int], ...] = ()
+    verbs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
@@ -66,6 +80,38 @@ class SwapVocabulary:
         where = {s: (g, e) for g, group in enumerate(self.groups)
                  for e, entry in enumerate(group) for s in entry}
         object.__setattr__(self, "_where", where)
+        self._check_number()
+
+    def _check_number(self) -> None:
+        nouns: dict[int, tuple[int, bool]] = {}  # noun group -> (its other-number group, plural?)
+        for one, many in self.plurals:
+            for group in (one, many):
+                if group in nouns:
+                    raise InvalidInputError(f"swap vocabulary: group {self.names[group]!r} is "
+                                            "paired with a plural more than once")
+            if len(self.groups[one]) != len(self.groups[many]):
+                raise InvalidInputError(
+                    f"swap vocabulary: {self.names[one]!r} and its plurals {self.names[many]!r} "
+                    "need as many entries each, in the same order")
+            nouns[one], nouns[many] = (many, False), (one, True)
+        counts = dict(self.singular)
+        for group in counts:
+            if group in nouns:
+                raise InvalidInputError(f"swap vocabulary: group {self.names[group]!r} cannot "
+                                        "be both a count and a noun")
+        verbs = {one: many for one, many in self.verbs} | {many: one for one, many in self.verbs}
+        if len(verbs) != 2 * len(self.verbs):
+            raise InvalidInputError("swap vocabulary: each verb may appear once in @verbs")
+        object.__setattr__(self, "_nouns", nouns)
+        object.__setattr__(self, "_counts", counts)
+        object.__setattr__(self, "_verbs", verbs)
+
+    def is_count(self, group: int) -> bool:
+        """Whether `group` is a count with number agreement (`@singular`)."""
+        return group in self._counts  # type: ignore[attr-defined]
+
+    def is_singular(self, group: int, entry: int) -> bool:
+        return entry in self._counts[group]  # type: ignore[attr-defined]
 
     def matches(self, caption: str) -> list[tuple[int, int, int, int]]:
         """The vocabulary words of `caption`, left to right, never overlapping:
@@ -82,8 +128,21 @@ def parse_vocabulary(text: str, *, source: str = "<text>") -> SwapVocabulary:
     `#` comments). Raises `InvalidInputError` naming the line of a malformed one."""
     names: list[str] = []
     groups: list[tuple[tuple[str, ...], ...]] = []
+    number_lines: list[tuple[int, str, str, str]] = []  # (line number, kind, group, entries)
+    verbs: list[tuple[str, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.lstrip().startswith("@"):  # number agreement
+            if _VERBS_LINE.match(line):
+                verbs += _parse_verbs(line, f"{source}:{number}")
+            elif (directive := _NUMBER_LINE.match(line)) is not None:
+                kind, group_name, value = directive.group(1, 2, 3)
+                number_lines.append((number, kind, group_name, value))
+            else:
+                raise InvalidInputError(
+                    f"{source}:{number}: expected `@singular GROUP: entry, ...`, `@plural GROUP: "
+                    f"GROUP` or `@verbs: singular = plural, ...`, got {line!r}")
             continue
         match = _GROUP_LINE.match(line)
         if match is None:
@@ -104,10 +163,47 @@ def parse_vocabulary(text: str, *, source: str = "<text>") -> SwapVocabulary:
         raise InvalidInputError(
             f"{source}: no word groups; see {DEFAULT_VOCABULARY} for the format"
         )
+    singular: list[tuple[int, frozenset[int]]] = []
+    plurals: list[tuple[int, int]] = []
+    for number, kind, name, value in number_lines:
+        where = f"{source}:{number}"
+        group = _group_index(names, name, where)
+        if kind == "plural":
+            plurals.append((group, _group_index(names, value.strip(), where)))
+            continue
+        entry_of = {s: e for e, entry in enumerate(groups[group]) for s in entry}
+        chosen: set[int] = set()
+        for word in (" ".join(w.lower().split()) for w in value.split(",")):
+            if word not in entry_of:
+                raise InvalidInputError(f"{where}: {word!r} is not an entry of group {name!r}")
+            chosen.add(entry_of[word])
+        if len(chosen) == len(groups[group]) or any(g == group for g, _ in singular):
+            raise InvalidInputError(f"{where}: give group {name!r} one @singular line that "
+                                    "leaves it a plural entry")
+        singular.append((group, frozenset(chosen)))
     try:
-        return SwapVocabulary(tuple(names), tuple(groups))
+        return SwapVocabulary(tuple(names), tuple(groups), tuple(singular), tuple(plurals),
+                              tuple(verbs))
     except InvalidInputError as error:
         raise InvalidInputError(f"{source}: {error}") from None
+
+
+def _group_index(names: list[str], name: str, where: str) -> int:
+    if name not in names:
+        raise InvalidInputError(f"{where}: no group {name!r} in this vocabulary "
+                                f"(groups: {', '.join(names)})")
+    return names.index(name)
+
+
+def _parse_verbs(line: str, where: str) -> list[tuple[str, str]]:
+    pairs = []
+    for raw in _VERBS_LINE.match(line).group(1).split(","):  # type: ignore[union-attr]
+        words = [" ".join(w.lower().split()) for w in raw.split("=")]
+        if len(words) != 2 or not all(words):
+            raise InvalidInputError(f"{where}: expected `@verbs: singular = plural, ...`, "
+                                    f"got {line!r}")
+        pairs.append((words[0], words[1]))
+    return pairs
 
 
 def load_vocabulary(path: str | Path | None = None) -> SwapVocabulary:
@@ -157,6 +253,8 @@ def swapped_captions(
             if len(made) >= count:
                 return made
             text = _apply(caption, matches, candidates[int(index)], vocabulary, rng)
+            if text is None:
+                continue
             key = normalise_caption(text)
             if seen_bigrams is not None and not entry_bigrams(text, vocabulary) <= seen_bigrams:
                 forbidden.add(key)
@@ -175,20 +273,85 @@ def entry_bigrams(caption: str, vocabulary: SwapVocabulary) -> set:
 
 
 def _apply(caption: str, matches: list, candidate: tuple, vocabulary: SwapVocabulary,
-           rng: np.random.Generator) -> str:
-    """One replacement (a random other entry of the group) or one exchange of two entries."""
+           rng: np.random.Generator) -> str | None:
+    """One replacement (a random other entry of the group) or one exchange of two entries, with
+    the edits number agreement asks for; None when no grammatical caption results."""
     if candidate[0] == "replace":
-        start, end, group, entry = matches[candidate[1]]
+        index = candidate[1]
+        _, _, group, entry = matches[index]
         others = [e for e in range(len(vocabulary.groups[group])) if e != entry]
-        new_entry = vocabulary.groups[group][others[int(rng.integers(len(others)))]]
-        word = new_entry[int(rng.integers(len(new_entry)))]
-        return _article(caption[:start], word) + _same_case(caption[start:end], word) + \
-            caption[end:]
-    first, second = matches[candidate[1]], matches[candidate[2]]
-    a, b = caption[first[0]:first[1]], caption[second[0]:second[1]]
-    middle = caption[first[1]:second[0]]
-    return (_article(caption[:first[0]], b) + _same_case(a, b.lower())
-            + _article(middle, a) + _same_case(b, a.lower()) + caption[second[1]:])
+        if vocabulary.is_count(group) and _noun_after(caption, matches, index, vocabulary) is None:
+            # no noun to agree with: keep the number ("two" <-> "three" only)
+            others = [e for e in others if vocabulary.is_singular(group, e)
+                      == vocabulary.is_singular(group, entry)]
+            if not others:
+                return None
+        new_entry = others[int(rng.integers(len(others)))]
+        spellings = vocabulary.groups[group][new_entry]
+        changes = [(index, new_entry, spellings[int(rng.integers(len(spellings)))])]
+    else:
+        first, second = candidate[1], candidate[2]
+        text = [caption[matches[i][0]:matches[i][1]].lower() for i in (first, second)]
+        changes = [(first, matches[second][3], text[1]), (second, matches[first][3], text[0])]
+    edits = [(matches[i][0], matches[i][1], word) for i, _, word in changes]
+    for index, new_entry, _ in changes:
+        agreeing = _agreement(caption, matches, index, new_entry, vocabulary)
+        if agreeing is None:
+            return None
+        edits += agreeing
+    edits.sort()
+    if any(a[1] > b[0] for a, b in zip(edits, edits[1:], strict=False)):
+        return None  # two changes meet (a verb shared by two counts): leave this one out
+    out, position = "", 0
+    for start, end, word in edits:
+        out = _article(out + caption[position:start], word) + _same_case(caption[start:end], word)
+        position = end
+    return out + caption[position:]
+
+
+def _noun_after(caption: str, matches: list, index: int,
+                vocabulary: SwapVocabulary) -> int | None:
+    """The match index of the noun a count agrees with: the first noun of a paired group in the
+    run of vocabulary words right after it ("two small red circles"), else None."""
+    for k in range(index + 1, len(matches)):
+        if caption[matches[k - 1][1]:matches[k][0]].strip():
+            return None  # another word comes between: "one of the circles"
+        if matches[k][2] in vocabulary._nouns:  # type: ignore[attr-defined]
+            return k
+    return None
+
+
+def _agreement(caption: str, matches: list, index: int, new_entry: int,
+               vocabulary: SwapVocabulary) -> list[tuple[int, int, str]] | None:
+    """The edits (start, end, word) that make the noun, and a verb right before the count or
+    right after the noun, agree with count entry `new_entry`; None when they cannot."""
+    group, entry = matches[index][2], matches[index][3]
+    if not vocabulary.is_count(group):
+        return []
+    plural = not vocabulary.is_singular(group, new_entry)
+    if plural != (not vocabulary.is_singular(group, entry)):
+        noun = _noun_after(caption, matches, index, vocabulary)
+        if noun is None:
+            return None
+        start, end, noun_group, noun_entry = matches[noun]
+        other, is_plural = vocabulary._nouns[noun_group]  # type: ignore[attr-defined]
+        if is_plural == plural:
+            return []
+        spelling = vocabulary.groups[noun_group][noun_entry].index(caption[start:end].lower())
+        forms = vocabulary.groups[other][noun_entry]
+        edits = [(start, end, forms[min(spelling, len(forms) - 1)])]
+        verbs = vocabulary._verbs  # type: ignore[attr-defined]
+        if verbs:
+            words = "|".join(re.escape(v) for v in verbs)
+            before = re.search(rf"(?<!\w)({words})\s+$", caption[:matches[index][0]], re.I)
+            after = re.match(rf"\s+({words})(?!\w)", caption[end:], re.I)
+            if before is not None:
+                edits.append((before.start(1), before.end(1), verbs[before.group(1).lower()]))
+            if after is not None:
+                edits.append((end + after.start(1), end + after.end(1),
+                              verbs[after.group(1).lower()]))
+        return edits
+    return []
 
 
 def _article(before: str, word: str) -> str:
