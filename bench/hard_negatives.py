@@ -24,6 +24,9 @@ from scene_probe import probe  # noqa: E402
 from searchengine.demo.run import evaluate_scenes  # noqa: E402
 
 ATTRIBUTES = ("colour", "shape", "position", "count")
+# the probe's diagnostics (see scene_probe.py), printed after the goals
+DIAGNOSTICS = {"shape, small objects": "shape S", "shape, large objects": "shape L",
+               "count given colour and shape": "count+"}
 
 
 def measure(model: str, heldout: Path, limit: int) -> dict:
@@ -46,10 +49,13 @@ def main() -> None:
     rows = [measure(model, args.heldout, args.limit) for model in args.models]
     print(f"{args.heldout}: R@5 tie ceiling t2i {bound['text_to_image_ceiling']:.3f}, "
           f"i2t {bound['image_to_text_ceiling']:.3f}")
-    print(f"{'model':<40} " + " ".join(f"{a:>8}" for a in ATTRIBUTES) + "  t2i R@5  i2t R@5")
+    print(f"{'model':<40} " + " ".join(f"{a:>8}" for a in ATTRIBUTES) + "  t2i R@5  i2t R@5 "
+          + " ".join(f"{name:>7}" for name in DIAGNOSTICS.values()))
     for row in rows:
+        diagnostics = [row["probe"][key] for key in DIAGNOSTICS]
         print(f"{row['model']:<40} " + " ".join(f"{row['probe'][a]:>8.3f}" for a in ATTRIBUTES)
-              + f"  {row['text_to_image_R@5']:>7.3f}  {row['image_to_text_R@5']:>7.3f}")
+              + f"  {row['text_to_image_R@5']:>7.3f}  {row['image_to_text_R@5']:>7.3f} "
+              + " ".join("    n/a" if v is None else f"{v:>7.3f}" for v in diagnostics))
     if args.record:
         write_result("hard_negatives", {"heldout": str(args.heldout), "ceiling": bound,
                                         "results": rows})

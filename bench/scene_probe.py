@@ -4,7 +4,10 @@ Recall on whole captions can be high while the model ignores an attribute that t
 redundant. This program asks one attribute at a time of the single-kind (group) scenes of a
 collection, with plain prompts and the other attributes left out ("a red shape", "two shapes",
 "a shape on the left"), and, for shape, also with the true colour given ("a red circle" against
-"a red square", ...). Chance is 1 / number of values.
+"a red square", ...). Chance is 1 / number of values. Two diagnostics say what limits shape and
+count: shape accuracy on small and on large objects apart (a gap points at the input
+resolution), and count with the object named as the training captions name it ("two red
+circles" against "one red circle" and "three red circles"; "shapes" never occurs in them).
 
     .venv/bin/python bench/scene_probe.py runs/demo-model/heldout --model demo
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,41 +28,105 @@ from common import write_result  # noqa: E402
 from searchengine.demo.scenes import COLOURS, SHAPES, read_scene_attributes  # noqa: E402
 
 COUNT_WORDS = {"1": "one shape", "2": "two shapes", "3": "three shapes"}
+NUMBERS = {"1": "one", "2": "two", "3": "three"}
 POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top",
              "bottom": "at the bottom", "centre": "in the centre"}
 
 
-def probe(model: str, folder: Path, limit: int) -> dict:
+def _noun(shape: str, count: str) -> str:
+    """The shape's word in the scene captions' number ("circle", "circles", "crosses")."""
+    return shape if count == "1" else shape + ("es" if shape.endswith("s") else "s")
+
+
+def _group_scenes(encoder, folder: Path, limit: int) -> tuple[np.ndarray, list[dict]]:
+    """The first `limit` group scenes of `folder`: their image vectors (n, d) and attributes."""
     from searchengine.demo.run import encode_image_files
-    from searchengine.encoder import Encoder
 
     attributes = read_scene_attributes(folder)
     names = [name for name, row in attributes.items() if row["kind"] == "group"][:limit]
-    rows = [attributes[name] for name in names]
-    encoder = Encoder.load(model)
-    images = encode_image_files(encoder, [folder / "images" / n for n in names], 128)  # (n, d)
+    images = encode_image_files(encoder, [folder / "images" / n for n in names], 128)
+    return images, [attributes[name] for name in names]
 
-    def accuracy(prompts: dict[str, str], attribute: str) -> float:
+
+def probe(model: str, folder: Path, limit: int) -> dict:
+    from searchengine.encoder import Encoder
+
+    encoder = Encoder.load(model)
+    images, rows = _group_scenes(encoder, folder, limit)
+
+    def hits(prompts: dict[str, str], attribute: str) -> np.ndarray:
+        """(n,) bool: whether each image's best prompt names its true value."""
         values = list(prompts)
         texts = encoder.encode_texts([prompts[v] for v in values])  # (n_values, d)
         chosen = (images @ texts.T).argmax(axis=1)
-        truth = [r[attribute] for r in rows]
-        return float(np.mean([values[c] == t for c, t in zip(chosen, truth, strict=True)]))
+        return np.array([values[c] == r[attribute] for c, r in zip(chosen, rows, strict=True)])
 
-    shapes_in = {colour: encoder.encode_texts([f"a {colour} {shape}" for shape in SHAPES])
-                 for colour in COLOURS}  # colour -> (n_shapes, d)
-    shape_given_colour = [SHAPES[int((shapes_in[row["colour"]] @ image).argmax())] == row["shape"]
-                          for image, row in zip(images, rows, strict=True)]
+    def given(prompt: Callable[[dict[str, str], str], str], values: tuple, attribute: str):
+        """(n,) bool, with each image's own other attributes in the prompts."""
+        found, encoded = [], {}
+        for image, row in zip(images, rows, strict=True):
+            prompts = tuple(prompt(row, value) for value in values)
+            if prompts not in encoded:
+                encoded[prompts] = encoder.encode_texts(list(prompts))  # (n_values, d)
+            found.append(values[int((encoded[prompts] @ image).argmax())] == row[attribute])
+        return np.array(found)
+
+    shape = hits({s: f"a {s}" for s in SHAPES}, "shape")
+    small = np.array([row["size"] == "small" for row in rows])
     results = {
-        "colour": (accuracy({c: f"a {c} shape" for c in COLOURS}, "colour"), 1 / len(COLOURS)),
-        "count": (accuracy(COUNT_WORDS, "count"), 1 / len(COUNT_WORDS)),
-        "position": (accuracy(POSITIONS, "position"), 1 / len(POSITIONS)),
-        "shape": (accuracy({s: f"a {s}" for s in SHAPES}, "shape"), 1 / len(SHAPES)),
-        "shape given colour": (float(np.mean(shape_given_colour)), 1 / len(SHAPES)),
+        "colour": (hits({c: f"a {c} shape" for c in COLOURS}, "colour").mean(), 1 / len(COLOURS)),
+        "count": (hits(COUNT_WORDS, "count").mean(), 1 / len(COUNT_WORDS)),
+        "position": (hits(POSITIONS, "position").mean(), 1 / len(POSITIONS)),
+        "shape": (shape.mean(), 1 / len(SHAPES)),
+        "shape given colour": (
+            given(lambda row, s: f"a {row['colour']} {s}", SHAPES, "shape").mean(),
+            1 / len(SHAPES)),
+        "shape, small objects": (shape[small].mean() if small.any() else None, 1 / len(SHAPES)),
+        "shape, large objects": (shape[~small].mean() if (~small).any() else None,
+                                 1 / len(SHAPES)),
+        "count given colour and shape": (
+            given(lambda row, n: f"{NUMBERS[n]} {row['colour']} {_noun(row['shape'], n)}",
+                  tuple(COUNT_WORDS), "count").mean(), 1 / len(COUNT_WORDS)),
     }
     return {"model": model, "folder": str(folder), "scenes": len(rows),
-            "accuracy": {name: round(acc, 4) for name, (acc, _) in results.items()},
+            "accuracy": {name: None if acc is None else round(float(acc), 4)
+                         for name, (acc, _) in results.items()},
             "chance": {name: round(chance, 4) for name, (_, chance) in results.items()}}
+
+
+def ridge_classify(fit_x: np.ndarray, labels: list[str], x: np.ndarray,
+                   strength: float = 1e-4) -> list[str]:
+    """The label of each row of `x` by a ridge regression on one-hot targets, fitted in closed
+    form (float64, with a bias) on `fit_x` (n, d) and `labels`; ridge `strength` times n."""
+    values = sorted(set(labels))
+    targets = np.array([[label == v for v in values] for label in labels], dtype=np.float64)
+
+    def design(rows: np.ndarray) -> np.ndarray:
+        return np.hstack([rows.astype(np.float64), np.ones((len(rows), 1))])
+
+    a = design(fit_x)
+    weights = np.linalg.solve(a.T @ a + strength * len(a) * np.eye(a.shape[1]), a.T @ targets)
+    return [values[c] for c in (design(x) @ weights).argmax(axis=1)]
+
+
+def linear_probe(model: str, train: Path, folder: Path, limit: int, fit_limit: int) -> dict:
+    """What the image vectors hold, whatever the text tower makes of it: per attribute, a ridge
+    regression classifier (one-hot targets, closed form) fitted on `train`'s group scenes and
+    scored on `folder`'s. High here and low in `probe` means the image tower sees the attribute
+    and the words are not tied to it; low here means the image tower itself misses it."""
+    from searchengine.encoder import Encoder
+
+    encoder = Encoder.load(model)
+    fit_x, fit_rows = _group_scenes(encoder, train, fit_limit)
+    test_x, test_rows = _group_scenes(encoder, folder, limit)
+
+    accuracy = {}
+    for attribute in ("colour", "shape", "position", "count"):
+        chosen = ridge_classify(fit_x, [row[attribute] for row in fit_rows], test_x)
+        accuracy[attribute] = round(float(np.mean(
+            [c == row[attribute] for c, row in zip(chosen, test_rows, strict=True)])), 4)
+    return {"model": model, "fitted on": str(train), "folder": str(folder),
+            "scenes": len(test_rows), "accuracy": accuracy}
 
 
 def main() -> None:
@@ -67,6 +135,11 @@ def main() -> None:
                         help="scene collections written by `searchengine scenes`")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--limit", type=int, default=1000, help="group scenes per collection")
+    parser.add_argument("--linear-from", type=Path, metavar="FOLDER",
+                        help="also fit a linear probe of the image vectors on FOLDER's scenes "
+                             "(e.g. a train-split collection) and score it on each collection")
+    parser.add_argument("--linear-limit", type=int, default=5000,
+                        help="group scenes the linear probe is fitted on")
     parser.add_argument("--record", action="store_true",
                         help="write bench/results/scene_probe.json")
     args = parser.parse_args()
@@ -76,7 +149,14 @@ def main() -> None:
         results.append(row)
         print(f"{folder} ({row['scenes']} group scenes, {args.model}):")
         for name, value in row["accuracy"].items():
-            print(f"  {name:<20} {value:.3f}  (chance {row['chance'][name]:.3f})")
+            shown = "n/a" if value is None else f"{value:.3f}"
+            print(f"  {name:<30} {shown:>5}  (chance {row['chance'][name]:.3f})")
+        if args.linear_from is not None:
+            row["linear"] = linear_probe(args.model, args.linear_from, folder, args.limit,
+                                         args.linear_limit)
+            print(f"  linear probe of the image vectors, fitted on {args.linear_from}:")
+            for name, value in row["linear"]["accuracy"].items():
+                print(f"    {name:<28} {value:.3f}")
     if args.record:
         write_result("scene_probe", {"results": results})
 
