@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="--model specs to compare")
     parser.add_argument("--limit", type=int, default=1000, help="group scenes for the probe")
     parser.add_argument("--record", action="store_true",
-                        help="write bench/results/hard_negatives.json")
+                        help="write bench/results/NAME.json")
+    parser.add_argument("--name", default="hard_negatives",
+                        help="NAME of the recorded file (default: hard_negatives)")
     args = parser.parse_args()
     bound = ceiling(args.heldout)
     rows = [measure(model, args.heldout, args.limit) for model in args.models]
@@ -57,7 +59,7 @@ def main() -> None:
               + f"  {row['text_to_image_R@5']:>7.3f}  {row['image_to_text_R@5']:>7.3f} "
               + " ".join("    n/a" if v is None else f"{v:>7.3f}" for v in diagnostics))
     if args.record:
-        write_result("hard_negatives", {"heldout": str(args.heldout), "ceiling": bound,
+        write_result(args.name, {"heldout": str(args.heldout), "ceiling": bound,
                                         "results": rows})
 
 
