@@ -38,12 +38,15 @@ def _noun(shape: str, count: str) -> str:
     return shape if count == "1" else shape + ("es" if shape.endswith("s") else "s")
 
 
-def _group_scenes(encoder, folder: Path, limit: int) -> tuple[np.ndarray, list[dict]]:
-    """The first `limit` group scenes of `folder`: their image vectors (n, d) and attributes."""
+def _group_scenes(encoder, folder: Path, limit: int, *,
+                  named_colours_only: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """The first `limit` group scenes of `folder`: their image vectors (n, d) and attributes
+    (with `named_colours_only`, none drawn in an unnamed colour: `scenes --free-colour`)."""
     from searchengine.demo.run import encode_image_files
 
     attributes = read_scene_attributes(folder)
-    names = [name for name, row in attributes.items() if row["kind"] == "group"][:limit]
+    names = [name for name, row in attributes.items() if row["kind"] == "group"
+             and (row["colour"] in COLOURS or not named_colours_only)][:limit]
     images = encode_image_files(encoder, [folder / "images" / n for n in names], 128)
     return images, [attributes[name] for name in names]
 
@@ -118,7 +121,7 @@ def linear_probe(model: str, train: Path, folder: Path, limit: int, fit_limit: i
     from searchengine.encoder import Encoder
 
     encoder = Encoder.load(model)
-    fit_x, fit_rows = _group_scenes(encoder, train, fit_limit)
+    fit_x, fit_rows = _group_scenes(encoder, train, fit_limit, named_colours_only=True)
     test_x, test_rows = _group_scenes(encoder, folder, limit)
 
     # Held-out scenes pair each colour with the one shape it never has in training, so a probe

@@ -173,6 +173,22 @@ def test_an_exchange_of_two_counts_changes_both_nouns() -> None:
             assert noun == ("shape" if words[i][1] == 0 else "shapes"), text
 
 
+def test_a_one_word_noun_only_agrees_with_its_count() -> None:
+    """"two red shapes" (`scenes --generic-nouns`): "shape" is never swapped for a shape word
+    (it may be true), only inflected when the count changes number."""
+    vocabulary = load_vocabulary(SCENE_VOCABULARY)
+    made = swapped_captions("there are two red shapes on the left", vocabulary, 40,
+                            np.random.default_rng(3))
+    assert {"there is one red shape on the left", "there are three red shapes on the left",
+            "there are two blue shapes on the left"} <= set(made)
+    for text in made:
+        assert not set(text.split()) & set(SCENE_SHAPES), text
+        count, _ = _scene_grammar(text.replace("shapes", "circles").replace("shape", "circle"))
+        assert ("shapes" in text.split()) == (count > 1), text
+    with pytest.raises(InvalidInputError, match="at least two entries"):
+        parse_vocabulary("count: one, two\nthing: shape\n")
+
+
 def test_without_agreement_lines_counts_swap_freely() -> None:
     """A vocabulary without `@` lines behaves as before them."""
     vocabulary = parse_vocabulary("count: one, two\nshapes: circles, squares")

@@ -254,3 +254,91 @@ def test_bundled_demo_model_knows_unseen_scenes(tmp_path):
     assert report.images == 100 and report.captions == 200
     assert report.overall.text_to_image[5] >= 0.8
     assert report.overall.image_to_text[5] >= 0.8
+
+
+# ------------------------------------------------------------- free colours and generic nouns
+def _words(caption: str) -> set[str]:
+    return set(caption.replace(",", " ").split())
+
+
+def test_free_colour_scenes_keep_the_world_and_leave_colour_unnamed():
+    from searchengine.demo.scenes import _FREE_MIN_DISTANCE, _HELDOUT_COLOUR
+
+    plain = generate_scenes(1500, seed=6, split="train")
+    free = generate_scenes(1500, seed=6, split="train", free_colour=0.3)
+    unnamed = 0
+    for a, b in zip(plain, free, strict=True):
+        assert (a.kind, a.count, a.position, a.relation, a.background) == (
+            b.kind, b.count, b.position, b.relation, b.background)
+        assert [(o.shape, o.size) for o in a.objects] == [(o.shape, o.size) for o in b.objects]
+        if b.objects[0].tint is None:
+            assert a == b  # a scene left named is the plain world's, captions and all
+            continue
+        unnamed += 1
+        assert len({o.shape for o in b.objects}) == len(b.objects)  # "a star above a star": no
+        for obj in b.objects:
+            assert obj.colour == "" and obj.tint is not None
+            held = COLOURS[_HELDOUT_COLOUR[obj.shape]]
+            assert np.linalg.norm(np.subtract(obj.tint, held)) >= _FREE_MIN_DISTANCE
+        for caption in b.captions:
+            assert not _words(caption) & set(COLOURS), caption
+            assert all(o.shape in caption for o in b.objects), caption
+        assert b.attributes()["colour"] == ""
+    assert 0.2 < unnamed / len(free) < 0.35  # pairs of one shape stay named
+
+
+def test_a_free_colour_is_what_is_drawn():
+    scenes = [s for s in generate_scenes(300, seed=2, split="train", free_colour=1.0)
+              if s.kind == "group" and s.background == "plain"][:10]
+    assert len(scenes) == 10
+    for scene in scenes:
+        pixels = np.asarray(render(scene), dtype=np.float32)
+        close = np.linalg.norm(pixels - np.array(scene.objects[0].tint), axis=2) < 60
+        assert len(_blobs(close)) == scene.count, scene
+
+
+def test_generic_nouns_agree_with_the_count():
+    scenes = generate_scenes(400, seed=5, split="train", generic_nouns=0.5)
+    generic = 0
+    for scene in scenes:
+        for caption in scene.captions:
+            if scene.kind == "pair" or scene.objects[0].shape in caption:
+                continue
+            generic += 1
+            assert ("shape" in _words(caption)) == (scene.count == 1), caption
+            assert ("shapes" in _words(caption)) == (scene.count > 1), caption
+            assert scene.objects[0].colour in caption, caption
+    assert generic > 200
+
+
+def test_free_colour_and_generic_nouns_refuse_bad_values(tmp_path):
+    with pytest.raises(InvalidInputError, match="train split only"):
+        generate_scenes(3, seed=0, split="heldout", free_colour=0.2)
+    with pytest.raises(InvalidInputError, match="fractions from 0 to 1"):
+        generate_scenes(3, seed=0, split="train", generic_nouns=1.5)
+    from click.testing import CliRunner
+
+    from searchengine.cli import cli
+
+    result = CliRunner().invoke(cli, ["scenes", str(tmp_path / "s"), "-n", "2", "--split",
+                                      "heldout", "--free-colour", "0.5"])
+    assert result.exit_code != 0 and "train split only" in result.output
+    assert not (tmp_path / "s" / "captions.csv").exists()
+
+
+def test_scenes_command_writes_free_colour_scenes(tmp_path):
+    from click.testing import CliRunner
+
+    from searchengine.cli import cli
+
+    result = CliRunner().invoke(cli, ["scenes", str(tmp_path / "s"), "-n", "40", "--split",
+                                      "train", "--free-colour", "1", "--generic-nouns", "1",
+                                      "--workers", "1", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    attributes = read_scene_attributes(tmp_path / "s")
+    assert sum(row["colour"] == "" for row in attributes.values()) > 20
+    with open(tmp_path / "s" / "captions.csv", newline="") as handle:
+        captions = [caption for _, caption in list(csv.reader(handle))[1:]]
+    assert not any(_words(c) & set(COLOURS) for c, row in zip(
+        captions, (attributes[f"scene-{i // 5:05d}.jpg"] for i in range(len(captions))),
+        strict=True) if row["colour"] == "")

@@ -10,12 +10,19 @@ Some (colour, shape) combinations never occur in the `train` split; every scene 
 split contains at least one of them, so recall on it measures generalisation to combinations the
 model has never seen (`HELDOUT_PAIRS`).
 
+Two options vary the training data without changing the default world: `free_colour`, the
+fraction of train scenes whose objects are drawn in a random unnamed colour (never near the
+colour a shape is held out in) and described without colour words, so that shape is seen in
+many colours; and `generic_nouns`, the chance that a group scene's caption calls its objects
+"shape(s)" ("two red shapes on the left") instead of naming the shape.
+
 The bundled `demo` model is trained on this world; `searchengine demo` indexes a held-out
 collection written by `write_collection`.
 """
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import math
 from dataclasses import dataclass
@@ -68,11 +75,18 @@ SCENE_COLUMNS = (
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One kind of object: a shape in a colour and a size (names from SHAPES, COLOURS, SIZES)."""
+    """One kind of object: a shape in a colour and a size (names from SHAPES, COLOURS, SIZES).
+
+    An object of an unnamed colour has `colour` "" and its RGB in `tint`.
+    """
 
     shape: str
     colour: str
     size: str
+    tint: tuple[int, int, int] | None = None
+
+    def rgb(self) -> tuple[int, int, int]:
+        return self.tint if self.tint is not None else COLOURS[self.colour]
 
 
 @dataclass(frozen=True)
@@ -116,12 +130,16 @@ def generate_scenes(
     split: str = "train",
     image_size: int = 128,
     captions_per_scene: int = 5,
+    free_colour: float = 0.0,
+    generic_nouns: float = 0.0,
 ) -> list[Scene]:
     """Sample `n` scenes of `split` ("train" or "heldout"), reproducibly from `seed`.
 
     Train scenes never contain a (colour, shape) pair of HELDOUT_PAIRS; held-out scenes always
     contain at least one. Scene i depends only on (seed, split, i), so a longer list extends a
-    shorter one.
+    shorter one. `free_colour` (train split only) and `generic_nouns`: see the module's text;
+    at 0 (the default) the scenes are those of the plain world, and a scene drawn in free
+    colours keeps the layout, sizes and shapes it has without them.
     """
     if split not in SPLITS:
         raise InvalidInputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -129,15 +147,22 @@ def generate_scenes(
         raise InvalidInputError(
             "need n >= 0, captions_per_scene >= 1 and 32 <= image_size <= 1024"
         )
+    if not (0 <= free_colour <= 1 and 0 <= generic_nouns <= 1):
+        raise InvalidInputError("free_colour and generic_nouns are fractions from 0 to 1")
+    if free_colour and split != "train":
+        raise InvalidInputError("free_colour is for the train split only: every held-out scene "
+                                "names the held-out colour-shape pair it shows")
     return [
         _sample_scene(
-            i, seed=seed, split=split, image_size=image_size, n_captions=captions_per_scene
+            i, seed=seed, split=split, image_size=image_size, n_captions=captions_per_scene,
+            free_colour=free_colour, generic_nouns=generic_nouns,
         )
         for i in range(n)
     ]
 
 
-def _sample_scene(index: int, *, seed: int, split: str, image_size: int, n_captions: int) -> Scene:
+def _sample_scene(index: int, *, seed: int, split: str, image_size: int, n_captions: int,
+                  free_colour: float = 0.0, generic_nouns: float = 0.0) -> Scene:
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     scene_seed = int(rng.integers(2**31))
     heldout = split == "heldout"
@@ -156,11 +181,16 @@ def _sample_scene(index: int, *, seed: int, split: str, image_size: int, n_capti
         kind, count, relation = "group", int(rng.choice(COUNTS)), None
         position = str(rng.choice(POSITIONS))
     background = str(rng.choice(BACKGROUNDS))
+    if free_colour:  # its own stream, so the scene is otherwise the one drawn without it
+        free = np.random.default_rng([seed, SPLITS.index(split), index, 5])
+        if free.random() < free_colour and len({o.shape for o in objects}) == len(objects):
+            objects = tuple(_unnamed_colour(o, free) for o in objects)
     scene = Scene(
         seed=scene_seed, split=split, kind=kind, objects=objects, count=count, position=position,
         relation=relation, background=background, captions=(), image_size=image_size,
     )
-    captions = make_captions(scene, n_captions, np.random.default_rng([scene_seed, 1]))
+    captions = make_captions(scene, n_captions, np.random.default_rng([scene_seed, 1]),
+                             generic_nouns=generic_nouns)
     return Scene(**{**scene.__dict__, "captions": captions})
 
 
@@ -170,6 +200,24 @@ def _sample_object(rng: np.random.Generator, *, heldout: bool | None) -> SceneOb
         colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
         if ((colour, shape) in HELDOUT_PAIRS) == bool(heldout):
             return SceneObject(shape=shape, colour=colour, size=str(rng.choice(SIZES)))
+
+
+# The colour each shape is held out in: an unnamed colour near it would show the pair.
+_HELDOUT_COLOUR = {shape: colour for colour, shape in HELDOUT_PAIRS}
+_FREE_MIN_DISTANCE = 110.0  # least RGB distance of an unnamed colour from that one
+
+
+def _unnamed_colour(obj: SceneObject, rng: np.random.Generator) -> SceneObject:
+    """`obj` in a random saturated colour that is far from the colour its shape is held out in
+    and leaves at least two background colours that contrast with it."""
+    held = np.array(COLOURS[_HELDOUT_COLOUR[obj.shape]], dtype=np.float64)
+    while True:
+        rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0),
+                                           rng.uniform(0.45, 0.95))) * 255
+        contrasting = sum(np.linalg.norm(rgb - c) >= _MIN_CONTRAST for c in _PALETTE)
+        if np.linalg.norm(rgb - held) >= _FREE_MIN_DISTANCE and contrasting >= 2:
+            tint = (int(round(rgb[0])), int(round(rgb[1])), int(round(rgb[2])))
+            return SceneObject(shape=obj.shape, colour="", size=obj.size, tint=tint)
 
 
 # ---------------------------------------------------------------------------------- captions
@@ -207,12 +255,16 @@ _PAIR_TEMPLATES = (
 )
 
 
-def make_captions(scene: Scene, n: int, rng: np.random.Generator) -> tuple[str, ...]:
+def make_captions(scene: Scene, n: int, rng: np.random.Generator, *,
+                  generic_nouns: float = 0.0) -> tuple[str, ...]:
     """Up to `n` distinct true sentences about `scene` from varied templates (fewer only when the
-    templates cannot make `n` different ones)."""
+    templates cannot make `n` different ones); a group caption calls the objects "shape(s)"
+    with probability `generic_nouns`. An object of an unnamed colour is described without one.
+    """
     captions: list[str] = []
     for _ in range(20 * n):
-        text = _group_caption(scene, rng) if scene.kind == "group" else _pair_caption(scene, rng)
+        text = (_group_caption(scene, rng, generic_nouns) if scene.kind == "group"
+                else _pair_caption(scene, rng))
         if text not in captions:
             captions.append(text)
         if len(captions) == n:
@@ -224,15 +276,17 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _group_caption(scene: Scene, rng: np.random.Generator) -> str:
+def _group_caption(scene: Scene, rng: np.random.Generator, generic_nouns: float = 0.0) -> str:
     obj = scene.objects[0]
-    noun = obj.shape if scene.count == 1 else _PLURALS.get(obj.shape, obj.shape + "s")
+    shape = "shape" if generic_nouns and rng.random() < generic_nouns else obj.shape
+    noun = shape if scene.count == 1 else _PLURALS.get(shape, shape + "s")
     size = _pick(rng, _SIZE_WORDS[obj.size]) + " " if rng.random() < 0.8 else ""
     count = _pick(rng, _COUNT_WORDS[scene.count])
-    if count == "a" and not size and obj.colour == "orange":
+    colour = obj.colour + " " if obj.colour else ""
+    if count == "a" and (size + colour + noun)[0] in "aeiou":
         count = "an"
     words = {
-        "obj": f"{count} {size}{obj.colour} {noun}",
+        "obj": f"{count} {size}{colour}{noun}",
         "pos": _pick(rng, _POSITION_WORDS[scene.position or "centre"]),
         "bg": _pick(rng, _BACKGROUND_WORDS[scene.background]),
         "be": "is" if scene.count == 1 else "are",
@@ -242,8 +296,9 @@ def _group_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def _object_phrase(obj: SceneObject, rng: np.random.Generator) -> str:
     size = _pick(rng, _SIZE_WORDS[obj.size]) + " " if rng.random() < 0.5 else ""
-    article = "an" if (size or obj.colour)[0] in "aeiou" else "a"
-    return f"{article} {size}{obj.colour} {obj.shape}"
+    colour = obj.colour + " " if obj.colour else ""
+    article = "an" if (size + colour + obj.shape)[0] in "aeiou" else "a"
+    return f"{article} {size}{colour}{obj.shape}"
 
 
 def _pair_caption(scene: Scene, rng: np.random.Generator) -> str:
@@ -426,7 +481,7 @@ def render(scene: Scene) -> Image.Image:
     rng = np.random.default_rng([scene.seed, 3])
     side = 2 * scene.image_size
     placements = layout(scene)
-    object_colours = [_jitter(COLOURS[p.obj.colour], rng, 10) for p in placements]
+    object_colours = [_jitter(p.obj.rgb(), rng, 10) for p in placements]
     canvas = _background(scene.background, side, rng, object_colours)  # (side, side, 3) float32
     for placement, colour in zip(placements, object_colours, strict=True):
         _paint(canvas, placement, colour)
@@ -457,6 +512,9 @@ def _background(
     """(side, side, 3) float32 RGB in [0, 255] of the given kind, contrasting with the objects."""
     choices = [c for c in _PALETTE
                if all(np.linalg.norm(np.subtract(c, o)) >= _MIN_CONTRAST for o in object_colours)]
+    if not choices:  # two unnamed colours may leave none: the one that contrasts most
+        choices = [max(_PALETTE, key=lambda c: min(
+            np.linalg.norm(np.subtract(c, o)) for o in object_colours))]
     base = _jitter(choices[int(rng.integers(len(choices)))], rng, 8)
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side  # (side, side) in [0, 1)
     theta = rng.uniform(0, math.pi)
@@ -508,6 +566,8 @@ def write_collection(
     image_format: str = "jpg",
     workers: int = 1,
     progress: bool = False,
+    free_colour: float = 0.0,
+    generic_nouns: float = 0.0,
 ) -> Path:
     """Write `n` scenes as a collection and return `folder` (a bar on stderr with `progress`).
 
@@ -515,14 +575,16 @@ def write_collection(
     `folder/captions.csv` with columns `image,caption` (one row per caption, image names relative
     to `images/`); `folder/scenes.csv` with SCENE_COLUMNS, one row per image, for recall broken
     down by attribute. Existing files of the same names are overwritten. `workers` > 1 renders in
-    that many processes (the files are the same).
+    that many processes (the files are the same). `free_colour`, `generic_nouns`: see
+    `generate_scenes`; an unnamed colour's `colour` column is empty.
     """
     if image_format not in ("jpg", "png"):
         raise InvalidInputError(f"image_format must be jpg or png, not {image_format!r}")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     scenes = generate_scenes(
-        n, seed=seed, split=split, image_size=image_size, captions_per_scene=captions_per_scene
+        n, seed=seed, split=split, image_size=image_size, captions_per_scene=captions_per_scene,
+        free_colour=free_colour, generic_nouns=generic_nouns,
     )
     names = [f"scene-{i:05d}.{image_format}" for i in range(n)]
     jobs = [(folder / "images" / name, scene) for name, scene in zip(names, scenes, strict=True)]

@@ -62,10 +62,12 @@ class SwapVocabulary:
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
-        for name, group in zip(self.names, self.groups, strict=True):
-            if len(group) < 2:
+        inflected_only = {g for pair in self.plurals for g in pair}
+        for index, (name, group) in enumerate(zip(self.names, self.groups, strict=True)):
+            if len(group) < 2 and index not in inflected_only:
                 raise InvalidInputError(f"swap vocabulary group {name!r} needs at least two "
-                                        "entries to swap between")
+                                        "entries to swap between (or a @plural line: a noun "
+                                        "of one entry only agrees with a count)")
             for entry in group:
                 for spelling in entry:
                     if spelling in seen:
@@ -280,6 +282,8 @@ def _apply(caption: str, matches: list, candidate: tuple, vocabulary: SwapVocabu
         index = candidate[1]
         _, _, group, entry = matches[index]
         others = [e for e in range(len(vocabulary.groups[group])) if e != entry]
+        if not others:
+            return None  # a noun of one entry ("shape"), kept only for number agreement
         if vocabulary.is_count(group) and _noun_after(caption, matches, index, vocabulary) is None:
             # no noun to agree with: keep the number ("two" <-> "three" only)
             others = [e for e in others if vocabulary.is_singular(group, e)
