@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import csv
 import itertools
 from collections import deque
@@ -262,11 +263,11 @@ def _words(caption: str) -> set[str]:
 
 
 def test_free_colour_scenes_keep_the_world_and_leave_colour_unnamed():
-    from searchengine.demo.scenes import _FREE_MIN_DISTANCE, _HELDOUT_COLOUR
+    from searchengine.demo.scenes import _FREE_MIN_DISTANCE
 
     plain = generate_scenes(1500, seed=6, split="train")
     free = generate_scenes(1500, seed=6, split="train", free_colour=0.3)
-    unnamed = 0
+    unnamed, tints = 0, {}
     for a, b in zip(plain, free, strict=True):
         assert (a.kind, a.count, a.position, a.relation, a.background) == (
             b.kind, b.count, b.position, b.relation, b.background)
@@ -278,13 +279,18 @@ def test_free_colour_scenes_keep_the_world_and_leave_colour_unnamed():
         assert len({o.shape for o in b.objects}) == len(b.objects)  # "a star above a star": no
         for obj in b.objects:
             assert obj.colour == "" and obj.tint is not None
-            held = COLOURS[_HELDOUT_COLOUR[obj.shape]]
-            assert np.linalg.norm(np.subtract(obj.tint, held)) >= _FREE_MIN_DISTANCE
+            assert min(np.linalg.norm(np.subtract(obj.tint, c)) for c in COLOURS.values()) \
+                >= _FREE_MIN_DISTANCE
+            tints.setdefault(obj.shape, []).append(colorsys.rgb_to_hsv(*obj.tint)[0])
         for caption in b.captions:
             assert not _words(caption) & set(COLOURS), caption
             assert all(o.shape in caption for o in b.objects), caption
         assert b.attributes()["colour"] == ""
     assert 0.2 < unnamed / len(free) < 0.35  # pairs of one shape stay named
+    # Drawn alike for every shape: no shape's colour-free captions learn a colour it lacks.
+    everything = np.concatenate([hues for hues in tints.values()])
+    for hues in tints.values():
+        assert abs(np.median(hues) - np.median(everything)) < 0.15
 
 
 def test_a_free_colour_is_what_is_drawn():

@@ -31,8 +31,8 @@ from searchengine.cli.options import (
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Rendering processes.")
 @click.option("--free-colour", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Train split: the fraction of scenes drawn in random unnamed colours (never "
-                   "near a shape's held-out colour) and captioned without colour words.")
+              help="Train split: the fraction of scenes drawn in random unnamed colours (far "
+                   "from every named colour) and captioned without colour words.")
 @click.option("--generic-nouns", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="The chance that a caption of a group scene says \"shapes\" for the shape "
                    "(\"two red shapes on the left\").")

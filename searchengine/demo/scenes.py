@@ -11,9 +11,9 @@ split contains at least one of them, so recall on it measures generalisation to 
 model has never seen (`HELDOUT_PAIRS`).
 
 Two options vary the training data without changing the default world: `free_colour`, the
-fraction of train scenes whose objects are drawn in a random unnamed colour (never near the
-colour a shape is held out in) and described without colour words, so that shape is seen in
-many colours; and `generic_nouns`, the chance that a group scene's caption calls its objects
+fraction of train scenes whose objects are drawn in a random unnamed colour (far from every
+named colour, alike for every shape) and described without colour words, so that shape is
+seen in many colours; and `generic_nouns`, the chance that a group scene's caption calls its objects
 "shape(s)" ("two red shapes on the left") instead of naming the shape.
 
 The bundled `demo` model is trained on this world; `searchengine demo` indexes a held-out
@@ -202,21 +202,23 @@ def _sample_object(rng: np.random.Generator, *, heldout: bool | None) -> SceneOb
             return SceneObject(shape=shape, colour=colour, size=str(rng.choice(SIZES)))
 
 
-# The colour each shape is held out in: an unnamed colour near it would show the pair.
-_HELDOUT_COLOUR = {shape: colour for colour, shape in HELDOUT_PAIRS}
-_FREE_MIN_DISTANCE = 110.0  # least RGB distance of an unnamed colour from that one
+# Least RGB distance of an unnamed colour from every named one. Unnamed colours are drawn
+# alike for every shape: a shape kept away from the colour it is held out in would teach its
+# colour-free captions "never that colour", which the held-out scenes then all are.
+_FREE_MIN_DISTANCE = 90.0
 
 
 def _unnamed_colour(obj: SceneObject, rng: np.random.Generator) -> SceneObject:
-    """`obj` in a random saturated colour that is far from the colour its shape is held out in
-    and leaves at least two background colours that contrast with it."""
-    held = np.array(COLOURS[_HELDOUT_COLOUR[obj.shape]], dtype=np.float64)
+    """`obj` in a random saturated colour far from every named colour (so it shows no held-out
+    pair and is never a colour the captions leave unsaid) that leaves at least two background
+    colours contrasting with it; its distribution is the same for every shape."""
+    named = np.array(list(COLOURS.values()), dtype=np.float64)  # (n_colours, 3)
     while True:
-        rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0),
-                                           rng.uniform(0.45, 0.95))) * 255
+        rgb = np.round(np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0),
+                                                    rng.uniform(0.45, 0.95))) * 255)
         contrasting = sum(np.linalg.norm(rgb - c) >= _MIN_CONTRAST for c in _PALETTE)
-        if np.linalg.norm(rgb - held) >= _FREE_MIN_DISTANCE and contrasting >= 2:
-            tint = (int(round(rgb[0])), int(round(rgb[1])), int(round(rgb[2])))
+        if np.linalg.norm(named - rgb, axis=1).min() >= _FREE_MIN_DISTANCE and contrasting >= 2:
+            tint = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
             return SceneObject(shape=obj.shape, colour="", size=obj.size, tint=tint)
 
 
