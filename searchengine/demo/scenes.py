@@ -13,8 +13,8 @@ model has never seen (`HELDOUT_PAIRS`).
 Two options vary the training data without changing the default world: `free_colour`, the
 fraction of train scenes whose objects are drawn in a random unnamed colour (far from every
 named colour, alike for every shape) and described without colour words, so that shape is
-seen in many colours; and `generic_nouns`, the chance that a group scene's caption calls its objects
-"shape(s)" ("two red shapes on the left") instead of naming the shape.
+seen in many colours; and `generic_nouns`, the chance that a group scene's caption calls its
+objects "shape(s)" ("two red shapes on the left") instead of naming the shape.
 
 The bundled `demo` model is trained on this world; `searchengine demo` indexes a held-out
 collection written by `write_collection`.
