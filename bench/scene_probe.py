@@ -8,6 +8,9 @@ collection, with plain prompts and the other attributes left out ("a red shape",
 count: shape accuracy on small and on large objects apart (a gap points at the input
 resolution), and count with the object named as the training captions name it ("two red
 circles" against "one red circle" and "three red circles"; "shapes" never occurs in them).
+`--confusion` prints which shape each true shape is taken for, zero-shot and (with
+`--linear-from`) by the linear probe: shapes confused by both are hard to see in the pixels,
+shapes confused only zero-shot are words the model has not tied to what it sees.
 
     .venv/bin/python bench/scene_probe.py runs/demo-model/heldout --model demo
 """
@@ -38,6 +41,26 @@ def _noun(shape: str, count: str) -> str:
     return shape if count == "1" else shape + ("es" if shape.endswith("s") else "s")
 
 
+def confusion(truth: list[str], chosen: list[str], values: tuple[str, ...]) -> dict:
+    """{true value: {chosen value: how many}} over `values` in their order, zeros included."""
+    table = {v: dict.fromkeys(values, 0) for v in values}
+    for true, picked in zip(truth, chosen, strict=True):
+        table[true][picked] += 1
+    return table
+
+
+def format_confusion(table: dict, indent: str = "  ") -> list[str]:
+    """Rows "true: counts... accuracy" under a header of the chosen values (first 5 letters)."""
+    values = list(table)
+    lines = [indent + " " * 10 + " ".join(f"{v[:5]:>5}" for v in values) + "   acc"]
+    for true, row in table.items():
+        total = sum(row.values())
+        shown = f"{row[true] / total:.2f}" if total else "  n/a"
+        lines.append(indent + f"{true:>9} " + " ".join(f"{row[v]:5d}" for v in values)
+                     + f"  {shown}")
+    return lines
+
+
 def _group_scenes(encoder, folder: Path, limit: int, *,
                   named_colours_only: bool = False) -> tuple[np.ndarray, list[dict]]:
     """The first `limit` group scenes of `folder`: their image vectors (n, d) and attributes
@@ -57,12 +80,15 @@ def probe(model: str, folder: Path, limit: int) -> dict:
     encoder = Encoder.load(model)
     images, rows = _group_scenes(encoder, folder, limit)
 
-    def hits(prompts: dict[str, str], attribute: str) -> np.ndarray:
-        """(n,) bool: whether each image's best prompt names its true value."""
+    def choices(prompts: dict[str, str]) -> list[str]:
+        """The value of each image's best prompt."""
         values = list(prompts)
         texts = encoder.encode_texts([prompts[v] for v in values])  # (n_values, d)
-        chosen = (images @ texts.T).argmax(axis=1)
-        return np.array([values[c] == r[attribute] for c, r in zip(chosen, rows, strict=True)])
+        return [values[c] for c in (images @ texts.T).argmax(axis=1)]
+
+    def hits(prompts: dict[str, str], attribute: str) -> np.ndarray:
+        """(n,) bool: whether each image's best prompt names its true value."""
+        return np.array([c == r[attribute] for c, r in zip(choices(prompts), rows, strict=True)])
 
     def given(prompt: Callable[[dict[str, str], str], str], values: tuple, attribute: str):
         """(n,) bool, with each image's own other attributes in the prompts."""
@@ -74,7 +100,8 @@ def probe(model: str, folder: Path, limit: int) -> dict:
             found.append(values[int((encoded[prompts] @ image).argmax())] == row[attribute])
         return np.array(found)
 
-    shape = hits({s: f"a {s}" for s in SHAPES}, "shape")
+    shape_choices = choices({s: f"a {s}" for s in SHAPES})
+    shape = np.array([c == r["shape"] for c, r in zip(shape_choices, rows, strict=True)])
     small = np.array([row["size"] == "small" for row in rows])
     results = {
         "colour": (hits({c: f"a {c} shape" for c in COLOURS}, "colour").mean(), 1 / len(COLOURS)),
@@ -94,7 +121,8 @@ def probe(model: str, folder: Path, limit: int) -> dict:
     return {"model": model, "folder": str(folder), "scenes": len(rows),
             "accuracy": {name: None if acc is None else round(float(acc), 4)
                          for name, (acc, _) in results.items()},
-            "chance": {name: round(chance, 4) for name, (_, chance) in results.items()}}
+            "chance": {name: round(chance, 4) for name, (_, chance) in results.items()},
+            "shape confusion": confusion([r["shape"] for r in rows], shape_choices, SHAPES)}
 
 
 def ridge_classify(fit_x: np.ndarray, labels: list[str], x: np.ndarray,
@@ -133,15 +161,17 @@ def linear_probe(model: str, train: Path, folder: Path, limit: int, fit_limit: i
     def centred(x: np.ndarray, rows: list[dict]) -> np.ndarray:
         return x - np.stack([means[row["colour"]] for row in rows])
 
-    accuracy = {}
+    accuracy, shape_table = {}, {}
     for attribute in ("colour", "shape", "position", "count"):
         fit, test = ((fit_x, test_x) if attribute == "colour" else
                      (centred(fit_x, fit_rows), centred(test_x, test_rows)))
         chosen = ridge_classify(fit, [row[attribute] for row in fit_rows], test)
         accuracy[attribute] = round(float(np.mean(
             [c == row[attribute] for c, row in zip(chosen, test_rows, strict=True)])), 4)
+        if attribute == "shape":
+            shape_table = confusion([row["shape"] for row in test_rows], chosen, SHAPES)
     return {"model": model, "fitted on": str(train), "folder": str(folder),
-            "scenes": len(test_rows), "accuracy": accuracy}
+            "scenes": len(test_rows), "accuracy": accuracy, "shape confusion": shape_table}
 
 
 def main() -> None:
@@ -155,6 +185,8 @@ def main() -> None:
                              "(e.g. a train-split collection) and score it on each collection")
     parser.add_argument("--linear-limit", type=int, default=5000,
                         help="group scenes the linear probe is fitted on")
+    parser.add_argument("--confusion", action="store_true",
+                        help="also print the shape confusion tables (always in the record)")
     parser.add_argument("--record", action="store_true",
                         help="write bench/results/scene_probe.json")
     args = parser.parse_args()
@@ -166,6 +198,9 @@ def main() -> None:
         for name, value in row["accuracy"].items():
             shown = "n/a" if value is None else f"{value:.3f}"
             print(f"  {name:<30} {shown:>5}  (chance {row['chance'][name]:.3f})")
+        if args.confusion:
+            print("  shape taken for (rows: true shape; prompts \"a circle\", ...):")
+            print("\n".join(format_confusion(row["shape confusion"], "    ")))
         if args.linear_from is not None:
             row["linear"] = linear_probe(args.model, args.linear_from, folder, args.limit,
                                          args.linear_limit)
@@ -173,6 +208,9 @@ def main() -> None:
                   f"{args.linear_from}:")
             for name, value in row["linear"]["accuracy"].items():
                 print(f"    {name:<28} {value:.3f}")
+            if args.confusion:
+                print("    shape taken for by the linear probe:")
+                print("\n".join(format_confusion(row["linear"]["shape confusion"], "      ")))
     if args.record:
         write_result("scene_probe", {"results": results})
 

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from scene_probe import NUMBERS, _noun, ridge_classify  # noqa: E402
+from conftest import TINY_MODEL  # noqa: E402
+from scene_probe import NUMBERS, _noun, confusion, format_confusion, probe, ridge_classify  # noqa: E402
 
-from searchengine.demo.scenes import generate_scenes  # noqa: E402
+from searchengine.demo.scenes import SHAPES, generate_scenes, write_collection  # noqa: E402
 
 
 def test_count_prompts_name_the_object_as_the_captions_do() -> None:
@@ -43,3 +45,26 @@ def test_ridge_classifier_recovers_linearly_separable_labels() -> None:
     shuffled = list(rng.permutation(names[:300]))  # labels unrelated to the points: near chance
     guessed = ridge_classify(points[:300], shuffled, points[300:])
     assert np.mean([a == b for a, b in zip(guessed, names[300:], strict=True)]) < 0.6
+
+
+def test_confusion_table_counts_each_scene_once() -> None:
+    table = confusion(["circle", "circle", "star"], ["circle", "hexagon", "circle"], SHAPES)
+    assert list(table) == list(SHAPES)
+    assert table["circle"] == {**dict.fromkeys(SHAPES, 0), "circle": 1, "hexagon": 1}
+    assert table["star"]["circle"] == 1 and sum(table["star"].values()) == 1
+    lines = format_confusion(table)
+    assert len(lines) == 1 + len(SHAPES)
+    assert lines[1].split()[0] == "circle" and lines[1].split()[-1] == "0.50"
+    assert lines[2].split()[-1] == "n/a"  # no true squares
+
+
+def test_the_zero_shot_shape_confusion_agrees_with_the_shape_accuracy(tmp_path: Path) -> None:
+    """The table is the accuracy's own choices: its diagonal over its total is the accuracy,
+    and its rows hold each true shape's scenes."""
+    write_collection(tmp_path / "scenes", 60, seed=2, split="train")
+    row = probe(TINY_MODEL, tmp_path / "scenes", 1000)
+    table = row["shape confusion"]
+    total = sum(sum(counts.values()) for counts in table.values())
+    assert total == row["scenes"] > 10
+    assert sum(table[s][s] for s in SHAPES) / total == pytest.approx(row["accuracy"]["shape"],
+                                                                      abs=1e-4)
