@@ -9,11 +9,14 @@ Measurements on the group scenes (one kind of object) of scene collections, fitt
 `--towers` trains several towers the same way on the same scenes, to separate the causes:
 `model` (the `--model`'s tower with its weights), `vit64` (the same architecture, random init),
 `vit128-p16` / `vit128-p8` (128 px input: the same 64 tokens / 4x the tokens), `vit64-wide`
-(width 256, 6 layers) and `resnet18` (torchvision, random init, the same 64 px pixels: is shape
-visible in them at all). Each is scored after every epoch on its training scenes (the first
-1,000), on `--fresh` scenes of the train split (a new seed: the same colour-shape pairs, so
-knowing which shapes a colour comes with still helps) and on the held-out split (colour-shape
-pairs never seen: only shape recognition works). Chance is 0.125.
+(width 256, 6 layers), `resnet18` (torchvision, random init, the same 64 px pixels: is shape
+visible in them at all) and `rn64` / `rn128` (se-scenes-rn's convolutional tower, random init,
+at its 64 px and at 128 px: does the input resolution limit it). Each is scored after every
+epoch on its training scenes (the first 1,000), on `--fresh` scenes of the train split (a new
+seed: the same colour-shape pairs, so knowing which shapes a colour comes with still helps) and
+on the held-out split (colour-shape pairs never seen: only shape recognition works). Chance is
+0.125. After the last epoch each tower's accuracy per true shape is printed for every scored set
+(which shapes it cannot tell).
 
     .venv/bin/python bench/scene_shape.py runs/hn/train runs/hn/heldout --model demo --epochs 4
     .venv/bin/python bench/scene_shape.py runs/hn/train runs/hn/heldout --fresh runs/hn/trainprobe \
@@ -43,7 +46,9 @@ VIT_VARIANTS: dict[str, dict] = {
     "vit128-p8": {"image_size": 128},
     "vit64-wide": {"width": 256, "layers": 6},
 }
-TOWERS = ("model", *VIT_VARIANTS, "resnet18")
+# se-scenes-rn's ModifiedResNet tower (layers 2-2-2-2, width 16) at these input sizes.
+RN_VARIANTS: dict[str, dict] = {"rn64": {"image_size": 64}, "rn128": {"image_size": 128}}
+TOWERS = ("model", *VIT_VARIANTS, "resnet18", *RN_VARIANTS)
 EVAL_LIMIT = 1000  # training scenes scored after each epoch
 
 
@@ -99,29 +104,34 @@ def build_tower(name: str, model: str, seed: int) -> Tower:
         net = torchvision.models.resnet18(weights=None)
         net.fc = torch.nn.Identity()
         return Tower(name, net, 512, 64, "torchvision resnet18, random init")
+    if name in RN_VARIANTS:
+        visual, cfg = _open_clip_tower(name, "se-scenes-rn", RN_VARIANTS[name])
+        return Tower(name, visual, visual.output_dim, cfg["image_size"],
+                     f"se-scenes-rn's ResNet at {cfg['image_size']} px, random init")
     if name not in VIT_VARIANTS:
         raise SystemExit(f"unknown tower {name!r}; choose from {', '.join(TOWERS)}")
-    return _vit_tower(name, seed)
+    visual, cfg = _open_clip_tower(name, "se-scenes", VIT_VARIANTS[name])
+    tokens = (cfg["image_size"] // cfg["patch_size"]) ** 2
+    return Tower(name, visual, visual.output_dim, cfg["image_size"],
+                 f"ViT {cfg['image_size']} px, patch {cfg['patch_size']} ({tokens} tokens), "
+                 f"width {cfg['width']}, {cfg['layers']} layers, random init")
 
 
-def _vit_tower(name: str, seed: int) -> Tower:
-    """se-scenes with VIT_VARIANTS[name] applied, built by open_clip from a JSON config."""
+def _open_clip_tower(name: str, base: str, changes: dict) -> tuple:
+    """The image tower of the bundled config `base` with `changes` to its vision config, built
+    by open_clip (random init, seeded by the caller): (module, the vision config)."""
     import open_clip
 
     from searchengine.models import CONFIG_DIR
 
-    config = json.loads((CONFIG_DIR / "se-scenes.json").read_text())
-    config["vision_cfg"].update(VIT_VARIANTS[name])
+    config = json.loads((CONFIG_DIR / f"{base}.json").read_text())
+    config["vision_cfg"].update(changes)
     arch = f"se-shape-{name}"
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / f"{arch}.json").write_text(json.dumps(config))
         open_clip.add_model_config(folder)
     clip = open_clip.create_model(arch, pretrained=None, device="cpu")
-    cfg = config["vision_cfg"]
-    tokens = (cfg["image_size"] // cfg["patch_size"]) ** 2
-    return Tower(name, clip.visual.float(), clip.visual.output_dim, cfg["image_size"],
-                 f"ViT {cfg['image_size']} px, patch {cfg['patch_size']} ({tokens} tokens), "
-                 f"width {cfg['width']}, {cfg['layers']} layers, random init")
+    return clip.visual.float(), config["vision_cfg"]
 
 
 def load_pixels(paths: list[Path], size: int):
@@ -156,13 +166,16 @@ def train_tower(tower: Tower, sets: dict[str, tuple[list[Path], np.ndarray]], *,
     optimizer = torch.optim.AdamW([*visual.parameters(), *head.parameters()], lr=5e-4,
                                   weight_decay=0.05)
 
-    def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+    def choose(images: torch.Tensor) -> torch.Tensor:
         visual.eval()
         with torch.no_grad():
             chosen = torch.cat([head(visual(images[i:i + 256])).argmax(1)
                                 for i in range(0, len(images), 256)])
         visual.train()
-        return float((chosen == labels).float().mean())
+        return chosen
+
+    def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((choose(images) == labels).float().mean())
 
     scored = ["train-fit", *(name for name in sets if name != "train")]
     history = []
@@ -183,8 +196,23 @@ def train_tower(tower: Tower, sets: dict[str, tuple[list[Path], np.ndarray]], *,
               + ", ".join(f"{name} {row[name]:.3f}" for name in scored)
               + f" ({row['seconds']:.0f} s)", flush=True)
     parameters = sum(p.numel() for p in visual.parameters())
+    by_shape = {name: per_shape(choose(x[name]).numpy(), y[name].numpy()) for name in scored}
+    for name, accuracies in by_shape.items():
+        print(f"{tower.name} {name} by shape: "
+              + ", ".join(f"{shape} {value:.2f}" for shape, value in accuracies.items()
+                          if value is not None), flush=True)
     return {"tower": tower.name, "description": tower.description,
-            "image_size": tower.image_size, "parameters": parameters, "epochs": history}
+            "image_size": tower.image_size, "parameters": parameters, "epochs": history,
+            "by_shape": by_shape}
+
+
+def per_shape(chosen: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """{shape: the accuracy on the scenes of that true shape (None: none)} in SHAPES order;
+    `chosen` and `labels` hold indices into SHAPES."""
+    from searchengine.demo.scenes import SHAPES
+
+    return {shape: float(np.mean(chosen[labels == i] == i)) if (labels == i).any() else None
+            for i, shape in enumerate(SHAPES)}
 
 
 def supervised(model: str, train: Path, test: Path, epochs: int) -> None:
@@ -223,7 +251,8 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, help="train on the first N group scenes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", action="store_true",
-                        help="write bench/results/scene_shape.json")
+                        help="write bench/results/NAME.json")
+    parser.add_argument("--name", default="scene_shape", help="the record's NAME")
     args = parser.parse_args()
     if args.linear:
         fit, held_out = linear_probe(args.model, args.train, args.test)
@@ -247,7 +276,7 @@ def main() -> None:
     scored = ["train-fit", *(name for name in sets if name != "train")]
     print_table(results, scored)
     if args.record:
-        write_result("scene_shape", {"sizes": {name: len(p) for name, (p, _) in sets.items()},
+        write_result(args.name, {"sizes": {name: len(p) for name, (p, _) in sets.items()},
                                      "epochs": args.epochs, "seed": args.seed,
                                      "towers": results})
 

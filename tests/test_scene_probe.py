@@ -68,3 +68,28 @@ def test_the_zero_shot_shape_confusion_agrees_with_the_shape_accuracy(tmp_path: 
     assert total == row["scenes"] > 10
     assert sum(table[s][s] for s in SHAPES) / total == pytest.approx(row["accuracy"]["shape"],
                                                                       abs=1e-4)
+
+
+def test_per_shape_accuracy_and_the_resolution_towers() -> None:
+    """bench/scene_shape.py: accuracy per true shape, and rn64 / rn128 are se-scenes-rn's tower
+    at two input sizes with the same weights but the attention pool's position embedding (one
+    row per cell of the final feature map)."""
+    import torch
+    from scene_shape import build_tower, per_shape
+
+    chosen, labels = np.array([0, 0, 5, 5, 1]), np.array([0, 5, 5, 5, 0])
+    accuracy = per_shape(chosen, labels)
+    assert list(accuracy) == list(SHAPES)
+    assert accuracy["circle"] == 0.5 and accuracy["hexagon"] == pytest.approx(2 / 3)
+    assert accuracy["square"] is None
+    towers = [build_tower(name, "demo", seed=0) for name in ("rn64", "rn128")]
+    assert [t.image_size for t in towers] == [64, 128]
+    counts = [sum(p.numel() for name, p in t.module.named_parameters()
+                  if name != "attnpool.positional_embedding") for t in towers]
+    assert counts[0] == counts[1] > 1_000_000
+    cells = [t.module.attnpool.positional_embedding.shape[0] - 1 for t in towers]
+    assert cells == [(64 // 32) ** 2, (128 // 32) ** 2]
+    for tower in towers:
+        with torch.no_grad():
+            features = tower.module.eval()(torch.zeros(2, 3, tower.image_size, tower.image_size))
+        assert features.shape == (2, tower.width)
