@@ -16,7 +16,7 @@ epoch on its training scenes (the first 1,000), on `--fresh` scenes of the train
 seed: the same colour-shape pairs, so knowing which shapes a colour comes with still helps) and
 on the held-out split (colour-shape pairs never seen: only shape recognition works). Chance is
 0.125. After the last epoch each tower's accuracy per true shape is printed for every scored set
-(which shapes it cannot tell).
+(which shapes it cannot tell); `--shapes` keeps only the scenes of some shapes.
 
     .venv/bin/python bench/scene_shape.py runs/hn/train runs/hn/heldout --model demo --epochs 4
     .venv/bin/python bench/scene_shape.py runs/hn/train runs/hn/heldout --fresh runs/hn/trainprobe \
@@ -52,11 +52,15 @@ TOWERS = ("model", *VIT_VARIANTS, "resnet18", *RN_VARIANTS)
 EVAL_LIMIT = 1000  # training scenes scored after each epoch
 
 
-def group_scenes(folder: Path, attribute: str = "shape") -> tuple[list[Path], np.ndarray]:
+def group_scenes(folder: Path, attribute: str = "shape",
+                 shapes: tuple[str, ...] | None = None) -> tuple[list[Path], np.ndarray]:
+    """The group scenes of `folder` (only those of `shapes`, when given): image paths and
+    labels (indices into SHAPES)."""
     from searchengine.demo.scenes import SHAPES, read_scene_attributes
 
     attributes = read_scene_attributes(folder)
-    names = [name for name, row in attributes.items() if row["kind"] == "group"]
+    names = [name for name, row in attributes.items() if row["kind"] == "group"
+             and (shapes is None or row["shape"] in shapes)]
     labels = np.array([SHAPES.index(attributes[name][attribute]) for name in names])
     return [folder / "images" / name for name in names], labels
 
@@ -249,6 +253,8 @@ def main() -> None:
     parser.add_argument("--fresh", type=Path, help="a second train-split collection (new seed)")
     parser.add_argument("--towers", help=f"comma-separated, of: {', '.join(TOWERS)}")
     parser.add_argument("--train-limit", type=int, help="train on the first N group scenes")
+    parser.add_argument("--shapes", help="comma-separated: only scenes of these shapes (e.g. "
+                                         "circle,hexagon: can a tower tell the two apart)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", action="store_true",
                         help="write bench/results/NAME.json")
@@ -263,11 +269,18 @@ def main() -> None:
     if not args.towers:
         supervised(args.model, args.train, args.test, args.epochs)
         return
-    paths, labels = group_scenes(args.train)
+    shapes = None
+    if args.shapes:
+        from searchengine.demo.scenes import SHAPES
+
+        shapes = tuple(args.shapes.split(","))
+        if unknown := set(shapes) - set(SHAPES):
+            raise SystemExit(f"unknown shapes {sorted(unknown)}; choose from {', '.join(SHAPES)}")
+    paths, labels = group_scenes(args.train, shapes=shapes)
     sets = {"train": (paths[:args.train_limit], labels[:args.train_limit])}
     if args.fresh:
-        sets["fresh train-split"] = group_scenes(args.fresh)
-    sets["held-out"] = group_scenes(args.test)
+        sets["fresh train-split"] = group_scenes(args.fresh, shapes=shapes)
+    sets["held-out"] = group_scenes(args.test, shapes=shapes)
     print(f"{len(sets['train'][0])} training scenes; "
           + ", ".join(f"{name} {len(p)}" for name, (p, _) in sets.items() if name != "train"),
           flush=True)
@@ -277,8 +290,8 @@ def main() -> None:
     print_table(results, scored)
     if args.record:
         write_result(args.name, {"sizes": {name: len(p) for name, (p, _) in sets.items()},
-                                     "epochs": args.epochs, "seed": args.seed,
-                                     "towers": results})
+                                 "shapes": list(shapes) if shapes else None,
+                                 "epochs": args.epochs, "seed": args.seed, "towers": results})
 
 
 if __name__ == "__main__":

@@ -93,3 +93,15 @@ def test_per_shape_accuracy_and_the_resolution_towers() -> None:
         with torch.no_grad():
             features = tower.module.eval()(torch.zeros(2, 3, tower.image_size, tower.image_size))
         assert features.shape == (2, tower.width)
+
+
+def test_group_scenes_keep_only_the_shapes_asked_for(tmp_path: Path) -> None:
+    from scene_shape import group_scenes
+
+    write_collection(tmp_path / "scenes", 80, seed=3, split="train")
+    paths, labels = group_scenes(tmp_path / "scenes")
+    kept_paths, kept = group_scenes(tmp_path / "scenes", shapes=("circle", "hexagon"))
+    wanted = [SHAPES.index("circle"), SHAPES.index("hexagon")]
+    assert 0 < len(kept) < len(labels)
+    assert set(kept) <= set(wanted)
+    assert kept_paths == [p for p, label in zip(paths, labels, strict=True) if label in wanted]
