@@ -75,8 +75,12 @@ def test_a_text_cut_to_the_context_is_a_warning(tiny_encoder, caplog):
 def test_random_weights_are_seeded(tiny_encoder):
     again = Encoder.load(TINY_MODEL, EncoderSettings(device="cpu", seed=0))
     other = Encoder.load(TINY_MODEL, EncoderSettings(device="cpu", seed=1))
-    text = ["a red car"]
-    np.testing.assert_array_equal(again.encode_texts(text), tiny_encoder.encode_texts(text))
+    weights = tiny_encoder.model.state_dict()  # the same draws: equal bit for bit
+    assert all(torch.equal(tensor, weights[name])
+               for name, tensor in again.model.state_dict().items())
+    text = ["a red car"]  # vectors may differ in the last bits (threads): compare with a tolerance
+    np.testing.assert_allclose(again.encode_texts(text), tiny_encoder.encode_texts(text),
+                               rtol=1e-4, atol=1e-5)
     assert not np.allclose(other.encode_texts(text), tiny_encoder.encode_texts(text))
 
 
