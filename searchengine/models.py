@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from searchengine.errors import ModelError, ModelUnavailableError
-from searchengine.model_imports import CONFIG_DIR, import_open_clip, known_architectures
+from searchengine.model_imports import (
+    CONFIG_DIR,
+    architecture_config,
+    import_open_clip,
+    known_architectures,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -330,11 +335,15 @@ def load_checkpoint_weights(
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise ModelError(f"cannot read checkpoint {path}: {error}") from error
     if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT:
-        if checkpoint.get("arch") != spec.arch:
-            raise ModelError(
-                f"checkpoint {path} was trained for architecture {checkpoint.get('arch')!r}, not "
-                f"{spec.arch!r}; use --model {checkpoint.get('arch')}/{path}"
-            )
+        trained_for = checkpoint.get("arch")
+        if trained_for != spec.arch:
+            if not _only_image_size_differs(checkpoint.get("model_config"), spec.arch):
+                raise ModelError(
+                    f"checkpoint {path} was trained for architecture {trained_for!r}, not "
+                    f"{spec.arch!r}; use --model {trained_for}/{path}"
+                )
+            log.info("loading %s weights into %s: the same model at another image size, its "
+                     "position embeddings resized", trained_for, spec.arch)
         state_dict = checkpoint["state_dict"]
     else:  # open_clip_train writes {"epoch", "name", "state_dict" (maybe "module."-prefixed), ...}
         state_dict = (
@@ -344,12 +353,58 @@ def load_checkpoint_weights(
             raise ModelError(f"{path} is not a model checkpoint (no state_dict inside)")
         state_dict = {_strip_module_prefix(k): v for k, v in state_dict.items()}
     try:
-        open_clip.factory.resize_pos_embed(state_dict, model)
+        open_clip.factory.resize_pos_embed(state_dict, model)  # a ViT's grid
+        _resize_attention_pool(state_dict, model)  # a ModifiedResNet's
         model.load_state_dict(state_dict, strict=True, assign=assign)
     except RuntimeError as error:
         raise ModelError(
             f"checkpoint {path} does not fit architecture {spec.arch}: {str(error)[:300]}"
         ) from error
+
+
+def _only_image_size_differs(trained: Any, arch: str) -> bool:
+    """Whether a checkpoint's `model_config` is `arch`'s configuration at another input size:
+    then its weights fit `arch` once the grid of position embeddings is resized (a model
+    fine-tuned at a higher resolution than it was trained at)."""
+    target = architecture_config(arch)
+    if not isinstance(trained, dict) or not isinstance(target, dict):
+        return False
+    vision, wanted = trained.get("vision_cfg"), target.get("vision_cfg")
+    if not isinstance(vision, dict) or not isinstance(wanted, dict):
+        return False
+    if vision.get("image_size") == wanted.get("image_size"):
+        return False  # the same configuration under another name: not known to fit
+
+    def without_size(config: dict, vision_cfg: dict) -> dict:
+        return {**config, "vision_cfg": {k: v for k, v in vision_cfg.items() if k != "image_size"}}
+
+    return without_size(trained, vision) == without_size(target, wanted)
+
+
+def _resize_attention_pool(state_dict: dict[str, Any], model: torch.nn.Module) -> None:
+    """What open_clip's `resize_pos_embed` does for a ViT, for a ModifiedResNet: the attention
+    pool's grid of position embeddings (one per cell of the last feature map, after one for the
+    pooled token) is resized bicubically to the model's grid, in place in `state_dict`."""
+    import math
+
+    import torch
+
+    key = "visual.attnpool.positional_embedding"
+    old = state_dict.get(key)
+    pool = getattr(getattr(model, "visual", None), "attnpool", None)
+    if old is None or pool is None or old.shape == pool.positional_embedding.shape:
+        return
+    old_side = math.isqrt(old.shape[0] - 1)
+    new_side = math.isqrt(pool.positional_embedding.shape[0] - 1)
+    if old.ndim != 2 or old_side**2 + 1 != old.shape[0] or new_side**2 + 1 != len(
+            pool.positional_embedding):
+        return  # not a square grid: load_state_dict reports the mismatch
+    grid = old[1:].reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.interpolate(
+        grid, size=(new_side, new_side), mode="bicubic", antialias=new_side < old_side,
+        align_corners=False)  # antialias only when shrinking (it changes the kernel too)
+    cells = grid.permute(0, 2, 3, 1).reshape(new_side * new_side, -1).to(old.dtype)
+    state_dict[key] = torch.cat([old[:1], cells])
 
 
 def _strip_module_prefix(key: str) -> str:

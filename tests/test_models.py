@@ -143,6 +143,75 @@ def test_no_false_random_initialisation_warning(which, tiny_checkpoint, caplog):
     assert "No pretrained weights loaded for model 'x'" in caplog.text
 
 
+# --- a checkpoint at another input size ------------------------------------------------------
+
+
+def scenes_rn_checkpoint(path: Path, arch: str, **replace) -> Path:
+    """A checkpoint in this project's format of `arch` (random weights, seed 3), with the tensors
+    in `replace` (state-dict key with "/" for ".") put in their place."""
+    import json
+
+    import torch
+
+    from searchengine.models import CHECKPOINT_FORMAT, CONFIG_DIR, build_model, parse_model_spec
+
+    model, _, _ = build_model(parse_model_spec(f"{arch}/random"), seed=3)
+    state = model.state_dict()
+    state.update({key.replace("/", "."): value for key, value in replace.items()})
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch,
+                "model_config": json.loads((CONFIG_DIR / f"{arch}.json").read_text()),
+                "state_dict": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("trained, loaded", [("se-scenes-rn", "se-scenes-rn128"),
+                                             ("se-scenes-rn128", "se-scenes-rn")])
+def test_a_checkpoint_loads_into_its_model_at_another_image_size(tmp_path, trained, loaded,
+                                                                 caplog):
+    """se-scenes-rn (64 px: a 2 x 2 feature map) and se-scenes-rn128 differ only in image size:
+    either's checkpoint loads into the other with the attention pool's grid of position
+    embeddings resized and every other tensor as it was. A grid that is the same in every cell
+    stays so; the pooled token's embedding is kept."""
+    import torch
+
+    from searchengine.models import build_model, parse_model_spec
+
+    cells = {"se-scenes-rn": 4, "se-scenes-rn128": 16}
+    width = 512  # the attention pool's width: 16 x 32
+    grid = torch.cat([torch.full((1, width), -2.0),
+                      torch.arange(width, dtype=torch.float32).repeat(cells[trained], 1)])
+    path = scenes_rn_checkpoint(tmp_path / "start.pt", trained,
+                                **{"visual/attnpool/positional_embedding": grid})
+    caplog.set_level(logging.INFO)
+    model, _, _ = build_model(parse_model_spec(f"{loaded}/{path}"))
+    assert "position embeddings resized" in caplog.text
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    resized = state["visual.attnpool.positional_embedding"]
+    assert resized.shape == (1 + cells[loaded], width)
+    assert torch.equal(resized[0], grid[0])
+    torch.testing.assert_close(resized[1:], grid[1:2].expand(cells[loaded], -1))
+    assert all(torch.equal(state[key], saved[key]) for key in saved
+               if key != "visual.attnpool.positional_embedding")
+    with torch.no_grad():  # and the model runs at its own size
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, tuple) else size
+        assert model.encode_image(torch.rand(2, 3, size, size)).shape == (2, 128)
+
+
+def test_a_checkpoint_of_another_model_still_does_not_load(tmp_path):
+    """Only the image size may differ: a se-scenes-rn checkpoint is no se-scenes (ViT) or
+    se-tiny model, and says which architecture it is for."""
+    from searchengine.errors import ModelError
+    from searchengine.models import build_model, parse_model_spec
+
+    path = scenes_rn_checkpoint(tmp_path / "rn.pt", "se-scenes-rn")
+    for arch in ("se-scenes", "se-tiny"):
+        with pytest.raises(ModelError, match="trained for architecture 'se-scenes-rn'"):
+            build_model(parse_model_spec(f"{arch}/{path}"))
+
+
 # --- the model-hub check ----------------------------------------------------------------------
 
 HUB_SPEC = "ViT-B-32/laion2b_s34b_b79k"
