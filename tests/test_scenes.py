@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import itertools
+import json
 from collections import deque
 
 import numpy as np
@@ -241,6 +242,19 @@ def test_demo_command_end_to_end_with_random_weights(tmp_path):
     again = CliRunner().invoke(cli, [*args, "--json"])  # reuses the collection and the index
     assert again.exit_code == 0, again.output
     assert '"image_to_text"' in again.output
+    # each image hit comes with its scene's first caption, in the text and in the JSON
+    with open(home / "demo" / "captions.csv", newline="") as handle:
+        first: dict[str, str] = {}
+        for row in csv.DictReader(handle):
+            first.setdefault(row["image"], row["caption"])
+    queries = json.loads(again.output)["queries"]
+    for query in queries:
+        if query["kind"] in ("text->image", "image->image"):
+            assert query["described"] == [first[name] for name, _ in query["hits"]]
+        else:
+            assert "described" not in query
+    name, _ = queries[0]["hits"][0]
+    assert f"{name}  {first[name]}" in result.output
 
 
 def test_bundled_demo_model_knows_unseen_scenes(tmp_path):

@@ -121,7 +121,8 @@ def demo_command(home: Path, model: str, n: int, as_json: bool) -> None:
     report = run_demo(home, model=model, n=n, progress=show_progress(as_json))
     if as_json:
         echo_json({"folder": str(report.folder), "model": report.model,
-                   "queries": [{"kind": q.kind, "query": q.query, "hits": q.hits}
+                   "queries": [{"kind": q.kind, "query": q.query, "hits": q.hits,
+                                **({"described": q.described} if q.described else {})}
                                for q in report.queries],
                    "recall": report.recall.as_dict()})
         return
@@ -129,8 +130,9 @@ def demo_command(home: Path, model: str, n: int, as_json: bool) -> None:
                f"{report.indexed.embedded} embedded, {report.indexed.unchanged} unchanged")
     for query in report.queries:
         click.echo(f"\n{query.kind}: {query.query}")
-        for label, score in query.hits:
-            click.echo(f"  {score:7.4f}  {label}")
+        for i, (label, score) in enumerate(query.hits):
+            about = f"  {query.described[i]}" if i < len(query.described) else ""
+            click.echo(f"  {score:7.4f}  {label}{about}")
     click.echo(f"\nrecall on {report.recall.dataset['images']} held-out scenes "
                f"({report.recall.dataset['captions']} captions):")
     echo_table(*report.recall.table())

@@ -220,11 +220,14 @@ DEMO_LABELS = {"colour": ["red", "orange", "yellow", "green", "blue", "purple", 
 @dataclass(frozen=True)
 class DemoQuery:
     """One example query: `kind` text->image, image->image, image->text or zero-shot; `query` the
-    text or the image; `hits` (label, score) best first (score: cosine, or probability)."""
+    text or the image; `hits` (label, score) best first (score: cosine, or probability);
+    `described`, for image hits, the first caption of each hit's scene (so that a reader sees
+    whether it is right), else empty."""
 
     kind: str
     query: str
     hits: tuple[tuple[str, float], ...]
+    described: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -267,21 +270,29 @@ def run_demo(
                       recall=recall)
 
 
-def _example_queries(engine, folder: Path, model: str) -> tuple[DemoQuery, ...]:
-    def named(path: str | None) -> str:
-        return Path(path).name if path else "?"
+def _first_captions(path: Path) -> dict[str, str]:
+    """image name -> its first caption in a scenes' captions.csv."""
+    first: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            first.setdefault(row["image"], row["caption"])
+    return first
 
-    queries = []
-    for text in DEMO_TEXT_QUERIES:
-        result = engine.search(text, k=3, model=model)
-        queries.append(DemoQuery("text->image", text,
-                                 tuple((named(h.path), h.score) for h in result.hits)))
+
+def _example_queries(engine, folder: Path, model: str) -> tuple[DemoQuery, ...]:
+    described = _first_captions(folder / "captions.csv")
+
+    def image_query(kind: str, query: str, hits) -> DemoQuery:
+        names = [Path(h.path).name if h.path else "?" for h in hits]
+        return DemoQuery(kind, query, tuple((n, h.score) for n, h in zip(names, hits, strict=True)),
+                         tuple(described.get(n, "") for n in names))
+
+    queries = [image_query("text->image", text, engine.search(text, k=3, model=model).hits)
+               for text in DEMO_TEXT_QUERIES]
     image = folder / "images" / "scene-00000.jpg"
-    captions, _ = read_scene_captions(folder / "captions.csv", [image.name], strict=False)
-    shown = f'{image.name} ("{captions[0]}")' if captions else image.name
-    result = engine.similar(image, k=4, model=model)
-    queries.append(DemoQuery("image->image", shown,
-                             tuple((named(h.path), h.score) for h in result.hits[1:])))
+    shown = f'{image.name} ("{described[image.name]}")' if image.name in described else image.name
+    queries.append(image_query("image->image", shown,
+                               engine.similar(image, k=4, model=model).hits[1:]))
     result = engine.lookup(image, k=3, text_set=DEMO_TEXT_SET, model=model)
     queries.append(DemoQuery("image->text", shown,
                              tuple((h.text or "", h.score) for h in result.hits)))
