@@ -51,22 +51,36 @@ lint: install
 docs: install
 	$(BIN)/python -m searchengine.docgen > docs/cli.md
 
-# Reproduces the bundled demo model (searchengine/weights/demo.pt) from generated scenes.
+# Reproduces the bundled demo model (searchengine/weights/demo.pt) from generated scenes:
+# four stages with hard negatives, the last two at 128 px (docs/demo.md; about five hours on
+# two cores).
+DEMO := runs/demo-model
+DEMO_TRAIN := --weight-decay 0.1 --batch-size 128 --eval-every 500 --save-every 500 \
+	--hard-negatives both --swap-vocabulary searchengine/demo/scene_vocabulary.txt \
+	--swaps-per-caption 3 --refresh-every 500
 demo-model: install
-	rm -rf runs/demo-model/run runs/demo-model/run2  # train never starts over a run folder
-	$(BIN)/searchengine scenes runs/demo-model/train -n 20000 --split train --seed 0
-	$(BIN)/searchengine scenes runs/demo-model/val -n 500 --split heldout --seed 1
-	$(BIN)/searchengine train runs/demo-model/train --val runs/demo-model/val \
-		--model se-scenes/random --out runs/demo-model/run --lr 1e-3 --weight-decay 0.1 \
-		--batch-size 128 --steps 2000 --eval-every 200 --save-every 200 --seed 0
-	$(BIN)/searchengine scenes runs/demo-model/train2 -n 20000 --split train --seed 2
-	$(BIN)/searchengine train runs/demo-model/train2 --val runs/demo-model/val \
-		--model se-scenes/runs/demo-model/run/last.pt --out runs/demo-model/run2 --lr 3e-4 \
-		--warmup 50 --weight-decay 0.1 --batch-size 128 --steps 800 --eval-every 200 \
-		--save-every 200 --seed 1
-	$(BIN)/python -c "from searchengine.demo.run import bundle_weights; print(bundle_weights('runs/demo-model/run2/best.pt'))"
-	$(BIN)/searchengine scenes runs/demo-model/heldout -n 1000 --split heldout --seed 0
-	$(BIN)/searchengine scene-recall runs/demo-model/heldout --model demo
+	rm -rf $(DEMO)/stage1 $(DEMO)/stage2 $(DEMO)/stage3 $(DEMO)/stage4  # train never starts over a run folder
+	$(BIN)/searchengine scenes $(DEMO)/train -n 40000 --split train --seed 3 \
+		--free-colour 0.3 --generic-nouns 0.2
+	$(BIN)/searchengine scenes $(DEMO)/train-b -n 40000 --split train --seed 4 \
+		--free-colour 0.3 --generic-nouns 0.2
+	$(BIN)/searchengine scenes $(DEMO)/val -n 300 --split heldout --seed 1
+	$(BIN)/searchengine train $(DEMO)/train --val $(DEMO)/val --out $(DEMO)/stage1 \
+		--model se-scenes-rn/random --lr 1e-3 --warmup 100 --steps 3500 --seed 0 $(DEMO_TRAIN)
+	$(BIN)/searchengine train $(DEMO)/train-b --val $(DEMO)/val --out $(DEMO)/stage2 \
+		--model se-scenes-rn/$(DEMO)/stage1/last.pt --lr 3e-4 --warmup 50 --steps 3500 --seed 1 \
+		$(DEMO_TRAIN)
+	$(BIN)/searchengine train $(DEMO)/train --val $(DEMO)/val --out $(DEMO)/stage3 \
+		--model se-scenes-rn128/$(DEMO)/stage2/last.pt --lr 1e-4 --warmup 50 --steps 2000 \
+		--seed 2 $(DEMO_TRAIN)
+	$(BIN)/searchengine train $(DEMO)/train-b --val $(DEMO)/val --out $(DEMO)/stage4 \
+		--model se-scenes-rn128/$(DEMO)/stage3/last.pt --lr 1e-4 --warmup 50 --steps 2000 \
+		--seed 3 $(DEMO_TRAIN)
+	$(BIN)/python -c "from searchengine.demo.run import bundle_weights; print(bundle_weights('$(DEMO)/stage4/last.pt'))"
+	$(BIN)/searchengine scenes $(DEMO)/heldout -n 1000 --split heldout --seed 0
+	$(BIN)/searchengine scene-recall $(DEMO)/heldout --model demo
+	$(BIN)/searchengine scenes $(DEMO)/heldout-7 -n 1000 --split heldout --seed 7
+	$(BIN)/python bench/hard_negatives.py $(DEMO)/heldout-7 demo
 
 clean:
 	rm -rf $(VENV) indexes/*.sqlite* indexes/vectors

@@ -40,7 +40,7 @@ CHECKPOINT_FORMAT = "searchengine.checkpoint/1"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 # Aliases for models that ship inside the package: name -> (arch, file under WEIGHTS_DIR).
-BUNDLED_ALIASES: dict[str, tuple[str, str]] = {"demo": ("se-scenes", "demo.pt")}
+BUNDLED_ALIASES: dict[str, tuple[str, str]] = {"demo": ("se-scenes-rn128", "demo.pt")}
 
 
 # A checkpoint's weights are named by their content: `ARCH/path#<first 12 hex of its digest>`.

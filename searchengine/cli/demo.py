@@ -139,7 +139,7 @@ def demo_command(home: Path, model: str, n: int, as_json: bool) -> None:
     click.echo(
         f"\nreproduce: searchengine bench recall {report.folder} --model {model} --home {home}\n"
         f"by attribute: searchengine scene-recall {report.folder} --model {model}\n"
-        f"try next: searchengine search \"a blue star above a green square\" --model {model} "
+        f"try next: searchengine search \"three purple hexagons\" --model {model} "
         f"--home {home}\n"
         f"          searchengine similar {report.folder / 'images' / 'scene-00001.jpg'} "
         f"--model {model} --home {home}\n"
